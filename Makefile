@@ -1,0 +1,66 @@
+# GNU Make build. Sources are found by folder, so adding a .c file needs no edit here.
+#   make            train, prepare
+#   make test       CPU test suite (also compiles every .cu file so CUDA code never rots)
+#   make test-gpu   GPU test suite (run on a machine with a GPU)
+#   make demo       fetch tokenizer + corpus slice, train configs/tiny.json on the CPU
+CC      ?= gcc
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fopenmp -I.
+LDLIBS  := -lcjson -lpcre2-8 -lm -lpthread -fopenmp
+NVCC    ?= /usr/local/cuda/bin/nvcc
+CUDA_ARCH ?= -gencode arch=compute_90a,code=sm_90a
+NVFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH) -I. -lineinfo --expt-relaxed-constexpr
+CUDA_LIBS := -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt
+
+BUILD := build
+# Host library: everything except program entry points.
+CORE_SRCS := $(wildcard runtime/*.c) $(wildcard model/*.c) $(wildcard model/cpu/*.c) \
+             $(wildcard attention/*.c) $(wildcard attention/cpu/*.c) \
+             $(filter-out data/prepare.c,$(wildcard data/*.c))
+CORE_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(CORE_SRCS))
+TEST_SRCS := $(wildcard tests/test_*.c)
+TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+CU_SRCS   := $(shell find attention model bench tests -name '*.cu' 2>/dev/null)
+CU_OBJS   := $(patsubst %.cu,$(BUILD)/cuda/%.o,$(CU_SRCS))
+
+.PHONY: all test test-gpu cuda demo clean
+all: train prepare
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libcore.a: $(CORE_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+train: $(BUILD)/obj/train.o $(BUILD)/libcore.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+prepare: $(BUILD)/obj/data/prepare.o $(BUILD)/libcore.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libcore.a tests/test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP $< $(BUILD)/libcore.a -o $@ $(LDLIBS)
+
+# Every .cu file is compiled (not linked) by `make test`, so CUDA code keeps building.
+$(BUILD)/cuda/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -MMD -MP -c $< -o $@
+
+cuda: $(CU_OBJS)
+
+test: all $(TEST_BINS) cuda
+	bash tests/run_cpu.sh
+
+test-gpu: all cuda
+	bash tests/gpu/run_gpu.sh
+
+demo: all
+	bash scripts/demo.sh
+
+clean:
+	rm -rf $(BUILD) train prepare libscfa.so
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
