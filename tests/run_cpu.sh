@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Runs every CPU test binary (build/tests/test_*), each with a time limit, and prints the
-# summed "N passed, N failed" as the last line. A binary that crashes, times out or prints no
-# summary counts as one failure.
+# Runs every CPU test binary (build/tests/test_*) and every test script (tests/test_*.sh),
+# each with a time limit, and prints the summed "N passed, N failed" as the last line. A test
+# that crashes, times out or prints no summary counts as one failure.
 set -u
 cd "$(dirname "$0")/.."
 total_pass=0; total_fail=0
-for t in build/tests/test_*; do
-    [ -x "$t" ] || continue
+for t in build/tests/test_* tests/test_*.sh; do
+    [ -f "$t" ] || continue
+    case "$t" in *.d) continue;; esac
     name=$(basename "$t")
     echo "=== $name"
     start=$(date +%s)
-    out=$(timeout 600 "$t" 2>&1); rc=$?
+    if [[ "$t" == *.sh ]]; then out=$(timeout 600 bash "$t" 2>&1); rc=$?; else out=$(timeout 600 "$t" 2>&1); rc=$?; fi
     echo "$out" | tail -n 40
     line=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1)
     if [ -z "$line" ]; then
