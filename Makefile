@@ -6,7 +6,7 @@
 CC      ?= gcc
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fopenmp -I.
-LDLIBS  := -lcjson -lpcre2-8 -lm -lpthread -fopenmp
+LDLIBS  := -lcjson -lpcre2-8 -lz -lm -lpthread -fopenmp
 NVCC    ?= /usr/local/cuda/bin/nvcc
 CUDA_ARCH ?= -gencode arch=compute_90a,code=sm_90a
 NVFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH) -I. -lineinfo --expt-relaxed-constexpr

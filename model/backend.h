@@ -1,0 +1,43 @@
+/* What the training loop needs from a backend (cpu or cuda): one table of operations, so train.c
+ * never branches on the device. Parameters and AdamW moments live wherever the backend keeps
+ * them; read_state/write_state move them to and from host fp32 arrays for checkpoints. */
+#ifndef MODEL_BACKEND_H
+#define MODEL_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/gpt.h"
+#include "model/optim.h"
+
+typedef struct backend backend_t;
+struct backend {
+    const char *name;   /* "cpu" or "cuda" */
+    char device[128];   /* human-readable device description for logs */
+    gpt_config_t cfg;
+    size_t n_params;
+    void *impl;
+
+    /* Mean loss over B*T targets; the attention plan of layer l is keyed by (step, l, micro). */
+    float (*forward)(backend_t *b, const int32_t *inputs, const int32_t *targets, int B, int T,
+                     uint64_t step, uint64_t micro);
+    /* grads += scale * dloss/dparams for the last forward. */
+    void (*backward)(backend_t *b, float scale);
+    void (*zero_grad)(backend_t *b);
+    double (*grad_norm)(backend_t *b);
+    /* AdamW on every tensor (weight decay on matrices only), gradients times grad_scale. */
+    void (*update)(backend_t *b, const adamw_hparams_t *h, long t, float grad_scale);
+    /* Copies to/from host fp32 arrays of n_params (NULL arrays are skipped). */
+    void (*read_state)(backend_t *b, float *params, float *m, float *v);
+    void (*write_state)(backend_t *b, const float *params, const float *m, const float *v);
+    /* Logits row (b, t) of the last forward, padded_vocab floats, into out. */
+    void (*logits_row)(backend_t *b, int bi, int t, float *out);
+    /* Host copy of the attention plan layer l used in the last forward. */
+    const attn_plan_t *(*plan)(backend_t *b, int layer);
+    void (*destroy)(backend_t *b);
+};
+
+/* Creates the fp32 CPU backend for micro-batches up to B x T, parameters initialised. */
+backend_t *backend_cpu_create(const gpt_config_t *cfg, int B, int T);
+
+#endif
