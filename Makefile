@@ -23,8 +23,16 @@ TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 CU_SRCS   := $(shell find attention model bench tests -name '*.cu' 2>/dev/null)
 CU_OBJS   := $(patsubst %.cu,$(BUILD)/cuda/%.o,$(CU_SRCS))
 
-.PHONY: all test test-gpu cuda demo clean
+.PHONY: all test test-gpu cuda demo clean FORCE
 all: train prepare
+
+# The commit is stamped into train (log header); the stamp file changes only with the commit.
+GIT_COMMIT := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
+$(BUILD)/git_commit.txt: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(GIT_COMMIT)' | cmp -s - $@ || echo '$(GIT_COMMIT)' > $@
+$(BUILD)/obj/train.o: CFLAGS += -DGIT_COMMIT='"$(GIT_COMMIT)"'
+$(BUILD)/obj/train.o: $(BUILD)/git_commit.txt
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)

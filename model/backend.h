@@ -30,6 +30,8 @@ struct backend {
     /* Copies to/from host fp32 arrays of n_params (NULL arrays are skipped). */
     void (*read_state)(backend_t *b, float *params, float *m, float *v);
     void (*write_state)(backend_t *b, const float *params, const float *m, const float *v);
+    /* Copies the accumulated gradients to a host fp32 array of n_params (dumps, tests). */
+    void (*read_grads)(backend_t *b, float *grads);
     /* Logits row (b, t) of the last forward, padded_vocab floats, into out. */
     void (*logits_row)(backend_t *b, int bi, int t, float *out);
     /* Host copy of the attention plan layer l used in the last forward. */

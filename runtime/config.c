@@ -246,17 +246,17 @@ void config_set(config_t *c, const char *assignment) {
     const field_t *f = find_field(key);
     if (!f) fatal(EXIT_USAGE, "--set: unknown key \"%s\"", key);
     if (f->type == F_STRING) {
-        cJSON *v = cJSON_Parse(value);
+        cJSON *v = cJSON_ParseWithOpts(value, NULL, 1);
         if (v && cJSON_IsString(v)) set_string(c, f, v->valuestring, "--set");
         else set_string(c, f, value, "--set");
         cJSON_Delete(v);
         return;
     }
-    cJSON *v = cJSON_Parse(value);
+    cJSON *v = cJSON_ParseWithOpts(value, NULL, 1);
     if (!v && f->type == F_INT_LIST) { /* allow "0,3" as well as "[0,3]" */
         char buf[512];
         snprintf(buf, sizeof buf, "[%s]", value);
-        v = cJSON_Parse(buf);
+        v = cJSON_ParseWithOpts(buf, NULL, 1);
     }
     if (!v) fatal(EXIT_USAGE, "--set %s: cannot parse value \"%s\"", key, value);
     set_from_json(c, f, v, "--set");

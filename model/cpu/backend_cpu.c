@@ -55,6 +55,10 @@ static void cpu_write_state(backend_t *b, const float *params, const float *m, c
     if (v) memcpy(c->v, v, bytes);
 }
 
+static void cpu_read_grads(backend_t *b, float *grads) {
+    memcpy(grads, gpt_cpu_grads(impl(b)->model), b->n_params * sizeof(float));
+}
+
 static void cpu_logits_row(backend_t *b, int bi, int t, float *out) {
     cpu_impl_t *c = impl(b);
     size_t Vp = (size_t)b->cfg.padded_vocab;
@@ -95,6 +99,7 @@ backend_t *backend_cpu_create(const gpt_config_t *cfg, int B, int T) {
     b->update = cpu_update;
     b->read_state = cpu_read_state;
     b->write_state = cpu_write_state;
+    b->read_grads = cpu_read_grads;
     b->logits_row = cpu_logits_row;
     b->plan = cpu_plan;
     b->destroy = cpu_destroy;
