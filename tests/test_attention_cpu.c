@@ -127,6 +127,12 @@ static void run_case(run_t *r, attn_params_t p, shape_t s, int shared_keys, uint
     r->dq = xmalloc(n * sizeof(float), "dq");
     r->dk = xmalloc(n * sizeof(float), "dk");
     r->dv = xmalloc(n * sizeof(float), "dv");
+    /* NaN garbage (all bits set) in every output: the reference must overwrite, not add. */
+    memset(r->out, 0xff, n * sizeof(float));
+    memset(r->lse, 0xff, (size_t)s.B * s.H * s.T * sizeof(float));
+    memset(r->dq, 0xff, n * sizeof(float));
+    memset(r->dk, 0xff, n * sizeof(float));
+    memset(r->dv, 0xff, n * sizeof(float));
     attn_cpu_forward(&r->plan, r->q, r->k, r->v, r->out, r->lse);
     attn_cpu_backward(&r->plan, r->q, r->k, r->v, r->out, r->lse, r->w, r->dq, r->dk, r->dv);
 }
