@@ -1,0 +1,154 @@
+/* The C API of the dense causal flash attention kernels (flash_attn.h): argument checks,
+ * workspace layout and the tile configuration chosen per head dimension. */
+#include "attention/cuda/flash_attn.h"
+
+#include <stdint.h>
+
+#include "attention/cuda/flash_launch.cuh"
+#include "attention/cuda/flash_policy.cuh"
+
+extern "C" {
+#include "runtime/error.h"
+}
+
+namespace {
+
+using namespace flash;
+
+/* Tile configurations (see attention/cuda/NOTES.md for how they were chosen). */
+typedef FwdTiles<64, 128, 64, 4> Fwd64;
+typedef FwdTiles<128, 128, 64, 8> Fwd128;
+typedef BwdTiles<64, 128, 64, 8> Bwd64;
+typedef BwdTiles<128, 128, 64, 8> Bwd128;
+typedef DqTiles<64, 64, 64, 4> Dq64;
+typedef DqTiles<128, 64, 32, 4> Dq128;
+
+void check_stride(const char *what, long stride, const flash_attn_dims_t *d) {
+    if (stride < (long)d->H * d->D || stride % 8 != 0)
+        fatal(EXIT_USAGE, "flash_attn: %s = %ld must be a multiple of 8 and at least H*D = %d",
+              what, stride, d->H * d->D);
+}
+
+void check_ptr(const char *what, const void *ptr) {
+    if (ptr == NULL || ((uintptr_t)ptr & 15) != 0)
+        fatal(EXIT_USAGE, "flash_attn: pointer %s is NULL or not 16-byte aligned", what);
+}
+
+void check_dims(const flash_attn_dims_t *d) {
+    if (d->D != 64 && d->D != 128)
+        fatal(EXIT_USAGE, "flash_attn: head dim D = %d is not supported (64 or 128)", d->D);
+    if (d->B < 1 || d->T < 1 || d->H < 1)
+        fatal(EXIT_USAGE, "flash_attn: B = %d, T = %d, H = %d must all be >= 1", d->B, d->T,
+              d->H);
+    if ((long)d->B * d->H > 0x7fffffffL || d->T > 65535L * 64)
+        fatal(EXIT_USAGE, "flash_attn: B*H = %ld or T = %d too large for the launch grid",
+              (long)d->B * d->H, d->T);
+    check_stride("q_stride", d->q_stride, d);
+    check_stride("k_stride", d->k_stride, d);
+    check_stride("v_stride", d->v_stride, d);
+    check_stride("o_stride", d->o_stride, d);
+}
+
+void check_launch(const char *what, cudaError_t err) {
+    if (err != cudaSuccess) fatal(EXIT_RUNTIME, "flash_attn: %s: %s", what, cudaGetErrorString(err));
+}
+
+FlashParams make_params(const flash_attn_dims_t *d) {
+    FlashParams p = {};
+    p.B = d->B;
+    p.T = d->T;
+    p.H = d->H;
+    p.q_stride = d->q_stride;
+    p.k_stride = d->k_stride;
+    p.v_stride = d->v_stride;
+    p.o_stride = d->o_stride;
+    p.scale = 1.0f / sqrtf((float)d->D);
+    p.scale_log2 = p.scale * 1.4426950408889634f;
+    return p;
+}
+
+size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+} // namespace
+
+extern "C" void flash_attn_forward(const flash_attn_dims_t *dims, const flash_bf16_t *q,
+                                   const flash_bf16_t *k, const flash_bf16_t *v,
+                                   flash_bf16_t *out, float *lse, cudaStream_t stream) {
+    check_dims(dims);
+    check_ptr("q", q);
+    check_ptr("k", k);
+    check_ptr("v", v);
+    check_ptr("out", out);
+    check_ptr("lse", lse);
+    FlashParams p = make_params(dims);
+    p.q = q;
+    p.k = k;
+    p.v = v;
+    p.out = out;
+    p.lse = lse;
+    DenseCausalPolicy pol = {dims->T, dims->exclude_self ? 1 : 0};
+    cudaError_t err = dims->D == 64 ? launch_fwd<Fwd64>(p, pol, dims->T, stream)
+                                    : launch_fwd<Fwd128>(p, pol, dims->T, stream);
+    check_launch("forward kernel", err);
+}
+
+extern "C" size_t flash_attn_backward_workspace_bytes(const flash_attn_dims_t *dims,
+                                                      int deterministic) {
+    check_dims(dims);
+    const size_t rows = (size_t)dims->B * dims->T * dims->H;
+    size_t bytes = align256(rows * sizeof(float)); /* delta */
+    if (!deterministic) bytes += align256(rows * dims->D * sizeof(float)); /* dQ accumulator */
+    return bytes;
+}
+
+extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_bf16_t *q,
+                                    const flash_bf16_t *k, const flash_bf16_t *v,
+                                    const flash_bf16_t *out, const float *lse,
+                                    const flash_bf16_t *dout, flash_bf16_t *dq,
+                                    flash_bf16_t *dk, flash_bf16_t *dv, void *workspace,
+                                    int deterministic, cudaStream_t stream) {
+    check_dims(dims);
+    const void *ptrs[] = {q, k, v, out, lse, dout, dq, dk, dv, workspace};
+    const char *names[] = {"q", "k", "v", "out", "lse", "dout", "dq", "dk", "dv", "workspace"};
+    for (int i = 0; i < 10; i++) check_ptr(names[i], ptrs[i]);
+    FlashParams p = make_params(dims);
+    p.q = q;
+    p.k = k;
+    p.v = v;
+    p.out = const_cast<flash_bf16_t *>(out); /* read only in the backward kernels */
+    p.lse = const_cast<float *>(lse);
+    p.dout = dout;
+    p.dq = dq;
+    p.dk = dk;
+    p.dv = dv;
+    const size_t rows = (size_t)dims->B * dims->T * dims->H;
+    p.delta = static_cast<float *>(workspace);
+    p.dq_accum = deterministic ? NULL
+                               : reinterpret_cast<float *>(static_cast<char *>(workspace) +
+                                                           align256(rows * sizeof(float)));
+    DenseCausalPolicy pol = {dims->T, dims->exclude_self ? 1 : 0};
+    const int T = dims->T;
+    if (dims->D == 64) {
+        check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
+        if (deterministic) {
+            check_launch("backward dK/dV", launch_bwd_dkdv<Bwd64, DenseCausalPolicy, false, true>(
+                                               p, pol, T, stream));
+            check_launch("backward dQ", launch_bwd_dq<Dq64>(p, pol, T, stream));
+        } else {
+            check_launch("backward dK/dV/dQ", launch_bwd_dkdv<Bwd64, DenseCausalPolicy, true, true>(
+                                                  p, pol, T, stream));
+            check_launch("backward dQ convert", launch_bwd_convert_dq<64>(p, stream));
+        }
+    } else {
+        check_launch("backward preprocess", launch_bwd_preprocess<128>(p, stream));
+        if (deterministic) {
+            check_launch("backward dK/dV",
+                         launch_bwd_dkdv<Bwd128, DenseCausalPolicy, false, false>(p, pol, T, stream));
+            check_launch("backward dQ", launch_bwd_dq<Dq128>(p, pol, T, stream));
+        } else {
+            check_launch("backward dK/dV/dQ",
+                         launch_bwd_dkdv<Bwd128, DenseCausalPolicy, true, false>(p, pol, T, stream));
+            check_launch("backward dQ convert", launch_bwd_convert_dq<128>(p, stream));
+        }
+    }
+}

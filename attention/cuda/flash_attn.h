@@ -1,0 +1,55 @@
+/* Dense causal flash attention on the GPU: host-callable C API (C and C++).
+ *
+ * Semantics are those of attention/attention.h for mode ATTN_DENSE: query t sees keys
+ * t' <= t (t' < t with exclude_self), scores scaled by 1/sqrt(D), a row with no allowed key
+ * (only t = 0 with exclude_self) outputs zeros with lse = -inf and gets zero gradients.
+ *
+ * Tensors are bf16, element (b, t, h, d) of x at x[(b*T + t) * x_stride + h*D + d]:
+ * stride H*D is a contiguous [B][T][H][D] tensor, stride 3*H*D with pointers qkv, qkv + H*D,
+ * qkv + 2*H*D reads q, k, v straight out of a fused [B][T][3][H][D] projection. Gradients
+ * use their input's stride (dq: q_stride, dk: k_stride, dv: v_stride), dout uses o_stride.
+ * lse is fp32 [B][H][T] (natural log). D is 64 or 128; T >= 1 is any length; strides must
+ * be multiples of 8 and pointers 16-byte aligned. Calls are asynchronous on `stream`. */
+#ifndef ATTENTION_CUDA_FLASH_ATTN_H
+#define ATTENTION_CUDA_FLASH_ATTN_H
+
+#include <stddef.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+#include <cuda_bf16.h>
+typedef __nv_bfloat16 flash_bf16_t;
+extern "C" {
+#else
+typedef struct flash_bf16_opaque flash_bf16_t; /* C code only passes pointers */
+#endif
+
+typedef struct {
+    int B, T, H, D;
+    int exclude_self;
+    long q_stride, k_stride, v_stride, o_stride; /* in elements */
+} flash_attn_dims_t;
+
+/* out [B][T][H][D] (o_stride), lse [B][H][T]. */
+void flash_attn_forward(const flash_attn_dims_t *dims, const flash_bf16_t *q,
+                        const flash_bf16_t *k, const flash_bf16_t *v, flash_bf16_t *out,
+                        float *lse, cudaStream_t stream);
+
+/* Bytes of device workspace flash_attn_backward needs (delta, and the fp32 dQ accumulator
+ * unless deterministic). */
+size_t flash_attn_backward_workspace_bytes(const flash_attn_dims_t *dims, int deterministic);
+
+/* Overwrites dq, dk, dv from out and lse of the forward pass and dout. deterministic != 0
+ * computes dQ in its own pass without atomics (slower, bit-identical across runs). */
+void flash_attn_backward(const flash_attn_dims_t *dims, const flash_bf16_t *q,
+                         const flash_bf16_t *k, const flash_bf16_t *v, const flash_bf16_t *out,
+                         const float *lse, const flash_bf16_t *dout, flash_bf16_t *dq,
+                         flash_bf16_t *dk, flash_bf16_t *dv, void *workspace,
+                         int deterministic, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

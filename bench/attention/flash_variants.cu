@@ -1,0 +1,102 @@
+/* Tile-configuration variants of the dense flash kernels, for bench_dense.py to time side by
+ * side with the configuration the public API uses (built into one shared library together
+ * with attention/cuda/flash_attn.cu). Variant 0 is always the public API's choice.
+ *   bench_fwd_variant(v, ...)  forward with variant v; returns 0, or -1 if v is unknown
+ *   bench_bwd_variant(v, ...)  backward (atomic dQ) with variant v; same workspace as the API
+ *   bench_variant_name(fwd, v) a short description, NULL past the last variant */
+#include <cuda_runtime.h>
+
+#include "attention/cuda/flash_attn.h"
+#include "attention/cuda/flash_launch.cuh"
+#include "attention/cuda/flash_policy.cuh"
+
+using namespace flash;
+
+namespace {
+
+FlashParams params_of(const flash_attn_dims_t *d) {
+    FlashParams p = {};
+    p.B = d->B;
+    p.T = d->T;
+    p.H = d->H;
+    p.q_stride = d->q_stride;
+    p.k_stride = d->k_stride;
+    p.v_stride = d->v_stride;
+    p.o_stride = d->o_stride;
+    p.scale = 1.0f / sqrtf((float)d->D);
+    p.scale_log2 = p.scale * 1.4426950408889634f;
+    return p;
+}
+
+const char *fwd_names[] = {"api", "64:BM128 BN128 8w", "64:BM64 BN64 4w", "64:BM128 BN32 4w",
+                           NULL};
+const char *bwd_names[] = {"api", "64:BN64 BM64 4w", "64:BN128 BM64 8w kv-smem", NULL};
+
+} // namespace
+
+extern "C" const char *bench_variant_name(int fwd, int v) {
+    const char **names = fwd ? fwd_names : bwd_names;
+    for (int i = 0; i <= v; i++)
+        if (!names[i]) return NULL;
+    return names[v];
+}
+
+extern "C" int bench_fwd_variant(int v, const flash_attn_dims_t *d, const flash_bf16_t *q,
+                                 const flash_bf16_t *k, const flash_bf16_t *v_, flash_bf16_t *out,
+                                 float *lse, cudaStream_t s) {
+    if (v == 0) {
+        flash_attn_forward(d, q, k, v_, out, lse, s);
+        return 0;
+    }
+    if (d->D != 64) return -1;
+    FlashParams p = params_of(d);
+    p.q = q;
+    p.k = k;
+    p.v = v_;
+    p.out = out;
+    p.lse = lse;
+    DenseCausalPolicy pol = {d->T, d->exclude_self};
+    cudaError_t err;
+    switch (v) {
+    case 1: err = launch_fwd<FwdTiles<64, 128, 128, 8>>(p, pol, d->T, s); break;
+    case 2: err = launch_fwd<FwdTiles<64, 64, 64, 4>>(p, pol, d->T, s); break;
+    case 3: err = launch_fwd<FwdTiles<64, 128, 32, 4>>(p, pol, d->T, s); break;
+    default: return -1;
+    }
+    return err == cudaSuccess ? 0 : -2;
+}
+
+extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_bf16_t *q,
+                                 const flash_bf16_t *k, const flash_bf16_t *v_,
+                                 const flash_bf16_t *out, const float *lse,
+                                 const flash_bf16_t *dout, flash_bf16_t *dq, flash_bf16_t *dk,
+                                 flash_bf16_t *dv, void *ws, cudaStream_t s) {
+    if (v == 0) {
+        flash_attn_backward(d, q, k, v_, out, lse, dout, dq, dk, dv, ws, 0, s);
+        return 0;
+    }
+    if (d->D != 64) return -1;
+    FlashParams p = params_of(d);
+    p.q = q;
+    p.k = k;
+    p.v = v_;
+    p.out = const_cast<flash_bf16_t *>(out);
+    p.lse = const_cast<float *>(lse);
+    p.dout = dout;
+    p.dq = dq;
+    p.dk = dk;
+    p.dv = dv;
+    const size_t rows = (size_t)d->B * d->T * d->H;
+    p.delta = static_cast<float *>(ws);
+    p.dq_accum = reinterpret_cast<float *>(static_cast<char *>(ws) + ((rows * 4 + 255) & ~(size_t)255));
+    DenseCausalPolicy pol = {d->T, d->exclude_self};
+    cudaError_t err = launch_bwd_preprocess<64>(p, s);
+    if (err != cudaSuccess) return -2;
+    switch (v) {
+    case 1: err = launch_bwd_dkdv<BwdTiles<64, 64, 64, 4>, DenseCausalPolicy, true, true>(p, pol, d->T, s); break;
+    case 2: err = launch_bwd_dkdv<BwdTiles<64, 128, 64, 8>, DenseCausalPolicy, true, false>(p, pol, d->T, s); break;
+    default: return -1;
+    }
+    if (err != cudaSuccess) return -2;
+    return launch_bwd_convert_dq<64>(p, s) == cudaSuccess ? 0 : -2;
+}
