@@ -15,7 +15,7 @@ void adamw_step(float *params, const float *grads, float *m, float *v, size_t n,
     const float bc1 = (float)(1.0 - pow((double)b1, (double)t));
     const float bc2 = (float)(1.0 - pow((double)b2, (double)t));
     const float lr = h->lr, eps = h->eps, wd = decay ? h->weight_decay : 0.0f;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= ((size_t)1 << 15))
     for (size_t i = 0; i < n; i++) {
         const float g = grad_scale * grads[i];
         const float mi = b1 * m[i] + (1.0f - b1) * g;
@@ -32,7 +32,7 @@ double grad_global_norm(const float *grads, size_t n) {
     enum { CHUNK = 1 << 16 };
     const size_t n_chunks = (n + CHUNK - 1) / CHUNK;
     double *partial = xmalloc((n_chunks ? n_chunks : 1) * sizeof(double), "grad norm partials");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n_chunks > 1)
     for (size_t c = 0; c < n_chunks; c++) {
         const size_t lo = c * CHUNK, hi = lo + CHUNK < n ? lo + CHUNK : n;
         double s = 0.0;

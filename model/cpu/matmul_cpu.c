@@ -121,14 +121,18 @@ static void gemm(int M, int N, int K, strided_t A, strided_t B, float *C, int ac
         return;
     }
     const int tiles = (M + GEMM_MR - 1) / GEMM_MR;
-#pragma omp parallel
+/* Small products run on one thread (fork/join would cost more than the work). */
+#pragma omp parallel if ((double)M * N * K >= 1e6)
     {
         const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
         const int lo = (int)((long)tiles * tid / nt) * GEMM_MR;
         int hi = (int)((long)tiles * (tid + 1) / nt) * GEMM_MR;
         if (hi > M) hi = M;
         if (lo < hi) {
-            float *pack = aligned_alloc(64, (size_t)GEMM_KC * GEMM_NC * sizeof(float));
+            /* Only as large as this product needs: small products stay off mmap'd pages. */
+            const size_t kc = K < GEMM_KC ? (size_t)K : GEMM_KC;
+            const size_t nc = N < GEMM_NC ? (size_t)(N + GEMM_NR - 1) / GEMM_NR * GEMM_NR : GEMM_NC;
+            float *pack = aligned_alloc(64, kc * nc * sizeof(float));
             if (!pack) fatal(EXIT_RUNTIME, "out of memory allocating the GEMM packing buffer");
             gemm_rows(lo, hi, N, K, A, B, C, N, accumulate, pack);
             free(pack);

@@ -7,9 +7,13 @@
 
 #include "model/cpu/ops_cpu.h"
 
+/* Below this many elements a loop runs on one thread: waking the team costs more than the
+ * work (and, on a busy machine, a descheduled team member stalls everyone at the barrier). */
+#define OMP_MIN_WORK ((size_t)1 << 15)
+
 void encoder_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe,
                      int B, int T, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)B * T * C >= OMP_MIN_WORK)
     for (int bt = 0; bt < B * T; bt++) {
         const float *we = wte + (size_t)tokens[bt] * C, *pe = wpe + (size_t)(bt % T) * C;
         float *o = out + (size_t)bt * C;
@@ -32,7 +36,7 @@ void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t
 
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                        const float *weight, const float *bias, int N, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C >= OMP_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
         double s = 0.0;
@@ -56,7 +60,7 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
                         const float *inp, const float *weight, const float *mean,
                         const float *rstd, int N, int C) {
     /* dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), with g = dout * weight. */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C >= OMP_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
         const float m = mean[n], r = rstd[n];
@@ -89,7 +93,7 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
 #define GELU_CUBIC 0.044715f
 
 void gelu_forward(float *out, const float *inp, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= OMP_MIN_WORK)
     for (size_t i = 0; i < n; i++) {
         const float x = inp[i];
         out[i] = 0.5f * x * (1.0f + tanhf(GELU_SCALE * (x + GELU_CUBIC * x * x * x)));
@@ -97,7 +101,7 @@ void gelu_forward(float *out, const float *inp, size_t n) {
 }
 
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= OMP_MIN_WORK)
     for (size_t i = 0; i < n; i++) {
         const float x = inp[i];
         const float u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
@@ -109,12 +113,12 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
 }
 
 void residual_forward(float *out, const float *a, const float *b, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= OMP_MIN_WORK)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
 void qk_normalise_forward(float *k, const float *q, int rows, int D) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)rows * D >= OMP_MIN_WORK)
     for (int r = 0; r < rows; r++) {
         const float *qr = q + (size_t)r * D;
         double s = (double)QK_NORM_EPS * QK_NORM_EPS;
@@ -128,7 +132,7 @@ void qk_normalise_forward(float *k, const float *q, int rows, int D) {
 void qk_normalise_backward(float *dq, const float *dk, const float *q, const float *k, int rows,
                            int D) {
     /* k = q / s with s = sqrt(|q|^2 + eps^2): dk/dq = (I - k k^T) / s. */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)rows * D >= OMP_MIN_WORK)
     for (int r = 0; r < rows; r++) {
         const float *qr = q + (size_t)r * D, *kr = k + (size_t)r * D, *dkr = dk + (size_t)r * D;
         double s = (double)QK_NORM_EPS * QK_NORM_EPS, kdk = 0.0;
@@ -144,7 +148,7 @@ void qk_normalise_backward(float *dq, const float *dk, const float *q, const flo
 
 void crossentropy_forward(float *losses, float *lse, const float *logits,
                           const int32_t *targets, int N, int V, int Vp) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * V >= OMP_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float *l = logits + (size_t)n * Vp;
         float max = l[0];
@@ -159,7 +163,7 @@ void crossentropy_forward(float *losses, float *lse, const float *logits,
 
 void crossentropy_backward(float *dlogits, const float *logits, const float *lse,
                            const int32_t *targets, float dloss, int N, int V, int Vp) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * V >= OMP_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float *l = logits + (size_t)n * Vp;
         float *d = dlogits + (size_t)n * Vp;
@@ -173,7 +177,7 @@ void crossentropy_backward(float *dlogits, const float *logits, const float *lse
 void attn_split_qkv(float *q, float *k, float *v, const float *qkv, int N, int C, int shared_qk) {
     const int P = shared_qk ? 2 * C : 3 * C;
     const size_t row_bytes = (size_t)C * sizeof(float);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C >= OMP_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float *src = qkv + (size_t)n * P;
         const size_t o = (size_t)n * C;
@@ -191,7 +195,7 @@ void attn_merge_dqkv(float *dqkv, const float *dq, const float *dk, const float 
                      int shared_qk) {
     const int P = shared_qk ? 2 * C : 3 * C;
     const size_t row_bytes = (size_t)C * sizeof(float);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C >= OMP_MIN_WORK)
     for (int n = 0; n < N; n++) {
         float *dst = dqkv + (size_t)n * P;
         const size_t o = (size_t)n * C;
