@@ -9,6 +9,7 @@
 
 #include "model/gpt.h"
 #include "model/optim.h"
+#include "runtime/dist.h"
 
 typedef struct backend backend_t;
 struct backend {
@@ -24,10 +25,14 @@ struct backend {
     /* grads += scale * dloss/dparams for the last forward. */
     void (*backward)(backend_t *b, float scale);
     void (*zero_grad)(backend_t *b);
+    /* Completes the step's gradients (sums them across ranks: a collective, called once per step
+     * after the last backward, on every rank) and returns their global norm. */
     double (*grad_norm)(backend_t *b);
-    /* AdamW on every tensor (weight decay on matrices only), gradients times grad_scale. */
+    /* AdamW on every tensor (weight decay on matrices only), gradients times grad_scale; with
+     * several ranks each updates its shard and the parameters are all-gathered (collective). */
     void (*update)(backend_t *b, const adamw_hparams_t *h, long t, float grad_scale);
-    /* Copies to/from host fp32 arrays of n_params (NULL arrays are skipped). */
+    /* Copies to/from host fp32 arrays of n_params (NULL arrays are skipped). read_state gathers
+     * the sharded moments (collective); write_state keeps this rank's shard of full arrays. */
     void (*read_state)(backend_t *b, float *params, float *m, float *v);
     void (*write_state)(backend_t *b, const float *params, const float *m, const float *v);
     /* Copies the accumulated gradients to a host fp32 array of n_params (dumps, tests). */
@@ -39,7 +44,9 @@ struct backend {
     void (*destroy)(backend_t *b);
 };
 
-/* Creates the fp32 CPU backend for micro-batches up to B x T, parameters initialised. */
-backend_t *backend_cpu_create(const gpt_config_t *cfg, int B, int T);
+/* Creates the fp32 CPU backend for micro-batches up to B x T, parameters initialised; dist NULL
+ * means a single rank. */
+backend_t *backend_cpu_create(const gpt_config_t *cfg, int B, int T, const dist_t *dist);
+backend_t *backend_cuda_create(const gpt_config_t *cfg, int B, int T);
 
 #endif
