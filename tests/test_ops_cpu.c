@@ -343,6 +343,41 @@ static void test_crossentropy(void) {
     free(c.logits), free(c.losses), free(c.lse), free(c.targets), free(dlogits), free(dl);
 }
 
+/* The softmax's own vectorised exp against double precision over a GPT-2-sized row whose
+ * logits span 90 nats (some terms underflow), with V not a multiple of any block. */
+static void test_crossentropy_wide(void) {
+    const int N = 3, V = 50257, Vp = 50304;
+    float *logits = rand_buf((size_t)N * Vp, -60, 30), *dl = malloc((size_t)N * Vp * sizeof(float));
+    float losses[3], lse[3];
+    int32_t targets[3] = {0, 12345, V - 1};
+    crossentropy_forward(losses, lse, logits, targets, N, V, Vp);
+    const float dloss = 0.25f;
+    crossentropy_backward(dl, logits, lse, targets, dloss, N, V, Vp);
+    double max_loss_err = 0, max_p_err = 0;
+    for (int r = 0; r < N; r++) {
+        const float *l = logits + (size_t)r * Vp;
+        double m = l[0], s = 0;
+        for (int v = 1; v < V; v++) m = fmax(m, l[v]);
+        for (int v = 0; v < V; v++) s += exp((double)l[v] - m);
+        const double ref_lse = m + log(s);
+        max_loss_err = fmax(max_loss_err, fabs(losses[r] - (ref_lse - l[targets[r]])) / (ref_lse - l[targets[r]]));
+        for (int v = 0; v < V; v++) {
+            const double p = dloss * (exp((double)l[v] - ref_lse) - (v == targets[r]));
+            /* fp32 rounding of lse and of (l - lse) shifts the exponent by up to
+             * 2^-24 (|lse| + |l - lse|); beyond that, 1e-6 relative for the exp itself. */
+            const double e = dloss * exp((double)l[v] - ref_lse);
+            const double bound = e * (1e-6 + 6e-8 * (fabs(ref_lse) + fabs(l[v] - ref_lse))) +
+                                 (v == targets[r] ? 1e-7 * dloss : 0.0) + 1e-37;
+            max_p_err = fmax(max_p_err, fabs(dl[(size_t)r * Vp + v] - p) / bound);
+        }
+    }
+    printf("  crossentropy V=%d: max rel err loss %.1e, dlogits err / fp32 bound %.2f\n", V,
+           max_loss_err, max_p_err);
+    CHECK(max_loss_err < 1e-6, "wide crossentropy loss rel err %g", max_loss_err);
+    CHECK(max_p_err <= 1.0, "wide crossentropy dlogits exceed the fp32 error bound (x%g)", max_p_err);
+    free(logits), free(dl);
+}
+
 /* ---- glue and residual ---- */
 static void test_glue(int shared_qk) {
     const int N = 5, C = 12, P = shared_qk ? 2 * C : 3 * C;
@@ -387,6 +422,7 @@ int main(void) {
     test_gelu();
     test_qk_normalise();
     test_crossentropy();
+    test_crossentropy_wide();
     test_glue(0);
     test_glue(1);
     test_residual();
