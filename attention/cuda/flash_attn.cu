@@ -21,6 +21,8 @@ typedef FwdTiles<128, 128, 64, 8> Fwd128;
 typedef BwdTiles<64, 128, 64, 8> Bwd64;
 typedef BwdTiles<128, 128, 64, 8> Bwd128;
 typedef DqTiles<64, 64, 64, 4> Dq64;
+typedef Sm90FwdTiles<2, 128> Sm90Fwd64;
+typedef Sm90BwdTiles<2> Sm90Bwd64;
 typedef DqTiles<128, 64, 32, 4> Dq128;
 
 void check_stride(const char *what, long stride, const flash_attn_dims_t *d) {
@@ -69,7 +71,19 @@ FlashParams make_params(const flash_attn_dims_t *d) {
 
 size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
+int force_portable = 0;
+
+/* Head dim 64 on Hopper takes the wgmma kernels; everything else the mma.sync ones. */
+bool use_sm90(const flash_attn_dims_t *d) { return d->D == 64 && !force_portable && sm90_available(); }
+
 } // namespace
+
+extern "C" void flash_attn_force_portable(int on) { force_portable = on != 0; }
+
+extern "C" const char *flash_attn_path(const flash_attn_dims_t *dims) {
+    check_dims(dims);
+    return use_sm90(dims) ? "sm90 wgmma" : "mma.sync";
+}
 
 extern "C" void flash_attn_forward(const flash_attn_dims_t *dims, const flash_bf16_t *q,
                                    const flash_bf16_t *k, const flash_bf16_t *v,
@@ -87,8 +101,9 @@ extern "C" void flash_attn_forward(const flash_attn_dims_t *dims, const flash_bf
     p.out = out;
     p.lse = lse;
     DenseCausalPolicy pol = {dims->T, dims->exclude_self ? 1 : 0};
-    cudaError_t err = dims->D == 64 ? launch_fwd<Fwd64>(p, pol, dims->T, stream)
-                                    : launch_fwd<Fwd128>(p, pol, dims->T, stream);
+    cudaError_t err = use_sm90(dims)   ? launch_fwd_sm90<Sm90Fwd64>(p, pol, dims->T, stream)
+                      : dims->D == 64 ? launch_fwd<Fwd64>(p, pol, dims->T, stream)
+                                      : launch_fwd<Fwd128>(p, pol, dims->T, stream);
     check_launch("forward kernel", err);
 }
 
@@ -128,7 +143,16 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
                                                            align256(rows * sizeof(float)));
     DenseCausalPolicy pol = {dims->T, dims->exclude_self ? 1 : 0};
     const int T = dims->T;
-    if (dims->D == 64) {
+    if (use_sm90(dims)) {
+        check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
+        if (deterministic) {
+            check_launch("backward dK/dV", launch_bwd_sm90<Sm90Bwd64, DenseCausalPolicy, false>(p, pol, T, stream));
+            check_launch("backward dQ", launch_bwd_dq<Dq64>(p, pol, T, stream));
+        } else {
+            check_launch("backward dK/dV/dQ", launch_bwd_sm90<Sm90Bwd64, DenseCausalPolicy, true>(p, pol, T, stream));
+            check_launch("backward dQ convert", launch_bwd_convert_dq<64>(p, stream));
+        }
+    } else if (dims->D == 64) {
         check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
         if (deterministic) {
             check_launch("backward dK/dV", launch_bwd_dkdv<Bwd64, DenseCausalPolicy, false, true>(

@@ -48,6 +48,12 @@ void flash_attn_backward(const flash_attn_dims_t *dims, const flash_bf16_t *q,
                          flash_bf16_t *dk, flash_bf16_t *dv, void *workspace,
                          int deterministic, cudaStream_t stream);
 
+/* Head dim 64 on Hopper (sm_90, binary built for sm_90a) runs wgmma kernels; other head dims
+ * and GPUs run the portable mma.sync kernels. For tests and benchmarks: on != 0 forces the
+ * portable kernels everywhere; flash_attn_path names the path a call with `dims` takes. */
+void flash_attn_force_portable(int on);
+const char *flash_attn_path(const flash_attn_dims_t *dims);
+
 #ifdef __cplusplus
 }
 #endif

@@ -94,12 +94,12 @@ template <int COLS> struct SwizzledTile {
 template <int ROWS, int D, int THREADS, class RowOf>
 __device__ __forceinline__ void load_tile_async(bf16 *tile, const bf16 *base, long stride,
                                                 int n_valid, RowOf row_of) {
-    constexpr int CHUNKS = D / 8;
-    static_assert((ROWS * CHUNKS) % THREADS == 0, "tile copy must split evenly over threads");
+    constexpr int CHUNKS = D / 8, TOTAL = ROWS * CHUNKS;
     const uint32_t tile_addr = smem_addr(tile);
 #pragma unroll
-    for (int i = 0; i < ROWS * CHUNKS / THREADS; i++) {
+    for (int i = 0; i < (TOTAL + THREADS - 1) / THREADS; i++) {
         int id = i * THREADS + (int)threadIdx.x;
+        if (TOTAL % THREADS != 0 && id >= TOTAL) break;
         int r = id / CHUNKS, c = id % CHUNKS;
         bool valid = r < n_valid;
         const bf16 *src = base + (valid ? (long)row_of(r) * stride : 0) + c * 8;

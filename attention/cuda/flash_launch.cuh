@@ -6,7 +6,10 @@
 #include <cuda_runtime.h>
 
 #include "attention/cuda/flash_bwd.cuh"
+#include "attention/cuda/flash_bwd_sm90.cuh"
 #include "attention/cuda/flash_fwd.cuh"
+#include "attention/cuda/flash_fwd_sm90.cuh"
+#include "attention/cuda/flash_policy.cuh"
 
 namespace flash {
 
@@ -56,6 +59,45 @@ cudaError_t launch_bwd_dq(const FlashParams &p, const Policy &pol, int q_rows, c
     dim3 grid(p.B * p.H, (q_rows + Cfg::BM - 1) / Cfg::BM);
     kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
     return cudaGetLastError();
+}
+
+template <class Cfg, class Policy>
+cudaError_t launch_fwd_sm90(const FlashParams &p, const Policy &pol, int q_rows, cudaStream_t s) {
+    auto kernel = flash_fwd_sm90_kernel<Cfg, Policy>;
+    static cudaError_t attr = allow_smem(kernel, Cfg::SMEM_BYTES);
+    if (attr != cudaSuccess) return attr;
+    dim3 grid(p.B * p.H, (q_rows + Cfg::BM - 1) / Cfg::BM);
+    kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
+    return cudaGetLastError();
+}
+
+template <class Cfg, class Policy, bool ATOMIC_DQ>
+cudaError_t launch_bwd_sm90(const FlashParams &p, const Policy &pol, int k_rows, cudaStream_t s) {
+    auto kernel = flash_bwd_sm90_kernel<Cfg, Policy, ATOMIC_DQ>;
+    static cudaError_t attr = allow_smem(kernel, Cfg::SMEM_BYTES);
+    if (attr != cudaSuccess) return attr;
+    dim3 grid(p.B * p.H, (k_rows + Cfg::BN - 1) / Cfg::BN);
+    kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
+    return cudaGetLastError();
+}
+
+/* The Hopper kernels run when the device is sm_90 and this binary carries sm_90 machine code
+ * for them (built for sm_90a: the Makefile's CUDA_ARCH); otherwise the mma.sync kernels do. */
+inline bool sm90_available() {
+    static int cached[64]; /* per device: 0 unknown, 1 yes, 2 no */
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+    if (!cached[dev]) {
+        int major = 0;
+        cudaFuncAttributes attr;
+        bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                  major == 9 &&
+                  cudaFuncGetAttributes(&attr, flash_fwd_sm90_kernel<Sm90FwdTiles<2, 128>, DenseCausalPolicy>) ==
+                      cudaSuccess &&
+                  attr.binaryVersion == 90;
+        cached[dev] = ok ? 1 : 2;
+    }
+    return cached[dev] == 1;
 }
 
 } // namespace flash

@@ -28,9 +28,9 @@ FlashParams params_of(const flash_attn_dims_t *d) {
     return p;
 }
 
-const char *fwd_names[] = {"api", "64:BM128 BN128 8w", "64:BM64 BN64 4w", "64:BM128 BN32 4w",
-                           NULL};
-const char *bwd_names[] = {"api", "64:BN64 BM64 4w", "64:BN128 BM64 8w kv-smem", NULL};
+const char *fwd_names[] = {"api",           "mma.sync api", "sm90 2wg BN64", "sm90 3wg BN128",
+                           "sm90 3wg BN64", NULL};
+const char *bwd_names[] = {"api", "mma.sync api", "sm90 3wg", "mma.sync kv-smem", NULL};
 
 } // namespace
 
@@ -58,9 +58,10 @@ extern "C" int bench_fwd_variant(int v, const flash_attn_dims_t *d, const flash_
     DenseCausalPolicy pol = {d->T, d->exclude_self};
     cudaError_t err;
     switch (v) {
-    case 1: err = launch_fwd<FwdTiles<64, 128, 128, 8>>(p, pol, d->T, s); break;
-    case 2: err = launch_fwd<FwdTiles<64, 64, 64, 4>>(p, pol, d->T, s); break;
-    case 3: err = launch_fwd<FwdTiles<64, 128, 32, 4>>(p, pol, d->T, s); break;
+    case 1: err = launch_fwd<FwdTiles<64, 128, 64, 4>>(p, pol, d->T, s); break;
+    case 2: err = launch_fwd_sm90<Sm90FwdTiles<2, 64>>(p, pol, d->T, s); break;
+    case 3: err = launch_fwd_sm90<Sm90FwdTiles<3, 128>>(p, pol, d->T, s); break;
+    case 4: err = launch_fwd_sm90<Sm90FwdTiles<3, 64>>(p, pol, d->T, s); break;
     default: return -1;
     }
     return err == cudaSuccess ? 0 : -2;
@@ -93,8 +94,9 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
     cudaError_t err = launch_bwd_preprocess<64>(p, s);
     if (err != cudaSuccess) return -2;
     switch (v) {
-    case 1: err = launch_bwd_dkdv<BwdTiles<64, 64, 64, 4>, DenseCausalPolicy, true, true>(p, pol, d->T, s); break;
-    case 2: err = launch_bwd_dkdv<BwdTiles<64, 128, 64, 8>, DenseCausalPolicy, true, false>(p, pol, d->T, s); break;
+    case 1: err = launch_bwd_dkdv<BwdTiles<64, 128, 64, 8>, DenseCausalPolicy, true, true>(p, pol, d->T, s); break;
+    case 2: err = launch_bwd_sm90<Sm90BwdTiles<3>, DenseCausalPolicy, true>(p, pol, d->T, s); break;
+    case 3: err = launch_bwd_dkdv<BwdTiles<64, 128, 64, 8>, DenseCausalPolicy, true, false>(p, pol, d->T, s); break;
     default: return -1;
     }
     if (err != cudaSuccess) return -2;

@@ -117,146 +117,168 @@ static void poison(uint16_t *dev, size_t n) {
     CUDA_OK(cudaMemset(dev, 0xff, n * 2)); /* 0xffff is a NaN too; padding check uses host */
 }
 
-static void run_case(const test_case_t *c, uint64_t seed) {
+/* Inputs of one case (host, bf16 as stored) and the reference results (fp32, contiguous). */
+typedef struct {
+    long qkv_stride, o_stride;
+    size_t qkv_total, o_total, off_k; /* k at off_k, v at 2*off_k from q */
+    uint16_t *qkv, *dout;
+    float *out, *lse, *dq, *dk, *dv;
+} case_data_t;
+
+/* Runs forward, forward again, both backward modes (deterministic twice) on the current path
+ * and checks everything against the reference. */
+static void check_path(const test_case_t *c, const case_data_t *x, const char *path) {
     const int B = c->B, T = c->T, H = c->H, D = c->D;
     const size_t n = (size_t)B * T * H * D, rows = (size_t)B * H * T;
-    const long qkv_stride = c->fused_qkv ? 3L * H * D : (long)H * D;
-    const long o_stride = (long)H * D + (c->pad_out ? 8 : 0);
-    const size_t qkv_total = (size_t)B * T * qkv_stride * (c->fused_qkv ? 1 : 3);
-    const size_t o_total = (size_t)B * T * o_stride;
-    char label[128];
-    snprintf(label, sizeof label, "B=%d T=%d H=%d D=%d excl=%d fused=%d pad=%d", B, T, H, D,
-             c->exclude_self, c->fused_qkv, c->pad_out);
-
-    /* Host inputs: q, k, v at offsets 0, H*D, 2*H*D of one row (fused) or in three tensors. */
-    uint16_t *h_qkv = (uint16_t *)xmalloc(qkv_total * 2, "qkv");
-    uint16_t *h_dout = (uint16_t *)xmalloc(o_total * 2, "dout");
-    for (size_t i = 0; i < o_total; i++) h_dout[i] = BF16_NAN;
-    fill_random(h_qkv, qkv_total, rng_key(seed, 100, 1, 0, 0), 1.0f);
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++)
-            for (int j = 0; j < H * D; j++)
-                h_dout[((size_t)b * T + t) * o_stride + j] =
-                    float_to_bf16(rng_normal(rng_key(seed, 100, 2, 0, 0), ((size_t)b * T + t) * H * D + j));
-    const size_t off_k = c->fused_qkv ? (size_t)H * D : (size_t)B * T * qkv_stride;
-    strided_t q = {h_qkv, qkv_stride}, k = {h_qkv + off_k, qkv_stride},
-              v = {h_qkv + 2 * off_k, qkv_stride}, dout = {h_dout, o_stride};
-
-    /* Reference in double on the bf16 inputs. */
-    float *fq = to_float(c, q), *fk = to_float(c, k), *fv = to_float(c, v), *fdo = to_float(c, dout);
-    float *ref_out = (float *)xmalloc(n * 4, "ref out"), *ref_lse = (float *)xmalloc(rows * 4, "ref lse");
-    float *ref_dq = (float *)xmalloc(n * 4, "ref dq"), *ref_dk = (float *)xmalloc(n * 4, "ref dk"),
-          *ref_dv = (float *)xmalloc(n * 4, "ref dv");
-    attn_params_t ap = {ATTN_DENSE, 1, 0.0f, c->exclude_self};
-    attn_plan_t plan;
-    attn_plan_init(&plan, &ap, B, T, H, D);
-    attn_plan_build(&plan, 0, fq, fk);
-    attn_cpu_forward(&plan, fq, fk, fv, ref_out, ref_lse);
-    attn_cpu_backward(&plan, fq, fk, fv, ref_out, ref_lse, fdo, ref_dq, ref_dk, ref_dv);
-
-    /* Device buffers. */
-    flash_attn_dims_t dims = {B, T, H, D, c->exclude_self, qkv_stride, qkv_stride, qkv_stride, o_stride};
-    uint16_t *d_qkv, *d_dqkv, *d_out, *d_dout, *d_dqkv2;
+    char label[160];
+    snprintf(label, sizeof label, "%-10s B=%d T=%d H=%d D=%d excl=%d fused=%d pad=%d", path, B, T,
+             H, D, c->exclude_self, c->fused_qkv, c->pad_out);
+    flash_attn_dims_t dims = {B, T, H, D, c->exclude_self, x->qkv_stride, x->qkv_stride,
+                              x->qkv_stride, x->o_stride};
+    uint16_t *d_qkv, *d_dqkv[2], *d_out, *d_dout;
     float *d_lse;
     void *d_ws;
-    const size_t ws_bytes = flash_attn_backward_workspace_bytes(&dims, 0);
-    CUDA_OK(cudaMalloc(&d_qkv, qkv_total * 2));
-    CUDA_OK(cudaMalloc(&d_dqkv, qkv_total * 2));
-    CUDA_OK(cudaMalloc(&d_dqkv2, qkv_total * 2));
-    CUDA_OK(cudaMalloc(&d_out, o_total * 2));
-    CUDA_OK(cudaMalloc(&d_dout, o_total * 2));
+    CUDA_OK(cudaMalloc(&d_qkv, x->qkv_total * 2));
+    CUDA_OK(cudaMalloc(&d_dqkv[0], x->qkv_total * 2));
+    CUDA_OK(cudaMalloc(&d_dqkv[1], x->qkv_total * 2));
+    CUDA_OK(cudaMalloc(&d_out, x->o_total * 2));
+    CUDA_OK(cudaMalloc(&d_dout, x->o_total * 2));
     CUDA_OK(cudaMalloc(&d_lse, rows * 4));
-    CUDA_OK(cudaMalloc(&d_ws, ws_bytes));
-    CUDA_OK(cudaMemcpy(d_qkv, h_qkv, qkv_total * 2, cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(d_dout, h_dout, o_total * 2, cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(d_out, h_dout, o_total * 2, cudaMemcpyHostToDevice)); /* padding = poison */
+    CUDA_OK(cudaMalloc(&d_ws, flash_attn_backward_workspace_bytes(&dims, 0)));
+    CUDA_OK(cudaMemcpy(d_qkv, x->qkv, x->qkv_total * 2, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(d_dout, x->dout, x->o_total * 2, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(d_out, x->dout, x->o_total * 2, cudaMemcpyHostToDevice)); /* padding = poison */
     CUDA_OK(cudaMemset(d_lse, 0xff, rows * 4));
     for (int j = 0; j < B * T; j++) /* poison the rows themselves, keep the padding's NaN */
-        poison(d_out + (size_t)j * o_stride, (size_t)H * D);
+        poison(d_out + (size_t)j * x->o_stride, (size_t)H * D);
 
-    const flash_bf16_t *dq_ptr_in = (const flash_bf16_t *)d_qkv;
-    const flash_bf16_t *dk_ptr_in = dq_ptr_in + off_k, *dv_ptr_in = dq_ptr_in + 2 * off_k;
-    flash_attn_forward(&dims, dq_ptr_in, dk_ptr_in, dv_ptr_in, (flash_bf16_t *)d_out, d_lse, 0);
+    const flash_bf16_t *q = (const flash_bf16_t *)d_qkv, *k = q + x->off_k, *v = q + 2 * x->off_k;
+    flash_attn_forward(&dims, q, k, v, (flash_bf16_t *)d_out, d_lse, 0);
     CUDA_OK(cudaDeviceSynchronize());
-
-    uint16_t *h_out = (uint16_t *)xmalloc(o_total * 2, "out");
+    uint16_t *h_out = (uint16_t *)xmalloc(x->o_total * 2, "out");
+    uint16_t *h_out2 = (uint16_t *)xmalloc(x->o_total * 2, "out2");
     float *h_lse = (float *)xmalloc(rows * 4, "lse");
-    CUDA_OK(cudaMemcpy(h_out, d_out, o_total * 2, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(h_out, d_out, x->o_total * 2, cudaMemcpyDeviceToHost));
     CUDA_OK(cudaMemcpy(h_lse, d_lse, rows * 4, cudaMemcpyDeviceToHost));
-    strided_t out_view = {h_out, o_stride};
+    strided_t out_view = {h_out, x->o_stride};
     float *g_out = to_float(c, out_view);
-    double e_out = rel_l2(g_out, ref_out, n);
+    const double e_out = rel_l2(g_out, x->out, n);
     double e_lse = 0;
     long lse_bad = 0;
     for (size_t i = 0; i < rows; i++) {
-        if (isinf(ref_lse[i])) {
+        if (isinf(x->lse[i])) {
             if (!(isinf(h_lse[i]) && h_lse[i] < 0)) lse_bad++;
         } else if (isnan(h_lse[i])) {
             lse_bad++;
         } else {
-            e_lse = fmax(e_lse, fabs((double)h_lse[i] - ref_lse[i]));
+            e_lse = fmax(e_lse, fabs((double)h_lse[i] - x->lse[i]));
         }
     }
     CHECK(e_out <= TOL_REL_L2, "%s: out rel L2 %.3g > %.3g", label, e_out, TOL_REL_L2);
     CHECK(e_lse <= TOL_LSE_ABS && lse_bad == 0, "%s: lse max abs err %.3g, %ld bad -inf/NaN rows",
           label, e_lse, lse_bad);
-    long out_pad = padding_written(c, h_out, o_stride, 1, o_total);
+    const long out_pad = padding_written(c, h_out, x->o_stride, 1, x->o_total);
     CHECK(out_pad == 0, "%s: %ld padding elements of out overwritten", label, out_pad);
 
-    /* Forward again: bit-identical. */
-    flash_attn_forward(&dims, dq_ptr_in, dk_ptr_in, dv_ptr_in, (flash_bf16_t *)d_out, d_lse, 0);
-    uint16_t *h_out2 = (uint16_t *)xmalloc(o_total * 2, "out2");
-    CUDA_OK(cudaMemcpy(h_out2, d_out, o_total * 2, cudaMemcpyDeviceToHost));
-    CHECK(memcmp(h_out, h_out2, o_total * 2) == 0, "%s: forward not bit-identical across runs", label);
+    flash_attn_forward(&dims, q, k, v, (flash_bf16_t *)d_out, d_lse, 0);
+    CUDA_OK(cudaMemcpy(h_out2, d_out, x->o_total * 2, cudaMemcpyDeviceToHost));
+    CHECK(memcmp(h_out, h_out2, x->o_total * 2) == 0, "%s: forward not bit-identical across runs", label);
 
     double e_grad[2][3];
-    uint16_t *h_dqkv = (uint16_t *)xmalloc(qkv_total * 2, "dqkv");
-    uint16_t *h_dqkv2 = (uint16_t *)xmalloc(qkv_total * 2, "dqkv2");
+    uint16_t *h_dqkv[2] = {(uint16_t *)xmalloc(x->qkv_total * 2, "dqkv"),
+                           (uint16_t *)xmalloc(x->qkv_total * 2, "dqkv2")};
+    const float *ref_grad[3] = {x->dq, x->dk, x->dv};
     for (int det = 0; det < 2; det++) {
-        uint16_t *bufs[2] = {d_dqkv, d_dqkv2};
         for (int rep = 0; rep < 1 + det; rep++) { /* deterministic mode runs twice */
-            poison(bufs[rep], qkv_total);
-            flash_bf16_t *g = (flash_bf16_t *)bufs[rep];
-            flash_attn_backward(&dims, dq_ptr_in, dk_ptr_in, dv_ptr_in, (flash_bf16_t *)d_out,
-                                d_lse, (flash_bf16_t *)d_dout, g, g + off_k, g + 2 * off_k, d_ws,
-                                det, 0);
+            poison(d_dqkv[rep], x->qkv_total);
+            flash_bf16_t *gq = (flash_bf16_t *)d_dqkv[rep];
+            flash_attn_backward(&dims, q, k, v, (flash_bf16_t *)d_out, d_lse, (flash_bf16_t *)d_dout,
+                                gq, gq + x->off_k, gq + 2 * x->off_k, d_ws, det, 0);
         }
         CUDA_OK(cudaDeviceSynchronize());
-        CUDA_OK(cudaMemcpy(h_dqkv, d_dqkv, qkv_total * 2, cudaMemcpyDeviceToHost));
-        strided_t gq = {h_dqkv, qkv_stride}, gk = {h_dqkv + off_k, qkv_stride},
-                  gv = {h_dqkv + 2 * off_k, qkv_stride};
-        float *fdq = to_float(c, gq), *fdk = to_float(c, gk), *fdv = to_float(c, gv);
-        e_grad[det][0] = rel_l2(fdq, ref_dq, n);
-        e_grad[det][1] = rel_l2(fdk, ref_dk, n);
-        e_grad[det][2] = rel_l2(fdv, ref_dv, n);
+        for (int rep = 0; rep < 1 + det; rep++)
+            CUDA_OK(cudaMemcpy(h_dqkv[rep], d_dqkv[rep], x->qkv_total * 2, cudaMemcpyDeviceToHost));
         const char *names[3] = {"dq", "dk", "dv"};
-        for (int j = 0; j < 3; j++)
+        for (int j = 0; j < 3; j++) {
+            strided_t view = {h_dqkv[0] + j * x->off_k, x->qkv_stride};
+            float *f = to_float(c, view);
+            e_grad[det][j] = rel_l2(f, ref_grad[j], n);
             CHECK(e_grad[det][j] <= TOL_REL_L2, "%s det=%d: %s rel L2 %.3g > %.3g", label, det,
                   names[j], e_grad[det][j], TOL_REL_L2);
-        if (det) {
-            CUDA_OK(cudaMemcpy(h_dqkv2, d_dqkv2, qkv_total * 2, cudaMemcpyDeviceToHost));
-            CHECK(memcmp(h_dqkv, h_dqkv2, qkv_total * 2) == 0,
-                  "%s: deterministic backward not bit-identical across runs", label);
+            free(f);
         }
-        free(fdq);
-        free(fdk);
-        free(fdv);
+        if (det)
+            CHECK(memcmp(h_dqkv[0], h_dqkv[1], x->qkv_total * 2) == 0,
+                  "%s: deterministic backward not bit-identical across runs", label);
     }
-    printf("%-44s out %.2e lse %.2e | dq dk dv atomic %.2e %.2e %.2e det %.2e %.2e %.2e\n", label,
+    printf("%-55s out %.2e lse %.2e | dq dk dv atomic %.2e %.2e %.2e det %.2e %.2e %.2e\n", label,
            e_out, e_lse, e_grad[0][0], e_grad[0][1], e_grad[0][2], e_grad[1][0], e_grad[1][1],
            e_grad[1][2]);
-
     cudaFree(d_qkv);
-    cudaFree(d_dqkv);
-    cudaFree(d_dqkv2);
+    cudaFree(d_dqkv[0]);
+    cudaFree(d_dqkv[1]);
     cudaFree(d_out);
     cudaFree(d_dout);
     cudaFree(d_lse);
     cudaFree(d_ws);
+    free(h_out);
+    free(h_out2);
+    free(h_lse);
+    free(h_dqkv[0]);
+    free(h_dqkv[1]);
+    free(g_out);
+}
+
+static void run_case(const test_case_t *c, uint64_t seed) {
+    const int B = c->B, T = c->T, H = c->H, D = c->D;
+    const size_t n = (size_t)B * T * H * D, rows = (size_t)B * H * T;
+    case_data_t x;
+    x.qkv_stride = c->fused_qkv ? 3L * H * D : (long)H * D;
+    x.o_stride = (long)H * D + (c->pad_out ? 8 : 0);
+    x.qkv_total = (size_t)B * T * x.qkv_stride * (c->fused_qkv ? 1 : 3);
+    x.o_total = (size_t)B * T * x.o_stride;
+    x.off_k = c->fused_qkv ? (size_t)H * D : (size_t)B * T * x.qkv_stride;
+
+    /* Inputs: q, k, v at offsets 0, off_k, 2*off_k; dout rows padded with poison. */
+    x.qkv = (uint16_t *)xmalloc(x.qkv_total * 2, "qkv");
+    x.dout = (uint16_t *)xmalloc(x.o_total * 2, "dout");
+    fill_random(x.qkv, x.qkv_total, rng_key(seed, 100, 1, 0, 0), 1.0f);
+    for (size_t i = 0; i < x.o_total; i++) x.dout[i] = BF16_NAN;
+    const uint64_t dkey = rng_key(seed, 100, 2, 0, 0);
+    for (size_t row = 0; row < (size_t)B * T; row++)
+        for (int j = 0; j < H * D; j++)
+            x.dout[row * x.o_stride + j] = float_to_bf16(rng_normal(dkey, row * H * D + j));
+
+    /* Reference in double on the bf16 inputs. */
+    strided_t q = {x.qkv, x.qkv_stride}, k = {x.qkv + x.off_k, x.qkv_stride},
+              v = {x.qkv + 2 * x.off_k, x.qkv_stride}, dout = {x.dout, x.o_stride};
+    float *fq = to_float(c, q), *fk = to_float(c, k), *fv = to_float(c, v), *fdo = to_float(c, dout);
+    x.out = (float *)xmalloc(n * 4, "ref out");
+    x.lse = (float *)xmalloc(rows * 4, "ref lse");
+    x.dq = (float *)xmalloc(n * 4, "ref dq");
+    x.dk = (float *)xmalloc(n * 4, "ref dk");
+    x.dv = (float *)xmalloc(n * 4, "ref dv");
+    attn_params_t ap = {ATTN_DENSE, 1, 0.0f, c->exclude_self};
+    attn_plan_t plan;
+    attn_plan_init(&plan, &ap, B, T, H, D);
+    attn_plan_build(&plan, 0, fq, fk);
+    attn_cpu_forward(&plan, fq, fk, fv, x.out, x.lse);
+    attn_cpu_backward(&plan, fq, fk, fv, x.out, x.lse, fdo, x.dq, x.dk, x.dv);
+
+    /* The portable mma.sync kernels, then the default path (the wgmma kernels on Hopper) if
+     * it differs. */
+    flash_attn_dims_t dims = {B, T, H, D, c->exclude_self, x.qkv_stride, x.qkv_stride,
+                              x.qkv_stride, x.o_stride};
+    flash_attn_force_portable(1);
+    char portable_path[32];
+    snprintf(portable_path, sizeof portable_path, "%s", flash_attn_path(&dims));
+    check_path(c, &x, portable_path);
+    flash_attn_force_portable(0);
+    if (strcmp(flash_attn_path(&dims), portable_path) != 0) check_path(c, &x, flash_attn_path(&dims));
+
     attn_plan_free(&plan);
-    free(h_qkv); free(h_dout); free(h_out); free(h_out2); free(h_lse); free(h_dqkv); free(h_dqkv2);
-    free(fq); free(fk); free(fv); free(fdo); free(g_out);
-    free(ref_out); free(ref_lse); free(ref_dq); free(ref_dk); free(ref_dv);
+    free(x.qkv); free(x.dout); free(x.out); free(x.lse); free(x.dq); free(x.dk); free(x.dv);
+    free(fq); free(fk); free(fv); free(fdo);
 }
 
 int main(void) {

@@ -1,0 +1,253 @@
+/* Backward flash attention (dK, dV, and dQ by atomics) for Hopper (sm_90a), head dim 64.
+ *
+ * Same algorithm and policy interface as flash_bwd_dkdv_kernel (flash_bwd.cuh). A CTA owns
+ * BN = 64 * NWG keys; warpgroup w owns keys [64w, 64w + 64) and, per query tile of BM = 64:
+ *   S^T = K_w Q^T, dP^T = V_w dO^T      wgmma m64n64k16, all operands in shared memory
+ *   P^T, dS^T                           registers (lse, delta of the 64 queries from smem)
+ *   dV_w += P^T dO, dK_w += dS^T Q      wgmma, P^T / dS^T from registers, dO / Q N-major
+ *   dQ_w = dS_w K_w                     dS^T goes to smem (bf16), read M-major; K_w N-major
+ * The NWG partial dQ tiles (each over its own 64 keys) are summed through shared memory and
+ * added once per element into the fp32 accumulator (float2 atomics), the reduction split over
+ * the warpgroups. Without ATOMIC_DQ the dQ steps are skipped (deterministic mode computes dQ
+ * in flash_bwd_dq_kernel). */
+#ifndef ATTENTION_CUDA_FLASH_BWD_SM90_CUH
+#define ATTENTION_CUDA_FLASH_BWD_SM90_CUH
+
+#include <math.h>
+
+#include "attention/cuda/flash_bwd.cuh"
+#include "attention/cuda/flash_common.cuh"
+#include "attention/cuda/flash_params.cuh"
+#include "attention/cuda/flash_sm90.cuh"
+
+namespace flash {
+
+template <int NWG_> struct Sm90BwdTiles {
+    static constexpr int D = 64, NWG = NWG_, BN = 64 * NWG_, BM = 64;
+    static constexpr int THREADS = 128 * NWG;
+    static constexpr int ROW_BYTES = 128; /* every tile here has rows of 64 bf16 */
+    /* K, V, 2 stages of Q and dO, dS^T [BN][BM] bf16, the dQ exchange [NWG][32][128] fp32,
+     * lse and delta [2][BM], and slack to align the base to 1024 bytes. */
+    static constexpr int SMEM_BYTES =
+        (2 * BN * D + 4 * BM * D + BN * BM) * 2 + NWG * 32 * 128 * 4 + 4 * BM * 4 + 1024;
+};
+
+template <class Cfg, class Policy, bool ATOMIC_DQ>
+__global__ void __launch_bounds__(Cfg::THREADS) flash_bwd_sm90_kernel(FlashParams p, Policy pol) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int D = Cfg::D, BN = Cfg::BN, BM = Cfg::BM, THREADS = Cfg::THREADS;
+    constexpr int NWG = Cfg::NWG, RB = Cfg::ROW_BYTES;
+    constexpr int NQ = BM / 8; /* n-tiles of S^T */
+    typedef typename Policy::RowInfo RowInfo;
+    using namespace sm90;
+
+    extern __shared__ unsigned char smem_raw[];
+    const uint32_t raw_addr = smem_addr(smem_raw);
+    bf16 *sK = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023));
+    bf16 *sV = sK + BN * D;
+    bf16 *sQ = sV + BN * D;      /* stage s at sQ + s*BM*D */
+    bf16 *sdO = sQ + 2 * BM * D; /* stage s at sdO + s*BM*D */
+    bf16 *sDS = sdO + 2 * BM * D;
+    float *sX = reinterpret_cast<float *>(sDS + BN * BM); /* [NWG][32][128] */
+    float *sLse = sX + NWG * 32 * 128;                    /* [2][BM], log2 domain */
+    float *sDelta = sLse + 2 * BM;
+    const uint32_t k_addr = smem_addr(sK), v_addr = smem_addr(sV), q_addr = smem_addr(sQ),
+                   do_addr = smem_addr(sdO), ds_addr = smem_addr(sDS);
+
+    const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
+    const int kt = blockIdx.y, k0 = kt * BN;
+    const int q_len = pol.q_len(bh), k_len = pol.k_len(bh);
+    if (k0 >= k_len) return;
+    const int tid = threadIdx.x, wg = tid / 128, wtid = tid % 128, lane = tid % 32;
+    const int g = lane / 4, tq = lane % 4;
+    const int warp_row = wg * 64 + (wtid / 32) * 16; /* first key row (in tile) of this warp */
+
+    const bf16 *q_base = head_base(p.q, p.q_stride, b, p.T, h, D);
+    const bf16 *k_base = head_base(p.k, p.k_stride, b, p.T, h, D);
+    const bf16 *v_base = head_base(p.v, p.v_stride, b, p.T, h, D);
+    const bf16 *do_base = head_base(p.dout, p.o_stride, b, p.T, h, D);
+
+    auto k_row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
+    load_tile_async<BN, D, THREADS>(sK, k_base, p.k_stride, k_len - k0, k_row_of);
+    load_tile_async<BN, D, THREADS>(sV, v_base, p.v_stride, k_len - k0, k_row_of);
+    const int n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
+    auto load_q = [&](int i, int stage) {
+        const int q0 = pol.query_tile(bh, kt, i, BM, BN) * BM;
+        auto row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
+        load_tile_async<BM, D, THREADS>(sQ + stage * BM * D, q_base, p.q_stride, q_len - q0, row_of);
+        load_tile_async<BM, D, THREADS>(sdO + stage * BM * D, do_base, p.o_stride, q_len - q0, row_of);
+    };
+    auto fetch_stats = [&](int i, float &lse2, float &dl) {
+        const int r = pol.query_tile(bh, kt, i, BM, BN) * BM + tid;
+        lse2 = INFINITY;
+        dl = 0.f;
+        if (r < q_len) {
+            const long at = (long)bh * p.T + pol.q_row(bh, r);
+            lse2 = lse_to_log2(p.lse[at]);
+            dl = p.delta[at];
+        }
+    };
+    if (n_tiles > 0) {
+        load_q(0, 0);
+        if (tid < BM) fetch_stats(0, sLse[tid], sDelta[tid]);
+    }
+    cp_async_commit();
+
+    int key_row[2];
+    RowInfo kinfo[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        key_row[hf] = k0 + warp_row + hf * 8 + g;
+        kinfo[hf] = key_row[hf] < k_len ? pol.k_info(bh, key_row[hf]) : RowInfo{};
+    }
+    float dk[32], dv[32];
+#pragma unroll
+    for (int j = 0; j < 32; j++) dk[j] = dv[j] = 0.f;
+    const float sl2 = p.scale_log2;
+    const uint32_t kw_addr = k_addr + wg * 64 * RB, vw_addr = v_addr + wg * 64 * RB;
+
+    for (int i = 0; i < n_tiles; i++) {
+        const int stage = i & 1;
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads(); /* tile i visible; stage^1, sDS and sX free */
+        float lse_next = 0.f, delta_next = 0.f;
+        if (i + 1 < n_tiles) {
+            load_q(i + 1, stage ^ 1);
+            if (tid < BM) fetch_stats(i + 1, lse_next, delta_next);
+        }
+        cp_async_commit();
+        const int qt = pol.query_tile(bh, kt, i, BM, BN), q0 = qt * BM;
+        const uint32_t qs_addr = q_addr + stage * BM * RB, dos_addr = do_addr + stage * BM * RB;
+        const float *tLse = sLse + stage * BM, *tDelta = sDelta + stage * BM;
+
+        float st[32], dpt[32];
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            wgmma_m64n64k16_ss<0, 0>(st, desc_sw128(kw_addr + 32 * kk), desc_sw128(qs_addr + 32 * kk), kk > 0);
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            wgmma_m64n64k16_ss<0, 0>(dpt, desc_sw128(vw_addr + 32 * kk), desc_sw128(dos_addr + 32 * kk), kk > 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(st);
+        fence_regs(dpt);
+
+        const bool masked = !pol.tile_full(bh, qt, kt, BM, BN) || k0 + BN > k_len;
+#pragma unroll
+        for (int nq = 0; nq < NQ; nq++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
+                float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[col]));
+                if (masked) {
+                    const int qc = q0 + col;
+                    if (!(qc < q_len && key_row[hf] < k_len && pol.allowed(pol.q_info(bh, qc), kinfo[hf])))
+                        pe = 0.f;
+                }
+                st[4 * nq + e] = pe;
+                dpt[4 * nq + e] = pe * (dpt[4 * nq + e] - tDelta[col]);
+            }
+
+        uint32_t pa[16], da[16]; /* k-block kq (16 queries): registers 4kq .. 4kq+3 */
+#pragma unroll
+        for (int kq = 0; kq < BM / 16; kq++) {
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                pa[4 * kq + r] = pack_bf16(st[8 * kq + 2 * r], st[8 * kq + 2 * r + 1]);
+                da[4 * kq + r] = pack_bf16(dpt[8 * kq + 2 * r], dpt[8 * kq + 2 * r + 1]);
+            }
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int kq = 0; kq < BM / 16; kq++)
+            wgmma_m64n64k16_rs<1>(dv, &pa[4 * kq], desc_sw128(dos_addr + kq * 16 * RB), 1);
+#pragma unroll
+        for (int kq = 0; kq < BM / 16; kq++)
+            wgmma_m64n64k16_rs<1>(dk, &da[4 * kq], desc_sw128(qs_addr + kq * 16 * RB), 1);
+        wgmma_commit();
+
+        if (ATOMIC_DQ) {
+            /* dS^T rows of this warpgroup to smem while dV and dK run: da[4kq + r] holds
+             * (row g + 8*(r&1), queries 16kq + 8*(r>>1) + 2tq, +1). */
+#pragma unroll
+            for (int kq = 0; kq < BM / 16; kq++)
+#pragma unroll
+                for (int r = 0; r < 4; r++)
+                    *reinterpret_cast<uint32_t *>(
+                        sDS + SwizzledTile<BM>::offset_col(warp_row + g + 8 * (r & 1),
+                                                           16 * kq + 8 * (r >> 1) + 2 * tq)) = da[4 * kq + r];
+            fence_proxy_async();
+            named_barrier(1 + wg, 128); /* this warpgroup's dS^T rows are complete */
+            float dq[32];
+            const uint32_t dsw_addr = ds_addr + wg * 64 * BM * 2;
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < 4; ks++) /* k = this warpgroup's 64 keys, 16 at a time */
+                wgmma_m64n64k16_ss<1, 1>(dq, desc_sw128(dsw_addr + ks * 16 * BM * 2),
+                                         desc_sw128(kw_addr + ks * 16 * RB), ks > 0);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_regs(dq);
+            fence_regs(dk);
+            fence_regs(dv);
+            fence_regs_u32(pa);
+            fence_regs_u32(da);
+
+            /* Sum the NWG partials: write all, then each warpgroup adds the float2 pairs
+             * pi = 0..15 with pi % NWG == wg (pair pi: n-tile pi/2, row half pi%2). */
+#pragma unroll
+            for (int r = 0; r < 32; r++) sX[(wg * 32 + r) * 128 + wtid] = dq[r];
+            __syncthreads();
+#pragma unroll
+            for (int pi = 0; pi < 16; pi++) {
+                if (pi % NWG != wg) continue;
+                float2 sum = make_float2(0.f, 0.f);
+#pragma unroll
+                for (int w = 0; w < NWG; w++) {
+                    sum.x += sX[(w * 32 + 2 * pi) * 128 + wtid];
+                    sum.y += sX[(w * 32 + 2 * pi + 1) * 128 + wtid];
+                }
+                const int qr = q0 + (wtid / 32) * 16 + g + 8 * (pi % 2);
+                if (qr < q_len) {
+                    float *dst = p.dq_accum + (((long)b * p.T + pol.q_row(bh, qr)) * p.H + h) * D +
+                                 8 * (pi / 2) + 2 * tq;
+                    atomicAdd(reinterpret_cast<float2 *>(dst), make_float2(sum.x * p.scale, sum.y * p.scale));
+                }
+            }
+        } else {
+            wgmma_wait<0>();
+            fence_regs(dk);
+            fence_regs(dv);
+            fence_regs_u32(pa);
+            fence_regs_u32(da);
+        }
+        if (i + 1 < n_tiles && tid < BM) {
+            sLse[(stage ^ 1) * BM + tid] = lse_next;
+            sDelta[(stage ^ 1) * BM + tid] = delta_next;
+        }
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        if (key_row[hf] >= k_len) continue;
+        const int mem = pol.k_row(bh, key_row[hf]);
+        bf16 *dk_dst = head_base(p.dk, p.k_stride, b, p.T, h, D) + (long)mem * p.k_stride + 2 * tq;
+        bf16 *dv_dst = head_base(p.dv, p.v_stride, b, p.T, h, D) + (long)mem * p.v_stride + 2 * tq;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++) {
+            *reinterpret_cast<uint32_t *>(dk_dst + nd * 8) =
+                pack_bf16(dk[4 * nd + 2 * hf] * p.scale, dk[4 * nd + 2 * hf + 1] * p.scale);
+            *reinterpret_cast<uint32_t *>(dv_dst + nd * 8) = pack_bf16(dv[4 * nd + 2 * hf], dv[4 * nd + 2 * hf + 1]);
+        }
+    }
+#else
+    __trap(); /* built without sm_90a: the host never launches this kernel then */
+#endif
+}
+
+} // namespace flash
+
+#endif

@@ -1,0 +1,205 @@
+/* Forward flash attention for Hopper (sm_90a), head dim 64: warpgroup matrix products.
+ *
+ * Same algorithm, policy interface and epilogue as flash_fwd.cuh; what changes is who
+ * multiplies: each warpgroup (4 warps) owns 64 query rows and issues
+ *   S = Q K^T   wgmma m64nBNk16, Q and K straight from shared memory (no ldmatrix),
+ *   O += P V    wgmma m64n64k16, P from registers (accumulator layout = A-operand layout),
+ *               V from shared memory read N-major (transposed by the tensor core).
+ * Loads are cp.async (so that a sparse policy can gather rows), double-buffered, fenced to
+ * the async proxy before the tensor cores read them. The tile shapes: BM = 64 * NWG query
+ * rows, BN keys per step. */
+#ifndef ATTENTION_CUDA_FLASH_FWD_SM90_CUH
+#define ATTENTION_CUDA_FLASH_FWD_SM90_CUH
+
+#include <math.h>
+
+#include "attention/cuda/flash_common.cuh"
+#include "attention/cuda/flash_params.cuh"
+#include "attention/cuda/flash_sm90.cuh"
+
+namespace flash {
+
+template <int NWG_, int BN_> struct Sm90FwdTiles {
+    static constexpr int D = 64, NWG = NWG_, BM = 64 * NWG_, BN = BN_;
+    static constexpr int THREADS = 128 * NWG;
+    static constexpr int NT = BN / 8; /* n-tiles of S */
+    static constexpr int KN = BN / 16; /* k-blocks of P.V */
+    static constexpr int ND = D / 8;  /* n-tiles of O */
+    static constexpr int ROW_BYTES = D * 2;
+    /* Q + 2 stages of K and V, plus slack to align the base to 1024 bytes (swizzle atom). */
+    static constexpr int SMEM_BYTES = (BM * D + 4 * BN * D) * 2 + 1024;
+    static_assert(BN == 64 || BN == 128, "wgmma N of S");
+};
+
+template <int BN>
+__device__ __forceinline__ void wgmma_s_tile(float *s, uint64_t da, uint64_t db, int acc) {
+    if constexpr (BN == 128)
+        sm90::wgmma_m64n128k16_ss<0, 0>(s, da, db, acc);
+    else
+        sm90::wgmma_m64n64k16_ss<0, 0>(s, da, db, acc);
+}
+
+template <class Cfg, class Policy>
+__global__ void __launch_bounds__(Cfg::THREADS) flash_fwd_sm90_kernel(FlashParams p, Policy pol) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, THREADS = Cfg::THREADS;
+    constexpr int NT = Cfg::NT, KN = Cfg::KN, ND = Cfg::ND, RB = Cfg::ROW_BYTES;
+    typedef typename Policy::RowInfo RowInfo;
+    using namespace sm90;
+
+    extern __shared__ unsigned char smem_raw[];
+    const uint32_t raw_addr = smem_addr(smem_raw);
+    bf16 *sQ = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023));
+    bf16 *sK = sQ + BM * D; /* stage s at sK + s*BN*D */
+    bf16 *sV = sK + 2 * BN * D;
+    const uint32_t q_addr = smem_addr(sQ), k_addr = smem_addr(sK), v_addr = smem_addr(sV);
+
+    const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
+    const int qt = gridDim.y - 1 - blockIdx.y;
+    const int q_len = pol.q_len(bh), k_len = pol.k_len(bh);
+    const int q0 = qt * BM;
+    if (q0 >= q_len) return;
+    const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, g = lane / 4, tq = lane % 4;
+    const int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first tile row of this warp */
+
+    const bf16 *q_base = head_base(p.q, p.q_stride, b, p.T, h, D);
+    const bf16 *k_base = head_base(p.k, p.k_stride, b, p.T, h, D);
+    const bf16 *v_base = head_base(p.v, p.v_stride, b, p.T, h, D);
+    bf16 *o_base = head_base(p.out, p.o_stride, b, p.T, h, D);
+
+    load_tile_async<BM, D, THREADS>(sQ, q_base, p.q_stride, q_len - q0,
+                                    [&](int r) { return pol.q_row(bh, q0 + r); });
+    const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
+    auto load_kv = [&](int i, int stage) {
+        const int k0 = pol.key_tile(bh, qt, i, BM, BN) * BN;
+        auto row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
+        load_tile_async<BN, D, THREADS>(sK + stage * BN * D, k_base, p.k_stride, k_len - k0,
+                                        row_of);
+        load_tile_async<BN, D, THREADS>(sV + stage * BN * D, v_base, p.v_stride, k_len - k0,
+                                        row_of);
+    };
+    if (n_tiles > 0) load_kv(0, 0);
+    cp_async_commit();
+
+    RowInfo qinfo[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const int r = q0 + warp_row + hf * 8 + g;
+        qinfo[hf] = r < q_len ? pol.q_info(bh, r) : RowInfo{};
+    }
+    float o[ND * 4];
+#pragma unroll
+    for (int j = 0; j < ND * 4; j++) o[j] = 0.f;
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+    const float sl2 = p.scale_log2;
+
+    for (int i = 0; i < n_tiles; i++) {
+        const int stage = i & 1;
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads(); /* tile i visible to the tensor cores; stage^1 free */
+        if (i + 1 < n_tiles) load_kv(i + 1, stage ^ 1);
+        cp_async_commit();
+        const int kt = pol.key_tile(bh, qt, i, BM, BN), k0 = kt * BN;
+
+        float s[NT * 4];
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            wgmma_s_tile<BN>(s, desc_sw128(q_addr + wg * 64 * RB + 32 * kk),
+                             desc_sw128(k_addr + stage * BN * RB + 32 * kk), kk > 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(s);
+
+        if (!pol.tile_full(bh, qt, kt, BM, BN) || k0 + BN > k_len) {
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int c = k0 + nt * 8 + 2 * tq + e;
+                    const bool in_range = c < k_len;
+                    const RowInfo ki = in_range ? pol.k_info(bh, c) : RowInfo{};
+#pragma unroll
+                    for (int hf = 0; hf < 2; hf++)
+                        if (!(in_range && pol.allowed(qinfo[hf], ki))) s[4 * nt + 2 * hf + e] = -INFINITY;
+                }
+        }
+
+        /* Online softmax, as in flash_fwd.cuh (rows fully masked so far use max 0). */
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            float mx = row_max[hf];
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+                mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * hf], s[4 * nt + 2 * hf + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_use = mx == -INFINITY ? 0.f : mx;
+            const float alpha = exp2_approx((row_max[hf] - m_use) * sl2);
+            row_max[hf] = mx;
+            row_sum[hf] *= alpha;
+#pragma unroll
+            for (int nd = 0; nd < ND; nd++) {
+                o[4 * nd + 2 * hf] *= alpha;
+                o[4 * nd + 2 * hf + 1] *= alpha;
+            }
+            const float m_scaled = m_use * sl2;
+            float sum = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float pe = exp2_approx(fmaf(s[4 * nt + 2 * hf + e], sl2, -m_scaled));
+                    s[4 * nt + 2 * hf + e] = pe;
+                    sum += pe;
+                }
+            row_sum[hf] += sum;
+        }
+
+        /* O += P V. All P fragments exist before the first product is issued, and stay live
+         * (fence_regs) until the wait: the tensor cores read them asynchronously. */
+        uint32_t pa[KN * 4];
+#pragma unroll
+        for (int kb = 0; kb < KN; kb++) {
+            pa[4 * kb + 0] = pack_bf16(s[8 * kb + 0], s[8 * kb + 1]);
+            pa[4 * kb + 1] = pack_bf16(s[8 * kb + 2], s[8 * kb + 3]);
+            pa[4 * kb + 2] = pack_bf16(s[8 * kb + 4], s[8 * kb + 5]);
+            pa[4 * kb + 3] = pack_bf16(s[8 * kb + 6], s[8 * kb + 7]);
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int kb = 0; kb < KN; kb++)
+            wgmma_m64n64k16_rs<1>(o, &pa[4 * kb], desc_sw128(v_addr + stage * BN * RB + kb * 16 * RB), 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(o);
+        fence_regs_u32(pa);
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        float sum = row_sum[hf];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const float inv = sum > 0.f ? 1.f / sum : 0.f;
+        const int r = q0 + warp_row + hf * 8 + g;
+        if (r >= q_len) continue;
+        const int mem = pol.q_row(bh, r);
+        bf16 *dst = o_base + (long)mem * p.o_stride + 2 * tq;
+#pragma unroll
+        for (int nd = 0; nd < ND; nd++)
+            *reinterpret_cast<uint32_t *>(dst + nd * 8) =
+                pack_bf16(o[4 * nd + 2 * hf] * inv, o[4 * nd + 2 * hf + 1] * inv);
+        if (tq == 0)
+            p.lse[(long)bh * p.T + mem] = sum > 0.f ? row_max[hf] * p.scale + logf(sum) : -INFINITY;
+    }
+#else
+    __trap(); /* built without sm_90a: the host never launches this kernel then */
+#endif
+}
+
+} // namespace flash
+
+#endif

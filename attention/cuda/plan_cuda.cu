@@ -1,0 +1,320 @@
+/* Host side of the GPU attention plan (attention/plan_cuda.h): allocation, the host draw of the
+ * hash rotations, and the launches of the stages in plan_hash.cuh, plan_sort.cuh and
+ * plan_tile_kernels.cuh. */
+#include <string.h>
+
+#include <cub/device/device_radix_sort.cuh>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "attention/attention.h"
+#include "attention/plan_cpu.h"
+#include "attention/plan_cuda.h"
+#include "attention/plan_tiles.h"
+#include "runtime/error.h"
+}
+#include "attention/cuda/plan_hash.cuh"
+#include "attention/cuda/plan_sort.cuh"
+#include "attention/cuda/plan_tile_kernels.cuh"
+
+#define PLAN_CUDA_OK(call)                                                                   \
+    do {                                                                                     \
+        cudaError_t err_ = (call);                                                           \
+        if (err_ != cudaSuccess)                                                             \
+            fatal(EXIT_RUNTIME, "attention plan (GPU): %s failed: %s", #call,                \
+                  cudaGetErrorString(err_));                                                 \
+    } while (0)
+
+template <class T> static T *device_alloc(size_t count) {
+    void *p = NULL;
+    if (count == 0) return NULL;
+    PLAN_CUDA_OK(cudaMalloc(&p, count * sizeof(T)));
+    return (T *)p;
+}
+
+static int plan_n_groups(const attn_params_t *p) {
+    return p->mode == ATTN_HASH_SPARSE ? p->n_buckets : p->mode == ATTN_QK_SPARSE ? 2 : 1;
+}
+
+extern "C" void attn_plan_cuda_init(attn_plan_cuda_t *plan, const attn_params_t *p, int B, int T,
+                                    int H, int D) {
+    memset(plan, 0, sizeof *plan);
+    /* A host plan of one position draws the rotations with attn_plan_build's own code; its
+     * init also validates the parameters and sizes. */
+    attn_plan_init(&plan->host_draw, p, 1, 1, H, D);
+    if ((long)B * T * H > INT32_MAX)
+        fatal(EXIT_USAGE, "attention plan (GPU): B*T*H = %ld rows is too large", (long)B * T * H);
+    plan->p = *p;
+    plan->B = B;
+    plan->T = T;
+    plan->H = H;
+    plan->D = D;
+    const int BH = B * H, ng = plan_n_groups(p);
+    const size_t rows = (size_t)BH * T;
+    if (p->mode == ATTN_QK_SPARSE) {
+        plan->keep_q = device_alloc<uint8_t>(rows);
+        plan->keep_k = device_alloc<uint8_t>(rows);
+    } else if (p->mode == ATTN_HASH_SPARSE) {
+        plan->bucket_q = device_alloc<int32_t>(rows);
+        plan->own_bucket_k = device_alloc<int32_t>(rows);
+        plan->bucket_k = plan->own_bucket_k;
+        if (p->n_buckets > 1) {
+            const size_t n_rot = (size_t)H * D * (p->n_buckets / 2);
+            plan->rotations = device_alloc<float>(n_rot);
+            PLAN_CUDA_OK(cudaMallocHost((void **)&plan->rotations_staging, n_rot * sizeof(float)));
+            plan->host_draw_input = (float *)xcalloc((size_t)H * D, sizeof(float), "hash draw input");
+        }
+    }
+    PLAN_CUDA_OK(cudaEventCreateWithFlags(&plan->staging_free, cudaEventDisableTiming));
+    attn_row_order_t *rw = &plan->rows;
+    rw->BH = BH;
+    rw->T = T;
+    rw->n_groups = ng;
+    rw->n_work_groups = attn_n_work_groups(p);
+    rw->exclude_self = p->exclude_self;
+    rw->order_q = device_alloc<int32_t>(rows);
+    rw->pos_q = device_alloc<int32_t>(rows);
+    rw->group_q = device_alloc<int32_t>(rows);
+    rw->group_start_q = device_alloc<int32_t>((size_t)BH * (ng + 1));
+    plan->own_order_k = device_alloc<int32_t>(rows);
+    plan->own_pos_k = device_alloc<int32_t>(rows);
+    plan->own_group_k = device_alloc<int32_t>(rows);
+    plan->own_group_start_k = device_alloc<int32_t>((size_t)BH * (ng + 1));
+    rw->order_k = plan->own_order_k;
+    rw->pos_k = plan->own_pos_k;
+    rw->group_k = plan->own_group_k;
+    rw->group_start_k = plan->own_group_start_k;
+    plan->n_chunks = (T + plan::SORT_CHUNK - 1) / plan::SORT_CHUNK;
+    plan->histogram = device_alloc<int32_t>((size_t)2 * BH * plan->n_chunks * ng);
+}
+
+extern "C" void attn_plan_cuda_free(attn_plan_cuda_t *plan) {
+    void *device[] = {plan->keep_q, plan->keep_k, plan->bucket_q, plan->own_bucket_k,
+                      plan->rotations, plan->rows.order_q, plan->rows.pos_q, plan->rows.group_q,
+                      plan->rows.group_start_q, plan->own_order_k, plan->own_pos_k,
+                      plan->own_group_k, plan->own_group_start_k, plan->histogram};
+    for (size_t i = 0; i < sizeof device / sizeof device[0]; i++)
+        if (device[i]) PLAN_CUDA_OK(cudaFree(device[i]));
+    if (plan->rotations_staging) PLAN_CUDA_OK(cudaFreeHost(plan->rotations_staging));
+    if (plan->staging_free) PLAN_CUDA_OK(cudaEventDestroy(plan->staging_free));
+    free(plan->host_draw_input);
+    attn_plan_free(&plan->host_draw);
+    memset(plan, 0, sizeof *plan);
+}
+
+extern "C" void attn_plan_cuda_upload_rotations(attn_plan_cuda_t *plan, uint64_t key,
+                                                cudaStream_t stream) {
+    if (plan->p.mode != ATTN_HASH_SPARSE || plan->p.n_buckets == 1) return;
+    attn_plan_build(&plan->host_draw, key, plan->host_draw_input, NULL);
+    const size_t bytes = (size_t)plan->H * plan->D * (plan->p.n_buckets / 2) * sizeof(float);
+    /* The previous upload may still be reading the staging buffer. */
+    PLAN_CUDA_OK(cudaEventSynchronize(plan->staging_free));
+    memcpy(plan->rotations_staging, plan->host_draw.rotations, bytes);
+    PLAN_CUDA_OK(cudaMemcpyAsync(plan->rotations, plan->rotations_staging, bytes,
+                                 cudaMemcpyHostToDevice, stream));
+    PLAN_CUDA_OK(cudaEventRecord(plan->staging_free, stream));
+}
+
+static void check_hash_input(const attn_plan_cuda_t *plan, const char *name, const void *x,
+                             long stride) {
+    if (!x) fatal(EXIT_USAGE, "attention plan (GPU): hash_sparse needs %s (NULL given)", name);
+    if (plan->D != 64 && plan->D != 128)
+        fatal(EXIT_USAGE, "attention plan (GPU): hash_sparse supports head dim 64 or 128, got %d", plan->D);
+    if (((uintptr_t)x % 16) != 0 || stride % 8 != 0 || stride < (long)plan->H * plan->D)
+        fatal(EXIT_USAGE, "attention plan (GPU): %s must be 16-byte aligned with a row stride that is "
+              "a multiple of 8 and at least H*D = %d (stride %ld)", name, plan->H * plan->D, stride);
+}
+
+template <int D, int HALF_MAX>
+static void launch_hash(const attn_plan_cuda_t *plan, const void *x, long stride, int32_t *bucket,
+                        cudaStream_t stream) {
+    constexpr int ROWS = D == 64 ? 128 : 64; /* keeps the staged rows under 48 KB */
+    const long rows = (long)plan->B * plan->T;
+    dim3 grid((unsigned)((rows + ROWS - 1) / ROWS), (unsigned)plan->H);
+    plan::hash_bucket_kernel<D, HALF_MAX, ROWS><<<grid, ROWS, 0, stream>>>(
+        (const plan::bf16 *)x, stride, plan->rotations, plan->T, plan->H, rows,
+        plan->p.n_buckets / 2, bucket);
+    PLAN_CUDA_OK(cudaGetLastError());
+}
+
+template <int D>
+static void launch_hash_d(const attn_plan_cuda_t *plan, const void *x, long stride,
+                          int32_t *bucket, cudaStream_t stream) {
+    const int half = plan->p.n_buckets / 2;
+    if (half <= 4) launch_hash<D, 4>(plan, x, stride, bucket, stream);
+    else if (half <= 8) launch_hash<D, 8>(plan, x, stride, bucket, stream);
+    else if (half <= 16) launch_hash<D, 16>(plan, x, stride, bucket, stream);
+    else launch_hash<D, 32>(plan, x, stride, bucket, stream);
+}
+
+static void hash_rows(const attn_plan_cuda_t *plan, const void *x, long stride, int32_t *bucket,
+                      cudaStream_t stream) {
+    if (plan->D == 64) launch_hash_d<64>(plan, x, stride, bucket, stream);
+    else launch_hash_d<128>(plan, x, stride, bucket, stream);
+}
+
+extern "C" void attn_plan_cuda_assign(attn_plan_cuda_t *plan, uint64_t key, const void *q,
+                                      long q_stride, const void *k, long k_stride,
+                                      cudaStream_t stream) {
+    const size_t rows = (size_t)plan->B * plan->H * plan->T;
+    switch (plan->p.mode) {
+    case ATTN_DENSE: plan->shared_keys = 1; return;
+    case ATTN_QK_SPARSE: {
+        plan->shared_keys = 0; /* keys have their own keep mask even when K derives from Q */
+        const uint32_t threshold = rng_drop_threshold((double)plan->p.drop_prob);
+        plan::keep_mask_kernel<<<(unsigned)((rows + 255) / 256), 256, 0, stream>>>(
+            key, threshold, (long)rows, plan->keep_q, plan->keep_k);
+        PLAN_CUDA_OK(cudaGetLastError());
+        return;
+    }
+    case ATTN_HASH_SPARSE:
+        plan->shared_keys = k == NULL;
+        plan->bucket_k = plan->shared_keys ? plan->bucket_q : plan->own_bucket_k;
+        if (plan->p.n_buckets == 1) { /* every row in bucket 0: nothing to read */
+            PLAN_CUDA_OK(cudaMemsetAsync(plan->bucket_q, 0, rows * sizeof(int32_t), stream));
+            if (!plan->shared_keys)
+                PLAN_CUDA_OK(cudaMemsetAsync(plan->bucket_k, 0, rows * sizeof(int32_t), stream));
+            return;
+        }
+        check_hash_input(plan, "q", q, q_stride);
+        hash_rows(plan, q, q_stride, plan->bucket_q, stream);
+        if (!plan->shared_keys) {
+            check_hash_input(plan, "k", k, k_stride);
+            hash_rows(plan, k, k_stride, plan->bucket_k, stream);
+        }
+        return;
+    }
+}
+
+extern "C" void attn_plan_cuda_sort(attn_plan_cuda_t *plan, cudaStream_t stream) {
+    attn_row_order_t *rw = &plan->rows;
+    const int shared = plan->shared_keys && plan->p.mode != ATTN_QK_SPARSE;
+    if (plan->p.mode == ATTN_HASH_SPARSE)
+        plan->bucket_k = shared ? plan->bucket_q : plan->own_bucket_k;
+    /* Shared keys: the key rows are the query rows, sorted once. */
+    rw->order_k = shared ? rw->order_q : plan->own_order_k;
+    rw->pos_k = shared ? rw->pos_q : plan->own_pos_k;
+    rw->group_k = shared ? rw->group_q : plan->own_group_k;
+    rw->group_start_k = shared ? rw->group_start_q : plan->own_group_start_k;
+
+    plan::SortArgs a;
+    memset(&a, 0, sizeof a);
+    a.BH = rw->BH;
+    a.T = rw->T;
+    a.n_groups = rw->n_groups;
+    a.n_chunks = plan->n_chunks;
+    a.qk = plan->p.mode == ATTN_QK_SPARSE;
+    a.histogram = plan->histogram;
+    a.side[0] = {{(int)plan->p.mode, plan->bucket_q, plan->keep_q}, rw->order_q, rw->pos_q,
+                 rw->group_q, rw->group_start_q, ATTN_POS_DROPPED_QUERY};
+    a.side[1] = {{(int)plan->p.mode, plan->bucket_k, plan->keep_k}, rw->order_k, rw->pos_k,
+                 rw->group_k, rw->group_start_k, ATTN_POS_DROPPED_KEY};
+    dim3 grid((unsigned)plan->n_chunks, (unsigned)rw->BH, shared ? 1u : 2u);
+    plan::group_histogram_kernel<<<grid, 256, 0, stream>>>(a);
+    PLAN_CUDA_OK(cudaGetLastError());
+    plan::group_place_kernel<<<grid, plan::SORT_CHUNK, 0, stream>>>(a);
+    PLAN_CUDA_OK(cudaGetLastError());
+}
+
+extern "C" void attn_plan_cuda_build(attn_plan_cuda_t *plan, uint64_t key, const void *q,
+                                     long q_stride, const void *k, long k_stride,
+                                     cudaStream_t stream) {
+    attn_plan_cuda_upload_rotations(plan, key, stream);
+    attn_plan_cuda_assign(plan, key, q, q_stride, k, k_stride, stream);
+    attn_plan_cuda_sort(plan, stream);
+}
+
+/* Bits of the largest list length: the radix sort looks at no more. */
+static int count_bits(int max_count) {
+    int bits = 1;
+    while ((1L << bits) <= max_count) bits++;
+    return bits;
+}
+
+/* order = indices by count descending, ties by increasing index (the radix sort is stable). */
+static void order_by_count(attn_tiles_cuda_t *t, const int32_t *counts, int n, int max_count,
+                           int32_t *order, cudaStream_t stream) {
+    size_t bytes = t->sort_temp_bytes;
+    PLAN_CUDA_OK(cub::DeviceRadixSort::SortPairsDescending(
+        t->sort_temp, bytes, (const uint32_t *)counts, t->sorted_counts, t->tile_index, order, n,
+        0, count_bits(max_count), stream));
+}
+
+__global__ static void iota_kernel(int32_t *x, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = i;
+}
+
+extern "C" void attn_tiles_cuda_init(attn_tiles_cuda_t *t, const attn_plan_cuda_t *plan,
+                                     int block_m, int block_n) {
+    if (block_m < 1 || block_n < 1)
+        fatal(EXIT_USAGE, "attention tile lists: tile sizes must be positive (block_m=%d block_n=%d)",
+              block_m, block_n);
+    memset(t, 0, sizeof *t);
+    attn_tile_lists_t *l = &t->lists;
+    const int BH = plan->rows.BH, T = plan->T;
+    l->BH = BH;
+    l->block_m = block_m;
+    l->block_n = block_n;
+    l->n_q_tiles = (T + block_m - 1) / block_m;
+    l->n_k_tiles = (T + block_n - 1) / block_n;
+    const size_t nq = (size_t)BH * l->n_q_tiles, nk = (size_t)BH * l->n_k_tiles;
+    const size_t n_max = nq > nk ? nq : nk;
+    if (nq * l->n_k_tiles > INT32_MAX)
+        fatal(EXIT_USAGE, "attention tile lists: %zu list slots are too many (smaller T or larger tiles)",
+              nq * l->n_k_tiles);
+    l->info_q = device_alloc<attn_tile_info_t>(nq);
+    l->info_k = device_alloc<attn_tile_info_t>(nk);
+    l->n_key_tiles = device_alloc<int32_t>(nq);
+    l->n_query_tiles = device_alloc<int32_t>(nk);
+    l->key_tiles = device_alloc<int32_t>(nq * l->n_k_tiles);
+    l->query_tiles = device_alloc<int32_t>(nk * l->n_q_tiles);
+    l->q_tile_order = device_alloc<int32_t>(nq);
+    l->k_tile_order = device_alloc<int32_t>(nk);
+    l->live_tiles = device_alloc<int64_t>(1);
+    t->tile_index = device_alloc<int32_t>(n_max);
+    t->sorted_counts = device_alloc<uint32_t>(n_max);
+    iota_kernel<<<(unsigned)((n_max + 255) / 256), 256>>>(t->tile_index, (int)n_max);
+    PLAN_CUDA_OK(cudaGetLastError());
+    PLAN_CUDA_OK(cub::DeviceRadixSort::SortPairsDescending(
+        NULL, t->sort_temp_bytes, (const uint32_t *)NULL, (uint32_t *)NULL, (const int32_t *)NULL,
+        (int32_t *)NULL, (int)n_max, 0, 32));
+    PLAN_CUDA_OK(cudaMalloc(&t->sort_temp, t->sort_temp_bytes));
+    PLAN_CUDA_OK(cudaDeviceSynchronize()); /* the index array is ready before any stream uses it */
+}
+
+extern "C" void attn_tiles_cuda_free(attn_tiles_cuda_t *t) {
+    attn_tile_lists_t *l = &t->lists;
+    void *device[] = {l->info_q, l->info_k, l->n_key_tiles, l->n_query_tiles, l->key_tiles,
+                      l->query_tiles, l->q_tile_order, l->k_tile_order, l->live_tiles,
+                      t->tile_index, t->sorted_counts, t->sort_temp};
+    for (size_t i = 0; i < sizeof device / sizeof device[0]; i++)
+        if (device[i]) PLAN_CUDA_OK(cudaFree(device[i]));
+    memset(t, 0, sizeof *t);
+}
+
+extern "C" void attn_tiles_cuda_build(attn_tiles_cuda_t *t, const attn_plan_cuda_t *plan,
+                                      cudaStream_t stream) {
+    attn_tile_lists_t *l = &t->lists;
+    if (l->BH != plan->rows.BH || l->n_q_tiles != (plan->T + l->block_m - 1) / l->block_m)
+        fatal(EXIT_USAGE, "attention tile lists: built for other sizes than this plan");
+    plan::TileArgs a;
+    a.rows = plan->rows;
+    a.lists = *l;
+    const long warps = (long)l->BH * (l->n_q_tiles + l->n_k_tiles);
+    const unsigned blocks = (unsigned)((warps * 32 + 255) / 256);
+    PLAN_CUDA_OK(cudaMemsetAsync(l->live_tiles, 0, sizeof(int64_t), stream));
+    plan::tile_info_kernel<<<blocks, 256, 0, stream>>>(a);
+    PLAN_CUDA_OK(cudaGetLastError());
+    plan::tile_list_kernel<<<blocks, 256, 0, stream>>>(a);
+    PLAN_CUDA_OK(cudaGetLastError());
+    order_by_count(t, l->n_key_tiles, l->BH * l->n_q_tiles, l->n_k_tiles, l->q_tile_order, stream);
+    order_by_count(t, l->n_query_tiles, l->BH * l->n_k_tiles, l->n_q_tiles, l->k_tile_order, stream);
+}
+
+extern "C" int64_t attn_tiles_cuda_live_count(const attn_tiles_cuda_t *t, cudaStream_t stream) {
+    int64_t live = 0;
+    PLAN_CUDA_OK(cudaMemcpyAsync(&live, t->lists.live_tiles, sizeof live, cudaMemcpyDeviceToHost, stream));
+    PLAN_CUDA_OK(cudaStreamSynchronize(stream));
+    return live;
+}

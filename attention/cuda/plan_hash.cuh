@@ -1,0 +1,148 @@
+/* Plan stage 2 on the GPU: keep masks (qk_sparse) and hash buckets (hash_sparse).
+ *
+ * Buckets. bucket(x) = first argmax over [x.R, -x.R] (attention/attention.h). The CPU reference
+ * takes the dot products in double, summed over d in increasing order. Here one thread hashes
+ * one (row, head): it reads the D bf16 values once (16-byte loads), takes the nb/2 projections
+ * in fp32 against R in shared memory, and keeps the fp32 argmax only when the gap between the
+ * two largest candidates exceeds twice the error bound of both fp32 and double sums:
+ *     |fl(x.r) - x.r| <= gamma_D * sum_d |x_d r_d| <= gamma_D * ||x||_2   (||r|| = 1),
+ * gamma_D = D u / (1 - D u), u = 2^-24 (fp32) or 2^-53 (double). Then the exact argmax, and so
+ * the CPU's, is the fp32 one. Otherwise (near ties, exact ties such as zero rows, tiny rows
+ * whose fp32 squares underflow, inf or NaN) the thread recomputes in double in the CPU's order:
+ * a bf16 times a float is exact in double, so fma and the CPU's multiply-add round alike and
+ * the two sums agree to the bit. Near ties are rare (about 1e-4 of rows with Gaussian data). */
+#ifndef ATTENTION_CUDA_PLAN_HASH_CUH
+#define ATTENTION_CUDA_PLAN_HASH_CUH
+
+#include <cuda_bf16.h>
+#include <math.h>
+#include <stdint.h>
+
+extern "C" {
+#include "runtime/rng.h"
+}
+
+namespace plan {
+
+typedef __nv_bfloat16 bf16;
+
+/* keep[n] for row n = (b*H + h)*T + t, counters 2n (queries) and 2n + 1 (keys). */
+__global__ void keep_mask_kernel(uint64_t key, uint32_t threshold, long rows, uint8_t *keep_q,
+                                 uint8_t *keep_k) {
+    long n = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (n >= rows) return;
+    keep_q[n] = rng_u24(key, 2 * (uint64_t)n) >= threshold;
+    keep_k[n] = rng_u24(key, 2 * (uint64_t)n + 1) >= threshold;
+}
+
+/* The CPU's bucket, in its arithmetic: proj[c] = sum_d x_d R[d][c] in double, d increasing;
+ * first maximum of [proj, -proj]. The first maximum of the concatenation is the first maximum
+ * of the positive half unless the negative half's maximum is strictly larger. Rarely taken,
+ * so kept out of line (its registers stay out of the fast path). */
+template <int D, int HALF_MAX>
+__device__ __noinline__ int exact_bucket(const bf16 *row, const float *sR, int half) {
+    double max_pos = 0.0, max_neg = 0.0;
+    int arg_pos = 0, arg_neg = 0;
+    for (int c = 0; c < half; c++) {
+        double s = 0.0;
+        for (int d = 0; d < D; d++)
+            s = fma((double)__bfloat162float(row[d]), (double)sR[d * HALF_MAX + c], s);
+        if (c == 0 || s > max_pos) {
+            max_pos = s;
+            arg_pos = c;
+        }
+        if (c == 0 || -s > max_neg) {
+            max_neg = -s;
+            arg_neg = c;
+        }
+    }
+    return max_neg > max_pos ? half + arg_neg : arg_pos;
+}
+
+/* Grid: x = blocks of ROWS rows (b*T + t), y = head; ROWS threads, one row each.
+ * bucket: [B][H][T]. R: [H][D][half]. The block first copies its rows' D values into shared
+ * memory with coalesced 16-byte loads (8 or 16 threads per 128- or 256-byte row segment, all
+ * loads in flight at once), rows padded by 16 bytes so that each thread's 16-byte reads of its
+ * own row fall into distinct banks; then each thread hashes its row from shared memory. */
+template <int D, int HALF_MAX, int ROWS>
+__global__ void __launch_bounds__(ROWS)
+hash_bucket_kernel(const bf16 *x, long stride, const float *rot, int T, int H, long rows,
+                   int half, int32_t *bucket) {
+    static_assert(D % 8 == 0 && HALF_MAX % 4 == 0, "16-byte loads of x and of R");
+    constexpr int CHUNKS = D / 8, XS = D + 8; /* 16-byte chunks per row; padded row stride */
+    __shared__ __align__(16) float sR[D * HALF_MAX]; /* columns past half are zero */
+    __shared__ __align__(16) bf16 sX[ROWS * XS];
+    const int h = blockIdx.y;
+    const long row0 = blockIdx.x * (long)ROWS;
+    const float *rot_h = rot + (long)h * D * half;
+    for (int i = threadIdx.x; i < D * HALF_MAX; i += ROWS) {
+        int d = i / HALF_MAX, c = i % HALF_MAX;
+        sR[i] = c < half ? rot_h[d * half + c] : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < CHUNKS; i++) {
+        const int id = i * ROWS + threadIdx.x, r = id / CHUNKS, c = id % CHUNKS;
+        if (row0 + r < rows)
+            *reinterpret_cast<uint4 *>(sX + r * XS + c * 8) =
+                __ldg(reinterpret_cast<const uint4 *>(x + (row0 + r) * stride + (long)h * D) + c);
+    }
+    __syncthreads();
+    const long n = row0 + threadIdx.x; /* b*T + t */
+    if (n >= rows) return;
+    const bf16 *row = sX + threadIdx.x * XS;
+
+    float acc[HALF_MAX];
+#pragma unroll
+    for (int c = 0; c < HALF_MAX; c++) acc[c] = 0.0f;
+    float norm2 = 0.0f;
+#pragma unroll 1
+    for (int i = 0; i < CHUNKS; i++) {
+        const uint4 raw = *reinterpret_cast<const uint4 *>(row + i * 8);
+        const __nv_bfloat162 *pairs = reinterpret_cast<const __nv_bfloat162 *>(&raw);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float2 two = __bfloat1622float2(pairs[j / 2]);
+            float xv = (j % 2) ? two.y : two.x;
+            norm2 = fmaf(xv, xv, norm2);
+            const float4 *r4 = reinterpret_cast<const float4 *>(sR + (i * 8 + j) * HALF_MAX);
+#pragma unroll
+            for (int c4 = 0; c4 < HALF_MAX / 4; c4++) {
+                float4 r = r4[c4];
+                acc[4 * c4 + 0] = fmaf(xv, r.x, acc[4 * c4 + 0]);
+                acc[4 * c4 + 1] = fmaf(xv, r.y, acc[4 * c4 + 1]);
+                acc[4 * c4 + 2] = fmaf(xv, r.z, acc[4 * c4 + 2]);
+                acc[4 * c4 + 3] = fmaf(xv, r.w, acc[4 * c4 + 3]);
+            }
+        }
+    }
+    /* First maximum over [acc, -acc] and the runner-up value (a tie makes the gap 0). */
+    int best = 0;
+    float best_v = acc[0], second_v = -INFINITY;
+#pragma unroll
+    for (int n2 = 1; n2 < 2 * HALF_MAX; n2++) {
+        const int c = n2 % HALF_MAX;
+        if (c >= half) continue;
+        const float v = n2 < HALF_MAX ? acc[c] : -acc[c];
+        if (v > best_v) {
+            second_v = best_v;
+            best_v = v;
+            best = n2 < HALF_MAX ? c : half + c;
+        } else if (v > second_v) {
+            second_v = v;
+        }
+    }
+    constexpr float gamma32 = D * 5.9604645e-8f / (1.0f - D * 5.9604645e-8f);
+    constexpr float gamma64 = D * 1.1102230e-16f * 1.01f;
+    /* 2.05 rather than 2: covers the rounding of norm2, of its square root and of ||r||;
+     * the absolute term covers products that round in the subnormal range. */
+    const float margin = 2.05f * (gamma32 + gamma64) * sqrtf(norm2) + D * 3.0e-45f;
+    /* Comparisons written so that NaN or inf anywhere take the exact path. */
+    if (!(best_v - second_v > margin) || !(norm2 >= 1e-30f))
+        best = exact_bucket<D, HALF_MAX>(row, sR, half);
+    const long b = n / T, t = n % T;
+    bucket[(b * H + h) * (long)T + t] = best;
+}
+
+} // namespace plan
+
+#endif
