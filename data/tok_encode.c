@@ -321,6 +321,11 @@ void tok_pool_free(tok_pool_t *p) {
 
 int tok_pool_threads(const tok_pool_t *p) { return p->n_threads; }
 
+tok_encoder_t *tok_pool_encoder(tok_pool_t *p, int i) {
+    if (i < 0 || i >= p->n_threads) fatal(EXIT_RUNTIME, "tok_pool_encoder: no encoder %d in a pool of %d", i, p->n_threads);
+    return p->encoders[i];
+}
+
 #define POOL_MIN_CHUNK (64u << 10)
 #define POOL_MAX_CHUNK (1u << 20)
 

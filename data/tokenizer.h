@@ -59,6 +59,8 @@ typedef struct tok_pool tok_pool_t;
 tok_pool_t *tok_pool_new(const tokenizer_t *, int n_threads);
 void tok_pool_free(tok_pool_t *);
 int tok_pool_threads(const tok_pool_t *);
+/* The pool's i-th encoder (0 <= i < threads), for callers that parallelise over documents. */
+tok_encoder_t *tok_pool_encoder(tok_pool_t *, int i);
 /* Appends the ids of text to out. */
 void tok_pool_encode(tok_pool_t *, const char *text, size_t len, tok_ids_t *out);
 
