@@ -28,6 +28,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #include "attention/attention.h"
 
 #ifdef __CUDACC__
@@ -121,5 +125,9 @@ void attn_tile_infos(const attn_row_order_t *rows, int keys, int block, attn_til
 /* Stable counting sort of n indices by count descending (ties keep increasing index):
  * order[i] = index. counts in [0, max_count]. */
 void attn_order_by_count_desc(const int32_t *counts, int n, int max_count, int32_t *order);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
