@@ -401,6 +401,9 @@ int main(void) {
     test_init();
     test_init_loss_and_determinism();
     test_thread_independence();
+    /* The gradient checks run thousands of forwards of a tiny model: one thread, since a
+     * team's fork/join costs more than the work (thread independence is tested above). */
+    omp_set_num_threads(1);
     printf("finite differences: element step %g, |fd - g| <= %g + %g |g| where |g| >= %g; "
            "directional rel tol %g\n", FD_STEP, FD_ATOL, FD_RTOL, FD_MIN_GRAD, DIR_RTOL);
     gradcheck(1, "dense bias", tiny_config(ATTN_DENSE, 0, 0, 1));

@@ -2,6 +2,7 @@
  * than half in 50 AdamW steps) in every attention mode, through the real optimizer path
  * (global-norm clipping, warm-up + cosine schedule, decay on matrices only). */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,6 +63,7 @@ static void overfit(const char *label, attn_mode_t mode, int shared_qk, int excl
 }
 
 int main(void) {
+    omp_set_num_threads(1); /* a tiny model: a thread team's fork/join would cost more than the work */
     overfit("dense", ATTN_DENSE, 0, 0);
     overfit("qk_sparse 0.5 shared_qk", ATTN_QK_SPARSE, 1, 0);
     overfit("hash_sparse nb4 shared_qk excl", ATTN_HASH_SPARSE, 1, 1);

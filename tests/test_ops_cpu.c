@@ -237,6 +237,23 @@ static void test_matmul_blocked(int N, int IC, int OC, int with_bias) {
     free(inp), free(w), free(dout), free(b), free(out);
 }
 
+/* The AVX-512 and AVX2 kernels use one FMA per term in the same order: identical bits. */
+static void test_fma_kernels_agree(void) {
+    if (matmul_select_kernel("avx512") != 0 || matmul_select_kernel("avx2") != 0) {
+        printf("  avx512 vs avx2 bit-identity: needs both, skipped\n");
+        return;
+    }
+    const int N = 23, IC = 270, OC = 41;
+    float *x = rand_buf((size_t)N * IC, -1, 1), *w = rand_buf((size_t)OC * IC, -1, 1);
+    float *y1 = malloc((size_t)N * OC * sizeof(float)), *y2 = malloc((size_t)N * OC * sizeof(float));
+    matmul_select_kernel("avx512");
+    matmul_forward(y1, x, w, NULL, N, IC, OC);
+    matmul_select_kernel("avx2");
+    matmul_forward(y2, x, w, NULL, N, IC, OC);
+    CHECK(memcmp(y1, y2, (size_t)N * OC * sizeof(float)) == 0, "avx512 and avx2 kernels differ");
+    free(x), free(w), free(y1), free(y2);
+}
+
 /* ---- gelu ---- */
 typedef struct { float *out, *inp; size_t n; } gelu_ctx;
 static void gelu_run(void *p) {
@@ -415,10 +432,23 @@ int main(void) {
     test_layernorm(0);
     test_matmul_fd(1);
     test_matmul_fd(0);
-    test_matmul_blocked(37, 300, 1030, 1);
-    test_matmul_blocked(13, 7, 17, 0);
-    test_matmul_blocked(1, 1, 1, 1);
-    test_matmul_blocked(260, 33, 5, 0);
+    /* Every micro-kernel this CPU can run, then back to the default one. */
+    const char *default_kernel = matmul_kernel_name();
+    const char *kernels[] = {"avx512", "avx2", "portable"};
+    for (int i = 0; i < 3; i++) {
+        if (matmul_select_kernel(kernels[i]) != 0) {
+            printf("  matmul kernel %s: not supported by this CPU, skipped\n", kernels[i]);
+            continue;
+        }
+        printf("  matmul kernel %s\n", kernels[i]);
+        test_matmul_blocked(37, 300, 1030, 1);
+        test_matmul_blocked(13, 7, 17, 0);
+        test_matmul_blocked(1, 1, 1, 1);
+        test_matmul_blocked(260, 33, 5, 0);
+    }
+    test_fma_kernels_agree();
+    CHECK(matmul_select_kernel(default_kernel) == 0, "cannot restore kernel %s", default_kernel);
+    CHECK(matmul_select_kernel("no_such_kernel") == -1, "unknown kernel name must be refused");
     test_gelu();
     test_qk_normalise();
     test_crossentropy();

@@ -37,10 +37,15 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
 /* out[N][OC] = inp[N][IC] weight[OC][IC]^T + bias[OC] (bias may be NULL). out is written. */
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
                     int IC, int OC);
-/* dinp += dout weight; dweight += dout^T inp; dbias += column sums of dout. dinp, dbias may
- * be NULL (not needed). */
+/* dinp += dout weight; dweight += dout^T inp; dbias += column sums of dout. Each of dinp,
+ * dweight, dbias may be NULL (not needed). */
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                      const float *inp, const float *weight, int N, int IC, int OC);
+/* The matmuls' micro-kernel: by default the best this CPU supports ("avx512", "avx2",
+ * "portable"). Selecting another (tests, benchmarks) returns -1 if unknown or unsupported.
+ * Not thread-safe: select before any matmul runs. */
+const char *matmul_kernel_name(void);
+int matmul_select_kernel(const char *name);
 
 /* GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
 void gelu_forward(float *out, const float *inp, size_t n);
