@@ -8,11 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 NVCC=${NVCC:-/usr/local/cuda/bin/nvcc}
 FLAGS="-O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I. -lineinfo --expt-relaxed-constexpr"
-LIBS="-lcjson -lpcre2-8 -lz -lm -lgomp -lcublas -lcublasLt"
+# libcore.a's CPU backend reaches MPI (runtime/dist.c), so MPI is linked too.
+LIBS="-lcjson -lpcre2-8 -lz -lm -lgomp -lcublas -lcublasLt $(mpicc --showme:link 2>/dev/null)"
 
 objs=()
 for f in model/cuda/*.cu attention/cuda/flash_attn.cu; do objs+=("build/cuda/${f%.cu}.o"); done
-make --no-print-directory build/libcore.a "${objs[@]}"
+# SKIP_MAKE=1 links the objects as they are (e.g. while a file of another part is mid-edit).
+[ "${SKIP_MAKE:-0}" = 1 ] || make --no-print-directory build/libcore.a "${objs[@]}"
 mkdir -p carry/lib
 
 link() { # link <source.cu> <output>
@@ -26,9 +28,14 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
     link bench/e2e/bench_step.cu carry/bench_step
+    link bench/e2e/bench_ops.cu carry/bench_ops
 fi
-for lib in libcjson.so.1 libpcre2-8.so.0; do
-    src=$(ldconfig -p | awk -v l="$lib" '$1 == l {print $NF; exit}')
-    [ -n "$src" ] && cp -L "$src" carry/lib/
+# Copy the shared libraries the device image may lack (MPI and its helpers, cJSON, PCRE2):
+# everything ldd resolves outside glibc, the compiler runtime and CUDA.
+for bin in carry/test_model_cuda carry/test_model_cuda_step carry/bench_step carry/bench_ops; do
+    [ -x "$bin" ] || continue
+    ldd "$bin" | awk '$3 ~ /^\// {print $3}' |
+        grep -Ev '/(libc|libm|libpthread|libdl|librt|libstdc\+\+|libgcc_s|libgomp|ld-linux[^/]*)\.so|cuda|cublas' |
+        while read -r lib; do cp -Lu "$lib" carry/lib/; done || true
 done
 ls -la carry carry/lib

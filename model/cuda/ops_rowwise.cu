@@ -104,55 +104,58 @@ void layernorm_forward_dispatch(bf16 *resid, bf16 *out, float *mean, float *rstd
 }
 
 /* ---- LayerNorm backward ---------------------------------------------------------------------
- * Block b owns rows [b*R, (b+1)*R); its warps take every kRowWarps-th row of that range. Each
- * lane accumulates dweight/dbias of its channels in registers over its rows; the warps' sums
- * are then added in warp order in shared memory and written as the block's partial to
- * scratch[b][2C] (dweight then dbias). layernorm_params_reduce_kernel adds the partials in
- * block order. The grid size depends on N only, so the summation order never changes. */
+ * Block b owns rows [b*R, (b+1)*R); its kLnBwdWarps warps take every kLnBwdWarps-th row of that
+ * range. Each warp accumulates dweight/dbias of the rows it sees in its own slice of shared
+ * memory (a lane only ever touches its own channels, so there are no races and the order is
+ * fixed); at the end the slices are added in warp order into the block's partial,
+ * scratch[b][2C] (dweight then dbias), and layernorm_params_reduce_kernel adds the partials in
+ * block order. The grid size depends on N only, so the summation order never changes.
+ * Shared-memory accumulators (rather than registers) keep the register count low enough for
+ * several blocks per SM: the kernel is memory-bound and needs loads in flight. */
+constexpr int kLnBwdWarps = 4;
+
 int ln_backward_blocks(int N) {
-    int g = (N + 4 * kRowWarps - 1) / (4 * kRowWarps); /* at least ~4 rows per warp */
+    int g = (N + 8 * kLnBwdWarps - 1) / (8 * kLnBwdWarps); /* about 8 rows per warp */
     return g < 1 ? 1 : (g > 1024 ? 1024 : g);
 }
 
+size_t ln_backward_smem(int C) { return (size_t)kLnBwdWarps * 2 * C * sizeof(float); }
+
 template <int VPL>
-__global__ void layernorm_backward_kernel(bf16 *__restrict__ dinp, float *__restrict__ scratch,
-                                          const bf16 *__restrict__ dout,
-                                          const bf16 *__restrict__ inp,
-                                          const float *__restrict__ weight,
-                                          const float *__restrict__ mean,
-                                          const float *__restrict__ rstd, int N, int C,
-                                          int rows_per_block) {
-    extern __shared__ float block_sums[]; /* [2C] */
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    float w[VPL][8], dw[VPL][8], db[VPL][8];
-#pragma unroll
-    for (int i = 0; i < VPL; i++) {
-        const int c0 = (i * 32 + lane) * 8;
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            w[i][j] = c0 < C ? weight[c0 + j] : 0.0f;
-            dw[i][j] = 0.0f;
-            db[i][j] = 0.0f;
-        }
-    }
+__global__ void __launch_bounds__(32 * kLnBwdWarps)
+layernorm_backward_kernel(bf16 *__restrict__ dinp, float *__restrict__ scratch,
+                          const bf16 *__restrict__ dout, const bf16 *__restrict__ inp,
+                          const float *__restrict__ weight, const float *__restrict__ mean,
+                          const float *__restrict__ rstd, int N, int C, int rows_per_block) {
+    extern __shared__ float warp_acc[]; /* [warps][2][8][C/8]: element (j, vector vi) of channel vi*8+j */
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, CV = C / 8;
+    float *acc_w = warp_acc + (size_t)warp * 2 * C, *acc_b = acc_w + C;
+    for (int c = lane; c < 2 * C; c += 32) acc_w[c] = 0.0f;
+    __syncwarp();
     const long row_lo = (long)blockIdx.x * rows_per_block;
     const long row_hi = row_lo + rows_per_block < N ? row_lo + rows_per_block : N;
-    for (long row = row_lo + warp; row < row_hi; row += kRowWarps) {
+    for (long row = row_lo + warp; row < row_hi; row += kLnBwdWarps) {
         const size_t base = (size_t)row * C;
         const float m = mean[row], r = rstd[row];
-        float dy[VPL][8], xh[VPL][8];
+        float dy[VPL][8], xh[VPL][8], d[VPL][8];
+#pragma unroll
+        for (int i = 0; i < VPL; i++) { /* all loads of the row first: they overlap */
+            const int c0 = (i * 32 + lane) * 8;
+            if (c0 < C) {
+                load8(dy[i], dout + base + c0);
+                load8(xh[i], inp + base + c0);
+                load8(d[i], dinp + base + c0);
+            }
+        }
         float g_sum = 0.0f, gx_sum = 0.0f;
 #pragma unroll
         for (int i = 0; i < VPL; i++) {
             const int c0 = (i * 32 + lane) * 8;
             if (c0 < C) {
-                float x[8];
-                load8(dy[i], dout + base + c0);
-                load8(x, inp + base + c0);
 #pragma unroll
                 for (int j = 0; j < 8; j++) {
-                    xh[i][j] = (x[j] - m) * r;
-                    const float g = dy[i][j] * w[i][j];
+                    xh[i][j] = (xh[i][j] - m) * r;
+                    const float g = dy[i][j] * __ldg(weight + c0 + j);
                     g_sum += g;
                     gx_sum += g * xh[i][j];
                 }
@@ -161,38 +164,26 @@ __global__ void layernorm_backward_kernel(bf16 *__restrict__ dinp, float *__rest
         const float g_mean = warp_sum(g_sum) / (float)C, gx_mean = warp_sum(gx_sum) / (float)C;
 #pragma unroll
         for (int i = 0; i < VPL; i++) {
-            const int c0 = (i * 32 + lane) * 8;
+            const int vi = i * 32 + lane, c0 = vi * 8;
             if (c0 < C) {
-                float d[8];
-                load8(d, dinp + base + c0);
 #pragma unroll
                 for (int j = 0; j < 8; j++) {
-                    d[j] += r * (dy[i][j] * w[i][j] - g_mean - xh[i][j] * gx_mean);
-                    dw[i][j] += dy[i][j] * xh[i][j];
-                    db[i][j] += dy[i][j];
+                    d[i][j] += r * (dy[i][j] * __ldg(weight + c0 + j) - g_mean - xh[i][j] * gx_mean);
+                    acc_w[j * CV + vi] += dy[i][j] * xh[i][j];
+                    acc_b[j * CV + vi] += dy[i][j];
                 }
-                store8(dinp + base + c0, d);
+                store8(dinp + base + c0, d[i]);
             }
         }
     }
-    for (int wi = 0; wi < kRowWarps; wi++) {
-        if (warp == wi) {
-#pragma unroll
-            for (int i = 0; i < VPL; i++) {
-                const int c0 = (i * 32 + lane) * 8;
-                if (c0 < C) {
-#pragma unroll
-                    for (int j = 0; j < 8; j++) {
-                        block_sums[c0 + j] = (wi == 0 ? 0.0f : block_sums[c0 + j]) + dw[i][j];
-                        block_sums[C + c0 + j] = (wi == 0 ? 0.0f : block_sums[C + c0 + j]) + db[i][j];
-                    }
-                }
-            }
-        }
-        __syncthreads();
-    }
+    __syncthreads();
     float *dst = scratch + (size_t)blockIdx.x * 2 * C;
-    for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) dst[c] = block_sums[c];
+    for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+        const int half = c / C, ch = c % C, slot = half * C + (ch % 8) * CV + ch / 8;
+        float s = 0.0f;
+        for (int w = 0; w < kLnBwdWarps; w++) s += warp_acc[(size_t)w * 2 * C + slot];
+        dst[c] = s;
+    }
 }
 
 /* dweight[c] += sum_b scratch[b][c]; dbias[c] += sum_b scratch[b][C + c], in block order. */
@@ -269,9 +260,12 @@ __global__ void qk_normalise_backward_kernel(bf16 *__restrict__ dq, long dq_stri
 
 /* ---- fused classifier: one block per row of Vp logits -------------------------------------
  * Pass 1 keeps a running (max, sum of exp) per thread over its vectors (online softmax), merged
- * across the block in a fixed order; pass 2 rewrites the row as dlogits. The row (100 KB at
- * GPT-2 sizes) is still in L2 for pass 2, so DRAM sees about one read and one write. */
+ * across the block in a fixed order; pass 2 rewrites the row as dlogits. With kRowInSmem the
+ * row (100 KB at GPT-2 sizes) is parked in shared memory by pass 1, so DRAM sees exactly one
+ * read and one write of the logits; rows too long for shared memory are re-read from global
+ * memory (mostly L2 hits). */
 constexpr int kCeThreads = 512;
+constexpr size_t kCeMaxSmemBytes = 200 * 1024;
 
 __device__ __forceinline__ void softmax_merge(float &m, float &s, float m2, float s2) {
     const float mn = fmaxf(m, m2);
@@ -280,22 +274,33 @@ __device__ __forceinline__ void softmax_merge(float &m, float &s, float m2, floa
     m = mn;
 }
 
+__device__ __forceinline__ void unpack8(float (&f)[8], uint4 raw) {
+    const bf16 *h = reinterpret_cast<const bf16 *>(&raw);
+#pragma unroll
+    for (int j = 0; j < 8; j++) f[j] = __bfloat162float(h[j]);
+}
+
+template <bool kRowInSmem>
 __global__ void __launch_bounds__(kCeThreads)
 crossentropy_fused_kernel(float *__restrict__ losses, float *__restrict__ lse_out,
                           bf16 *__restrict__ logits, const int32_t *__restrict__ targets,
                           float dloss, int V, int Vp) {
+    extern __shared__ uint4 row_vecs[]; /* [Vp / 8] when kRowInSmem */
     __shared__ float red_m[kCeThreads / 32], red_s[kCeThreads / 32];
     __shared__ float target_logit;
     const long row = blockIdx.x;
     bf16 *x = logits + (size_t)row * Vp;
+    uint4 *xv = reinterpret_cast<uint4 *>(x);
     const int target = targets[row];
     /* Read before any thread of this block overwrites the row in pass 2. */
     if (threadIdx.x == 0) target_logit = __bfloat162float(x[target]);
     float m = -INFINITY, s = 0.0f;
     const int nvec = Vp / 8;
     for (int i = threadIdx.x; i < nvec; i += kCeThreads) {
+        const uint4 raw = xv[i];
+        if (kRowInSmem) row_vecs[i] = raw;
         float f[8];
-        load8(f, x + (size_t)i * 8);
+        unpack8(f, raw);
         float vm = -INFINITY;
 #pragma unroll
         for (int j = 0; j < 8; j++)
@@ -329,7 +334,7 @@ crossentropy_fused_kernel(float *__restrict__ losses, float *__restrict__ lse_ou
     }
     for (int i = threadIdx.x; i < nvec; i += kCeThreads) {
         float f[8];
-        load8(f, x + (size_t)i * 8);
+        unpack8(f, kRowInSmem ? row_vecs[i] : xv[i]);
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             const int v = i * 8 + j;
@@ -401,11 +406,15 @@ void layernorm_backward_cuda(bf16 *dinp, float *dweight, float *dbias, const bf1
     if (N == 0) return;
     const int blocks = ln_backward_blocks(N);
     const int rows_per_block = (N + blocks - 1) / blocks;
-    const size_t smem = 2 * (size_t)C * sizeof(float);
+    const size_t smem = ln_backward_smem(C);
     switch ((C + 255) / 256) {
 #define LN_BWD_CASE(V)                                                                          \
     case V:                                                                                     \
-        layernorm_backward_kernel<V><<<blocks, 32 * kRowWarps, smem, stream>>>(                 \
+        if (smem > 48 * 1024)                                                                   \
+            CUDA_CHECK(cudaFuncSetAttribute(layernorm_backward_kernel<V>,                       \
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,        \
+                                            (int)smem));                                        \
+        layernorm_backward_kernel<V><<<blocks, 32 * kLnBwdWarps, smem, stream>>>(               \
             dinp, scratch, dout, inp, weight, mean, rstd, N, C, rows_per_block);                \
         break;
         LN_BWD_CASE(1) LN_BWD_CASE(2) LN_BWD_CASE(3) LN_BWD_CASE(4)
@@ -451,8 +460,17 @@ void crossentropy_fused_cuda(float *losses, float *lse, bf16 *logits_dlogits,
         fatal(EXIT_RUNTIME, "crossentropy_fused_cuda: V = %d, Vp = %d (need 1 <= V <= Vp, Vp %% 8 == 0)",
               V, Vp);
     if (N == 0) return;
-    crossentropy_fused_kernel<<<N, kCeThreads, 0, stream>>>(losses, lse, logits_dlogits, targets,
-                                                            dloss, V, Vp);
+    const size_t smem = (size_t)Vp * sizeof(bf16);
+    if (smem <= kCeMaxSmemBytes) {
+        if (smem > 48 * 1024)
+            CUDA_CHECK(cudaFuncSetAttribute(crossentropy_fused_kernel<true>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        crossentropy_fused_kernel<true><<<N, kCeThreads, smem, stream>>>(losses, lse, logits_dlogits,
+                                                                         targets, dloss, V, Vp);
+    } else {
+        crossentropy_fused_kernel<false><<<N, kCeThreads, 0, stream>>>(losses, lse, logits_dlogits,
+                                                                       targets, dloss, V, Vp);
+    }
     KERNEL_CHECK("crossentropy_fused_kernel");
 }
 

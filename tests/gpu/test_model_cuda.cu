@@ -393,11 +393,12 @@ int main(void) {
     test_matmul(mm, 301, 120, 488, true, true);
     test_matmul(mm, 1000, 768, 3072, false, true);
     test_matmul(mm, 1000, 3072, 768, true, false);
-    test_gelu_residual(12345);
+    test_gelu_residual(12345); /* not a multiple of 8: vector body + scalar tail */
     test_qk_normalise(33, 3, 64);
     test_qk_normalise(17, 2, 128);
     test_crossentropy(37, 1001, 1008);
     test_crossentropy(5, 50257, 50304);
+    test_crossentropy(2, 110001, 110008); /* row too long for shared memory: re-read path */
     test_logits_row(1008, 136);
     test_optimizer(100003);
     test_optimizer(3000017);

@@ -99,7 +99,7 @@ static void test_step_vs_cpu(const char *name, const gpt_config_t *cfg, int B, i
     printf("full step vs CPU backend: %s (L=%d H=%d C=%d V=%d/%d, B=%d T=%d, bias=%d shared_qk=%d exclude_self=%d)\n",
            name, cfg->n_layer, cfg->n_head, cfg->n_embd, cfg->vocab_size, cfg->padded_vocab, B, T,
            cfg->bias, cfg->shared_qk, cfg->attn.exclude_self);
-    backend_t *cpu = backend_cpu_create(cfg, B, T), *gpu = backend_cuda_create(cfg, B, T);
+    backend_t *cpu = backend_cpu_create(cfg, B, T, NULL), *gpu = backend_cuda_create(cfg, B, T);
     const size_t n = cpu->n_params;
     CHECK(gpu->n_params == n, "n_params %zu vs %zu", gpu->n_params, n);
     vec pc(n), pg(n), gc(n), gg(n), mg(n), vg(n), zero(n, 0.0f);
