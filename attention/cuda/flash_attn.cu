@@ -21,9 +21,13 @@ typedef FwdTiles<128, 128, 64, 8> Fwd128;
 typedef BwdTiles<64, 128, 64, 8> Bwd64;
 typedef BwdTiles<128, 128, 64, 8> Bwd128;
 typedef DqTiles<64, 64, 64, 4> Dq64;
-typedef Sm90FwdTiles<2, 128> Sm90Fwd64;
-typedef Sm90BwdTiles<2> Sm90Bwd64;
 typedef DqTiles<128, 64, 32, 4> Dq128;
+/* Hopper, head dim 64: two warpgroups of 64 query rows, 64-key steps, two CTAs per SM (run 3:
+ * fastest forward at every T). Backward: dK/dV and dQ in separate passes without atomics
+ * (run 3: faster than every atomic variant), so it is deterministic in both modes. */
+typedef Sm90FwdTiles<2, 64, 2> Sm90Fwd64;
+typedef Sm90BwdTiles<2> Sm90DkDv64;
+typedef Sm90DqTiles<2> Sm90Dq64;
 
 void check_stride(const char *what, long stride, const flash_attn_dims_t *d) {
     if (stride < (long)d->H * d->D || stride % 8 != 0)
@@ -144,14 +148,10 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
     DenseCausalPolicy pol = {dims->T, dims->exclude_self ? 1 : 0};
     const int T = dims->T;
     if (use_sm90(dims)) {
+        p.dq_accum = NULL; /* dQ comes from its own pass: nothing to zero or convert */
         check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
-        if (deterministic) {
-            check_launch("backward dK/dV", launch_bwd_sm90<Sm90Bwd64, DenseCausalPolicy, false>(p, pol, T, stream));
-            check_launch("backward dQ", launch_bwd_dq<Dq64>(p, pol, T, stream));
-        } else {
-            check_launch("backward dK/dV/dQ", launch_bwd_sm90<Sm90Bwd64, DenseCausalPolicy, true>(p, pol, T, stream));
-            check_launch("backward dQ convert", launch_bwd_convert_dq<64>(p, stream));
-        }
+        check_launch("backward dK/dV", launch_bwd_sm90<Sm90DkDv64, DenseCausalPolicy, false>(p, pol, T, stream));
+        check_launch("backward dQ", launch_bwd_dq_sm90<Sm90Dq64>(p, pol, T, stream));
     } else if (dims->D == 64) {
         check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
         if (deterministic) {

@@ -22,21 +22,28 @@
 
 namespace flash {
 
-template <int NWG_> struct Sm90BwdTiles {
-    static constexpr int D = 64, NWG = NWG_, BN = 64 * NWG_, BM = 64;
+/* STAGES = 3 (only without ATOMIC_DQ) lets dV, dK of tile i run on while tile i+1 starts:
+ * the wait for them moves to the next tile's S^T, dP^T wait. */
+template <int NWG_, int MIN_BLOCKS_ = 1, int STAGES_ = 2> struct Sm90BwdTiles {
+    static constexpr int D = 64, NWG = NWG_, BN = 64 * NWG_, BM = 64, MIN_BLOCKS = MIN_BLOCKS_;
+    static constexpr int STAGES = STAGES_;
     static constexpr int THREADS = 128 * NWG;
     static constexpr int ROW_BYTES = 128; /* every tile here has rows of 64 bf16 */
-    /* K, V, 2 stages of Q and dO, dS^T [BN][BM] bf16, the dQ exchange [NWG][32][128] fp32,
-     * lse and delta [2][BM], and slack to align the base to 1024 bytes. */
+    /* K, V, 2 stages of Q and dO, dS^T [BN][BM] bf16, the dQ exchange [NWG][32][128] fp32
+     * (none with one warpgroup), lse and delta [2][BM], slack to align the base to 1024. */
+    static constexpr int X_FLOATS = NWG > 1 ? NWG * 32 * 128 : 0;
     static constexpr int SMEM_BYTES =
-        (2 * BN * D + 4 * BM * D + BN * BM) * 2 + NWG * 32 * 128 * 4 + 4 * BM * 4 + 1024;
+        (2 * BN * D + 2 * STAGES * BM * D + BN * BM) * 2 + X_FLOATS * 4 + 2 * STAGES * BM * 4 + 1024;
 };
 
 template <class Cfg, class Policy, bool ATOMIC_DQ>
-__global__ void __launch_bounds__(Cfg::THREADS) flash_bwd_sm90_kernel(FlashParams p, Policy pol) {
+__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
+    flash_bwd_sm90_kernel(FlashParams p, Policy pol) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int D = Cfg::D, BN = Cfg::BN, BM = Cfg::BM, THREADS = Cfg::THREADS;
-    constexpr int NWG = Cfg::NWG, RB = Cfg::ROW_BYTES;
+    constexpr int NWG = Cfg::NWG, RB = Cfg::ROW_BYTES, ST = Cfg::STAGES;
+    constexpr bool DEFER = ST == 3 && !ATOMIC_DQ;
+    static_assert(ST == 2 || DEFER, "3 stages only for the deferred dK/dV wait");
     constexpr int NQ = BM / 8; /* n-tiles of S^T */
     typedef typename Policy::RowInfo RowInfo;
     using namespace sm90;
@@ -45,12 +52,12 @@ __global__ void __launch_bounds__(Cfg::THREADS) flash_bwd_sm90_kernel(FlashParam
     const uint32_t raw_addr = smem_addr(smem_raw);
     bf16 *sK = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023));
     bf16 *sV = sK + BN * D;
-    bf16 *sQ = sV + BN * D;      /* stage s at sQ + s*BM*D */
-    bf16 *sdO = sQ + 2 * BM * D; /* stage s at sdO + s*BM*D */
-    bf16 *sDS = sdO + 2 * BM * D;
+    bf16 *sQ = sV + BN * D;       /* stage s at sQ + s*BM*D */
+    bf16 *sdO = sQ + ST * BM * D; /* stage s at sdO + s*BM*D */
+    bf16 *sDS = sdO + ST * BM * D;
     float *sX = reinterpret_cast<float *>(sDS + BN * BM); /* [NWG][32][128] */
-    float *sLse = sX + NWG * 32 * 128;                    /* [2][BM], log2 domain */
-    float *sDelta = sLse + 2 * BM;
+    float *sLse = sX + Cfg::X_FLOATS;                     /* [2][BM], log2 domain */
+    float *sDelta = sLse + ST * BM;
     const uint32_t k_addr = smem_addr(sK), v_addr = smem_addr(sV), q_addr = smem_addr(sQ),
                    do_addr = smem_addr(sdO), ds_addr = smem_addr(sDS);
 
@@ -106,14 +113,15 @@ __global__ void __launch_bounds__(Cfg::THREADS) flash_bwd_sm90_kernel(FlashParam
     const float sl2 = p.scale_log2;
     const uint32_t kw_addr = k_addr + wg * 64 * RB, vw_addr = v_addr + wg * 64 * RB;
 
+    uint32_t pa[16], da[16]; /* k-block kq (16 queries): registers 4kq .. 4kq+3 */
     for (int i = 0; i < n_tiles; i++) {
-        const int stage = i & 1;
+        const int stage = i % ST, next_stage = (i + 1) % ST;
         cp_async_wait<0>();
         fence_proxy_async();
-        __syncthreads(); /* tile i visible; stage^1, sDS and sX free */
+        __syncthreads(); /* tile i visible; next_stage, sDS and sX free */
         float lse_next = 0.f, delta_next = 0.f;
         if (i + 1 < n_tiles) {
-            load_q(i + 1, stage ^ 1);
+            load_q(i + 1, next_stage);
             if (tid < BM) fetch_stats(i + 1, lse_next, delta_next);
         }
         cp_async_commit();
@@ -130,9 +138,15 @@ __global__ void __launch_bounds__(Cfg::THREADS) flash_bwd_sm90_kernel(FlashParam
         for (int kk = 0; kk < D / 16; kk++)
             wgmma_m64n64k16_ss<0, 0>(dpt, desc_sw128(vw_addr + 32 * kk), desc_sw128(dos_addr + 32 * kk), kk > 0);
         wgmma_commit();
-        wgmma_wait<0>();
+        wgmma_wait<0>(); /* with DEFER this also completes the previous tile's dV, dK */
         fence_regs(st);
         fence_regs(dpt);
+        if (DEFER) {
+            fence_regs(dk);
+            fence_regs(dv);
+            fence_regs_u32(pa);
+            fence_regs_u32(da);
+        }
 
         const bool masked = !pol.tile_full(bh, qt, kt, BM, BN) || k0 + BN > k_len;
 #pragma unroll
@@ -150,7 +164,6 @@ __global__ void __launch_bounds__(Cfg::THREADS) flash_bwd_sm90_kernel(FlashParam
                 dpt[4 * nq + e] = pe * (dpt[4 * nq + e] - tDelta[col]);
             }
 
-        uint32_t pa[16], da[16]; /* k-block kq (16 queries): registers 4kq .. 4kq+3 */
 #pragma unroll
         for (int kq = 0; kq < BM / 16; kq++) {
 #pragma unroll
@@ -195,19 +208,25 @@ __global__ void __launch_bounds__(Cfg::THREADS) flash_bwd_sm90_kernel(FlashParam
             fence_regs_u32(pa);
             fence_regs_u32(da);
 
-            /* Sum the NWG partials: write all, then each warpgroup adds the float2 pairs
-             * pi = 0..15 with pi % NWG == wg (pair pi: n-tile pi/2, row half pi%2). */
+            /* Sum the NWG partials (one warpgroup: nothing to sum): write all, then each
+             * warpgroup adds the float2 pairs pi = 0..15 with pi % NWG == wg (pair pi: n-tile
+             * pi/2, row half pi%2). */
+            if (NWG > 1) {
 #pragma unroll
-            for (int r = 0; r < 32; r++) sX[(wg * 32 + r) * 128 + wtid] = dq[r];
-            __syncthreads();
+                for (int r = 0; r < 32; r++) sX[(wg * 32 + r) * 128 + wtid] = dq[r];
+                __syncthreads();
+            }
 #pragma unroll
             for (int pi = 0; pi < 16; pi++) {
                 if (pi % NWG != wg) continue;
-                float2 sum = make_float2(0.f, 0.f);
+                float2 sum = make_float2(dq[2 * pi], dq[2 * pi + 1]);
+                if (NWG > 1) {
+                    sum = make_float2(0.f, 0.f);
 #pragma unroll
-                for (int w = 0; w < NWG; w++) {
-                    sum.x += sX[(w * 32 + 2 * pi) * 128 + wtid];
-                    sum.y += sX[(w * 32 + 2 * pi + 1) * 128 + wtid];
+                    for (int w = 0; w < NWG; w++) {
+                        sum.x += sX[(w * 32 + 2 * pi) * 128 + wtid];
+                        sum.y += sX[(w * 32 + 2 * pi + 1) * 128 + wtid];
+                    }
                 }
                 const int qr = q0 + (wtid / 32) * 16 + g + 8 * (pi % 2);
                 if (qr < q_len) {
@@ -216,7 +235,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) flash_bwd_sm90_kernel(FlashParam
                     atomicAdd(reinterpret_cast<float2 *>(dst), make_float2(sum.x * p.scale, sum.y * p.scale));
                 }
             }
-        } else {
+        } else if (!DEFER) {
             wgmma_wait<0>();
             fence_regs(dk);
             fence_regs(dv);
@@ -224,9 +243,16 @@ __global__ void __launch_bounds__(Cfg::THREADS) flash_bwd_sm90_kernel(FlashParam
             fence_regs_u32(da);
         }
         if (i + 1 < n_tiles && tid < BM) {
-            sLse[(stage ^ 1) * BM + tid] = lse_next;
-            sDelta[(stage ^ 1) * BM + tid] = delta_next;
+            sLse[next_stage * BM + tid] = lse_next;
+            sDelta[next_stage * BM + tid] = delta_next;
         }
+    }
+    if (DEFER) {
+        wgmma_wait<0>();
+        fence_regs(dk);
+        fence_regs(dv);
+        fence_regs_u32(pa);
+        fence_regs_u32(da);
     }
     cp_async_wait<0>();
 
@@ -245,6 +271,167 @@ __global__ void __launch_bounds__(Cfg::THREADS) flash_bwd_sm90_kernel(FlashParam
     }
 #else
     __trap(); /* built without sm_90a: the host never launches this kernel then */
+#endif
+}
+
+/* STAGES = 3 lets dQ += dS K of tile i run on while tile i+1 starts (its wait moves to the
+ * next tile's S, dP wait). */
+template <int NWG_, int MIN_BLOCKS_ = 1, int STAGES_ = 2> struct Sm90DqTiles {
+    static constexpr int D = 64, NWG = NWG_, BM = 64 * NWG_, BN = 64, MIN_BLOCKS = MIN_BLOCKS_;
+    static constexpr int STAGES = STAGES_;
+    static constexpr int THREADS = 128 * NWG;
+    static constexpr int ROW_BYTES = 128;
+    static constexpr int SMEM_BYTES = (2 * BM * D + STAGES * 2 * BN * D) * 2 + 1024; /* Q, dO, (K, V) */
+};
+
+/* dQ without atomics (deterministic), Hopper: warpgroup w owns 64 query rows and, per key tile
+ * of 64, recomputes S = Q K^T and dP = dO V^T (wgmma, smem operands), forms dS in registers
+ * and accumulates dQ += dS K (dS from registers, K read N-major). */
+template <class Cfg, class Policy>
+__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
+    flash_bwd_dq_sm90_kernel(FlashParams p, Policy pol) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, THREADS = Cfg::THREADS, RB = Cfg::ROW_BYTES;
+    constexpr int ST = Cfg::STAGES;
+    constexpr bool DEFER = ST == 3;
+    typedef typename Policy::RowInfo RowInfo;
+    using namespace sm90;
+
+    extern __shared__ unsigned char smem_raw[];
+    const uint32_t raw_addr = smem_addr(smem_raw);
+    bf16 *sQ = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023));
+    bf16 *sdO = sQ + BM * D;
+    bf16 *sK = sdO + BM * D; /* stage s: K at sK + s*2*BN*D, V BN*D further */
+    const uint32_t q_addr = smem_addr(sQ), do_addr = smem_addr(sdO), k_addr = smem_addr(sK);
+
+    const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
+    const int qt = gridDim.y - 1 - blockIdx.y;
+    const int q_len = pol.q_len(bh), k_len = pol.k_len(bh);
+    const int q0 = qt * BM;
+    if (q0 >= q_len) return;
+    const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, g = lane / 4, tq = lane % 4;
+    const int warp_row = wg * 64 + ((tid % 128) / 32) * 16;
+
+    const bf16 *q_base = head_base(p.q, p.q_stride, b, p.T, h, D);
+    const bf16 *k_base = head_base(p.k, p.k_stride, b, p.T, h, D);
+    const bf16 *v_base = head_base(p.v, p.v_stride, b, p.T, h, D);
+    const bf16 *do_base = head_base(p.dout, p.o_stride, b, p.T, h, D);
+
+    auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
+    load_tile_async<BM, D, THREADS>(sQ, q_base, p.q_stride, q_len - q0, q_row_of);
+    load_tile_async<BM, D, THREADS>(sdO, do_base, p.o_stride, q_len - q0, q_row_of);
+    const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
+    auto load_kv = [&](int i) {
+        const int k0 = pol.key_tile(bh, qt, i, BM, BN) * BN;
+        auto row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
+        bf16 *stage = sK + (i % ST) * 2 * BN * D;
+        load_tile_async<BN, D, THREADS>(stage, k_base, p.k_stride, k_len - k0, row_of);
+        load_tile_async<BN, D, THREADS>(stage + BN * D, v_base, p.v_stride, k_len - k0, row_of);
+    };
+    if (n_tiles > 0) load_kv(0);
+    cp_async_commit();
+
+    RowInfo qinfo[2];
+    float lse2[2], delta[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const int r = q0 + warp_row + hf * 8 + g;
+        qinfo[hf] = RowInfo{};
+        lse2[hf] = INFINITY;
+        delta[hf] = 0.f;
+        if (r < q_len) {
+            qinfo[hf] = pol.q_info(bh, r);
+            const long at = (long)bh * p.T + pol.q_row(bh, r);
+            lse2[hf] = lse_to_log2(p.lse[at]);
+            delta[hf] = p.delta[at];
+        }
+    }
+    float dq[32];
+#pragma unroll
+    for (int j = 0; j < 32; j++) dq[j] = 0.f;
+    const float sl2 = p.scale_log2;
+    uint32_t da[16];
+
+    for (int i = 0; i < n_tiles; i++) {
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+        if (i + 1 < n_tiles) load_kv(i + 1);
+        cp_async_commit();
+        const int kt = pol.key_tile(bh, qt, i, BM, BN), k0 = kt * BN;
+        const uint32_t ks_addr = k_addr + (i % ST) * 2 * BN * RB, vs_addr = ks_addr + BN * RB;
+
+        float s[32], dp[32];
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            wgmma_m64n64k16_ss<0, 0>(s, desc_sw128(q_addr + wg * 64 * RB + 32 * kk), desc_sw128(ks_addr + 32 * kk), kk > 0);
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            wgmma_m64n64k16_ss<0, 0>(dp, desc_sw128(do_addr + wg * 64 * RB + 32 * kk), desc_sw128(vs_addr + 32 * kk), kk > 0);
+        wgmma_commit();
+        wgmma_wait<0>(); /* with DEFER this also completes the previous tile's dQ product */
+        fence_regs(s);
+        fence_regs(dp);
+        if (DEFER) {
+            fence_regs(dq);
+            fence_regs_u32(da);
+        }
+
+        const bool masked = !pol.tile_full(bh, qt, kt, BM, BN) || k0 + BN > k_len;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int c = k0 + nt * 8 + 2 * tq + e;
+                bool in_range = true;
+                RowInfo ki{};
+                if (masked) {
+                    in_range = c < k_len;
+                    if (in_range) ki = pol.k_info(bh, c);
+                }
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++) {
+                    const int at = 4 * nt + 2 * hf + e;
+                    float pe = exp2_approx(fmaf(s[at], sl2, -lse2[hf]));
+                    if (masked && !(in_range && pol.allowed(qinfo[hf], ki))) pe = 0.f;
+                    s[at] = pe * (dp[at] - delta[hf]);
+                }
+            }
+#pragma unroll
+        for (int kb = 0; kb < BN / 16; kb++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) da[4 * kb + r] = pack_bf16(s[8 * kb + 2 * r], s[8 * kb + 2 * r + 1]);
+        wgmma_fence();
+#pragma unroll
+        for (int kb = 0; kb < BN / 16; kb++)
+            wgmma_m64n64k16_rs<1>(dq, &da[4 * kb], desc_sw128(ks_addr + kb * 16 * RB), 1);
+        wgmma_commit();
+        if (!DEFER) {
+            wgmma_wait<0>();
+            fence_regs(dq);
+            fence_regs_u32(da);
+        }
+    }
+    if (DEFER) {
+        wgmma_wait<0>();
+        fence_regs(dq);
+        fence_regs_u32(da);
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const int r = q0 + warp_row + hf * 8 + g;
+        if (r >= q_len) continue;
+        bf16 *dst = head_base(p.dq, p.q_stride, b, p.T, h, D) + (long)pol.q_row(bh, r) * p.q_stride + 2 * tq;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++)
+            *reinterpret_cast<uint32_t *>(dst + nd * 8) =
+                pack_bf16(dq[4 * nd + 2 * hf] * p.scale, dq[4 * nd + 2 * hf + 1] * p.scale);
+    }
+#else
+    __trap();
 #endif
 }
 

@@ -5,9 +5,9 @@
  *   S = Q K^T   wgmma m64nBNk16, Q and K straight from shared memory (no ldmatrix),
  *   O += P V    wgmma m64n64k16, P from registers (accumulator layout = A-operand layout),
  *               V from shared memory read N-major (transposed by the tensor core).
- * Loads are cp.async (so that a sparse policy can gather rows), double-buffered, fenced to
- * the async proxy before the tensor cores read them. The tile shapes: BM = 64 * NWG query
- * rows, BN keys per step. */
+ * Loads are cp.async (so that a sparse policy can gather rows), three stages, fenced to the
+ * async proxy before the tensor cores read them. The tile shapes: BM = 64 * NWG query rows,
+ * BN keys per step. */
 #ifndef ATTENTION_CUDA_FLASH_FWD_SM90_CUH
 #define ATTENTION_CUDA_FLASH_FWD_SM90_CUH
 
@@ -19,15 +19,17 @@
 
 namespace flash {
 
-template <int NWG_, int BN_> struct Sm90FwdTiles {
-    static constexpr int D = 64, NWG = NWG_, BM = 64 * NWG_, BN = BN_;
+template <int NWG_, int BN_, int MIN_BLOCKS_ = 1> struct Sm90FwdTiles {
+    static constexpr int D = 64, NWG = NWG_, BM = 64 * NWG_, BN = BN_, MIN_BLOCKS = MIN_BLOCKS_;
     static constexpr int THREADS = 128 * NWG;
-    static constexpr int NT = BN / 8; /* n-tiles of S */
+    static constexpr int NT = BN / 8;  /* n-tiles of S */
     static constexpr int KN = BN / 16; /* k-blocks of P.V */
-    static constexpr int ND = D / 8;  /* n-tiles of O */
+    static constexpr int ND = D / 8;   /* n-tiles of O */
     static constexpr int ROW_BYTES = D * 2;
-    /* Q + 2 stages of K and V, plus slack to align the base to 1024 bytes (swizzle atom). */
-    static constexpr int SMEM_BYTES = (BM * D + 4 * BN * D) * 2 + 1024;
+    /* Key tile j lives in stage j % 3 (K then V): iteration j reads K_j and V_{j-1} while
+     * tile j+1 is being loaded. */
+    static constexpr int STAGES = 3;
+    static constexpr int SMEM_BYTES = (BM * D + STAGES * 2 * BN * D) * 2 + 1024; /* +align */
     static_assert(BN == 64 || BN == 128, "wgmma N of S");
 };
 
@@ -39,20 +41,25 @@ __device__ __forceinline__ void wgmma_s_tile(float *s, uint64_t da, uint64_t db,
         sm90::wgmma_m64n64k16_ss<0, 0>(s, da, db, acc);
 }
 
+/* Software pipeline of one warpgroup (FlashAttention-3's intra-warpgroup overlap):
+ *   issue S_j = Q K_j^T and O += P_{j-1} V_{j-1}; wait for S_j only; mask and softmax S_j
+ *   (exp on the multi-function units) while the tensor cores still run P_{j-1} V_{j-1};
+ *   wait; rescale O by the new max; P_j becomes the next P. */
 template <class Cfg, class Policy>
-__global__ void __launch_bounds__(Cfg::THREADS) flash_fwd_sm90_kernel(FlashParams p, Policy pol) {
+__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
+    flash_fwd_sm90_kernel(FlashParams p, Policy pol) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, THREADS = Cfg::THREADS;
     constexpr int NT = Cfg::NT, KN = Cfg::KN, ND = Cfg::ND, RB = Cfg::ROW_BYTES;
+    constexpr int STAGE_ELEMS = 2 * BN * D, STAGE_BYTES = STAGE_ELEMS * 2;
     typedef typename Policy::RowInfo RowInfo;
     using namespace sm90;
 
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw_addr = smem_addr(smem_raw);
     bf16 *sQ = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023));
-    bf16 *sK = sQ + BM * D; /* stage s at sK + s*BN*D */
-    bf16 *sV = sK + 2 * BN * D;
-    const uint32_t q_addr = smem_addr(sQ), k_addr = smem_addr(sK), v_addr = smem_addr(sV);
+    bf16 *sKV = sQ + BM * D; /* stage s: K at sKV + s*STAGE_ELEMS, V BN*D further */
+    const uint32_t q_addr = smem_addr(sQ), kv_addr = smem_addr(sKV);
 
     const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
     const int qt = gridDim.y - 1 - blockIdx.y;
@@ -70,15 +77,14 @@ __global__ void __launch_bounds__(Cfg::THREADS) flash_fwd_sm90_kernel(FlashParam
     load_tile_async<BM, D, THREADS>(sQ, q_base, p.q_stride, q_len - q0,
                                     [&](int r) { return pol.q_row(bh, q0 + r); });
     const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
-    auto load_kv = [&](int i, int stage) {
+    auto load_kv = [&](int i) {
         const int k0 = pol.key_tile(bh, qt, i, BM, BN) * BN;
         auto row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
-        load_tile_async<BN, D, THREADS>(sK + stage * BN * D, k_base, p.k_stride, k_len - k0,
-                                        row_of);
-        load_tile_async<BN, D, THREADS>(sV + stage * BN * D, v_base, p.v_stride, k_len - k0,
-                                        row_of);
+        bf16 *stage = sKV + (i % 3) * STAGE_ELEMS;
+        load_tile_async<BN, D, THREADS>(stage, k_base, p.k_stride, k_len - k0, row_of);
+        load_tile_async<BN, D, THREADS>(stage + BN * D, v_base, p.v_stride, k_len - k0, row_of);
     };
-    if (n_tiles > 0) load_kv(0, 0);
+    if (n_tiles > 0) load_kv(0);
     cp_async_commit();
 
     RowInfo qinfo[2];
@@ -90,28 +96,38 @@ __global__ void __launch_bounds__(Cfg::THREADS) flash_fwd_sm90_kernel(FlashParam
     float o[ND * 4];
 #pragma unroll
     for (int j = 0; j < ND * 4; j++) o[j] = 0.f;
-    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f}, alpha[2];
     const float sl2 = p.scale_log2;
+    float s[NT * 4];
+    uint32_t p_cur[KN * 4], p_next[KN * 4];
 
-    for (int i = 0; i < n_tiles; i++) {
-        const int stage = i & 1;
+    /* Waits for tile i, then starts loading tile i+1 (its stage was last read two steps ago,
+     * and the barrier proves every warp is past that step). */
+    auto next_tile = [&](int i) {
         cp_async_wait<0>();
         fence_proxy_async();
-        __syncthreads(); /* tile i visible to the tensor cores; stage^1 free */
-        if (i + 1 < n_tiles) load_kv(i + 1, stage ^ 1);
+        __syncthreads();
+        if (i + 1 < n_tiles) load_kv(i + 1);
         cp_async_commit();
-        const int kt = pol.key_tile(bh, qt, i, BM, BN), k0 = kt * BN;
-
-        float s[NT * 4];
-        wgmma_fence();
+    };
+    auto issue_s = [&](int i) {
+        const uint32_t k_addr = kv_addr + (i % 3) * STAGE_BYTES;
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++)
-            wgmma_s_tile<BN>(s, desc_sw128(q_addr + wg * 64 * RB + 32 * kk),
-                             desc_sw128(k_addr + stage * BN * RB + 32 * kk), kk > 0);
+            wgmma_s_tile<BN>(s, desc_sw128(q_addr + wg * 64 * RB + 32 * kk), desc_sw128(k_addr + 32 * kk), kk > 0);
         wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(s);
-
+    };
+    auto issue_pv = [&](int i) { /* O += p_cur V_i */
+        const uint32_t v_addr = kv_addr + (i % 3) * STAGE_BYTES + BN * RB;
+#pragma unroll
+        for (int kb = 0; kb < KN; kb++)
+            wgmma_m64n64k16_rs<1>(o, &p_cur[4 * kb], desc_sw128(v_addr + kb * 16 * RB), 1);
+        wgmma_commit();
+    };
+    /* Mask S of tile i, update max and sum, P (bf16 A fragments) into p_next, alpha = the
+     * factor O must be rescaled by. Rows fully masked so far use max 0 (no -inf - -inf). */
+    auto softmax = [&](int i) {
+        const int kt = pol.key_tile(bh, qt, i, BM, BN), k0 = kt * BN;
         if (!pol.tile_full(bh, qt, kt, BM, BN) || k0 + BN > k_len) {
 #pragma unroll
             for (int nt = 0; nt < NT; nt++)
@@ -125,56 +141,68 @@ __global__ void __launch_bounds__(Cfg::THREADS) flash_fwd_sm90_kernel(FlashParam
                         if (!(in_range && pol.allowed(qinfo[hf], ki))) s[4 * nt + 2 * hf + e] = -INFINITY;
                 }
         }
-
-        /* Online softmax, as in flash_fwd.cuh (rows fully masked so far use max 0). */
 #pragma unroll
         for (int hf = 0; hf < 2; hf++) {
             float mx = row_max[hf];
 #pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-                mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * hf], s[4 * nt + 2 * hf + 1]));
+            for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * hf], s[4 * nt + 2 * hf + 1]));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             const float m_use = mx == -INFINITY ? 0.f : mx;
-            const float alpha = exp2_approx((row_max[hf] - m_use) * sl2);
+            alpha[hf] = exp2_approx((row_max[hf] - m_use) * sl2);
             row_max[hf] = mx;
-            row_sum[hf] *= alpha;
-#pragma unroll
-            for (int nd = 0; nd < ND; nd++) {
-                o[4 * nd + 2 * hf] *= alpha;
-                o[4 * nd + 2 * hf + 1] *= alpha;
-            }
             const float m_scaled = m_use * sl2;
             float sum = 0.f;
 #pragma unroll
             for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
-                    float pe = exp2_approx(fmaf(s[4 * nt + 2 * hf + e], sl2, -m_scaled));
+                    const float pe = exp2_approx(fmaf(s[4 * nt + 2 * hf + e], sl2, -m_scaled));
                     s[4 * nt + 2 * hf + e] = pe;
                     sum += pe;
                 }
-            row_sum[hf] += sum;
+            row_sum[hf] = row_sum[hf] * alpha[hf] + sum;
         }
-
-        /* O += P V. All P fragments exist before the first product is issued, and stay live
-         * (fence_regs) until the wait: the tensor cores read them asynchronously. */
-        uint32_t pa[KN * 4];
-#pragma unroll
-        for (int kb = 0; kb < KN; kb++) {
-            pa[4 * kb + 0] = pack_bf16(s[8 * kb + 0], s[8 * kb + 1]);
-            pa[4 * kb + 1] = pack_bf16(s[8 * kb + 2], s[8 * kb + 3]);
-            pa[4 * kb + 2] = pack_bf16(s[8 * kb + 4], s[8 * kb + 5]);
-            pa[4 * kb + 3] = pack_bf16(s[8 * kb + 6], s[8 * kb + 7]);
-        }
-        wgmma_fence();
 #pragma unroll
         for (int kb = 0; kb < KN; kb++)
-            wgmma_m64n64k16_rs<1>(o, &pa[4 * kb], desc_sw128(v_addr + stage * BN * RB + kb * 16 * RB), 1);
-        wgmma_commit();
+#pragma unroll
+            for (int r = 0; r < 4; r++) p_next[4 * kb + r] = pack_bf16(s[8 * kb + 2 * r], s[8 * kb + 2 * r + 1]);
+    };
+
+    if (n_tiles > 0) {
+        next_tile(0);
+        wgmma_fence();
+        issue_s(0);
+        wgmma_wait<0>();
+        fence_regs(s);
+        softmax(0);
+    }
+    for (int i = 1; i < n_tiles; i++) {
+#pragma unroll
+        for (int j = 0; j < KN * 4; j++) p_cur[j] = p_next[j];
+        next_tile(i);
+        wgmma_fence();
+        issue_s(i);
+        issue_pv(i - 1);
+        wgmma_wait<1>(); /* S_i done; P_{i-1} V_{i-1} may still run during the softmax */
+        fence_regs(s);
+        softmax(i);
         wgmma_wait<0>();
         fence_regs(o);
-        fence_regs_u32(pa);
+        fence_regs_u32(p_cur);
+#pragma unroll
+        for (int nd = 0; nd < ND; nd++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[4 * nd + e] *= alpha[e >> 1];
+    }
+    if (n_tiles > 0) {
+#pragma unroll
+        for (int j = 0; j < KN * 4; j++) p_cur[j] = p_next[j];
+        wgmma_fence();
+        issue_pv(n_tiles - 1);
+        wgmma_wait<0>();
+        fence_regs(o);
+        fence_regs_u32(p_cur);
     }
     cp_async_wait<0>();
 

@@ -81,6 +81,16 @@ cudaError_t launch_bwd_sm90(const FlashParams &p, const Policy &pol, int k_rows,
     return cudaGetLastError();
 }
 
+template <class Cfg, class Policy>
+cudaError_t launch_bwd_dq_sm90(const FlashParams &p, const Policy &pol, int q_rows, cudaStream_t s) {
+    auto kernel = flash_bwd_dq_sm90_kernel<Cfg, Policy>;
+    static cudaError_t attr = allow_smem(kernel, Cfg::SMEM_BYTES);
+    if (attr != cudaSuccess) return attr;
+    dim3 grid(p.B * p.H, (q_rows + Cfg::BM - 1) / Cfg::BM);
+    kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
+    return cudaGetLastError();
+}
+
 /* The Hopper kernels run when the device is sm_90 and this binary carries sm_90 machine code
  * for them (built for sm_90a: the Makefile's CUDA_ARCH); otherwise the mma.sync kernels do. */
 inline bool sm90_available() {
@@ -92,7 +102,7 @@ inline bool sm90_available() {
         cudaFuncAttributes attr;
         bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
                   major == 9 &&
-                  cudaFuncGetAttributes(&attr, flash_fwd_sm90_kernel<Sm90FwdTiles<2, 128>, DenseCausalPolicy>) ==
+                  cudaFuncGetAttributes(&attr, flash_bwd_preprocess_kernel<64>) ==
                       cudaSuccess &&
                   attr.binaryVersion == 90;
         cached[dev] = ok ? 1 : 2;

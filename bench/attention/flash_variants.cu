@@ -28,9 +28,15 @@ FlashParams params_of(const flash_attn_dims_t *d) {
     return p;
 }
 
-const char *fwd_names[] = {"api",           "mma.sync api", "sm90 2wg BN64", "sm90 3wg BN128",
-                           "sm90 3wg BN64", NULL};
-const char *bwd_names[] = {"api", "mma.sync api", "sm90 3wg", "mma.sync kv-smem", NULL};
+const char *fwd_names[] = {"api", "mma.sync api", "sm90 2wg BN128", "sm90 3wg BN128", NULL};
+const char *bwd_names[] = {"api",
+                           "mma.sync api",
+                           "sm90 3wg xchg (atomic)",
+                           "split defer dkdv + defer dq",
+                           "split defer dkdv + dq",
+                           "split dkdv + defer dq",
+                           "split 3wg + dq 1wg(3cta)",
+                           NULL};
 
 } // namespace
 
@@ -59,9 +65,8 @@ extern "C" int bench_fwd_variant(int v, const flash_attn_dims_t *d, const flash_
     cudaError_t err;
     switch (v) {
     case 1: err = launch_fwd<FwdTiles<64, 128, 64, 4>>(p, pol, d->T, s); break;
-    case 2: err = launch_fwd_sm90<Sm90FwdTiles<2, 64>>(p, pol, d->T, s); break;
+    case 2: err = launch_fwd_sm90<Sm90FwdTiles<2, 128>>(p, pol, d->T, s); break;
     case 3: err = launch_fwd_sm90<Sm90FwdTiles<3, 128>>(p, pol, d->T, s); break;
-    case 4: err = launch_fwd_sm90<Sm90FwdTiles<3, 64>>(p, pol, d->T, s); break;
     default: return -1;
     }
     return err == cudaSuccess ? 0 : -2;
@@ -91,14 +96,33 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
     p.delta = static_cast<float *>(ws);
     p.dq_accum = reinterpret_cast<float *>(static_cast<char *>(ws) + ((rows * 4 + 255) & ~(size_t)255));
     DenseCausalPolicy pol = {d->T, d->exclude_self};
+    const bool split = v >= 3; /* dQ in its own pass: no accumulator, no conversion */
+    if (split) p.dq_accum = NULL;
     cudaError_t err = launch_bwd_preprocess<64>(p, s);
     if (err != cudaSuccess) return -2;
+    typedef DenseCausalPolicy P;
     switch (v) {
-    case 1: err = launch_bwd_dkdv<BwdTiles<64, 128, 64, 8>, DenseCausalPolicy, true, true>(p, pol, d->T, s); break;
-    case 2: err = launch_bwd_sm90<Sm90BwdTiles<3>, DenseCausalPolicy, true>(p, pol, d->T, s); break;
-    case 3: err = launch_bwd_dkdv<BwdTiles<64, 128, 64, 8>, DenseCausalPolicy, true, false>(p, pol, d->T, s); break;
+    case 1: err = launch_bwd_dkdv<BwdTiles<64, 128, 64, 8>, P, true, true>(p, pol, d->T, s); break;
+    case 2: err = launch_bwd_sm90<Sm90BwdTiles<3>, P, true>(p, pol, d->T, s); break;
+    case 3:
+        err = launch_bwd_sm90<Sm90BwdTiles<2, 1, 3>, P, false>(p, pol, d->T, s);
+        if (err == cudaSuccess) err = launch_bwd_dq_sm90<Sm90DqTiles<2, 1, 3>>(p, pol, d->T, s);
+        break;
+    case 4:
+        err = launch_bwd_sm90<Sm90BwdTiles<2, 1, 3>, P, false>(p, pol, d->T, s);
+        if (err == cudaSuccess) err = launch_bwd_dq_sm90<Sm90DqTiles<2>>(p, pol, d->T, s);
+        break;
+    case 5:
+        err = launch_bwd_sm90<Sm90BwdTiles<2>, P, false>(p, pol, d->T, s);
+        if (err == cudaSuccess) err = launch_bwd_dq_sm90<Sm90DqTiles<2, 1, 3>>(p, pol, d->T, s);
+        break;
+    case 6:
+        err = launch_bwd_sm90<Sm90BwdTiles<3>, P, false>(p, pol, d->T, s);
+        if (err == cudaSuccess) err = launch_bwd_dq_sm90<Sm90DqTiles<1, 3>>(p, pol, d->T, s);
+        break;
     default: return -1;
     }
     if (err != cudaSuccess) return -2;
+    if (split) return 0;
     return launch_bwd_convert_dq<64>(p, s) == cudaSuccess ? 0 : -2;
 }

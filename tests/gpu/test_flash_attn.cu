@@ -10,8 +10,10 @@
  *   - every output element written: outputs are poisoned with NaN first, and the padding
  *     between rows must still hold the poison afterwards (nothing written out of bounds);
  *   - deterministic backward: two runs give bit-identical dq, dk, dv; forward too;
- *   - both backward modes (atomic dQ and deterministic) against the reference.
- * Build: nvcc this file + attention/cuda/flash_attn.cu, link build/libcore.a -lcudart. */
+ *   - both backward modes (atomic dQ and deterministic) against the reference;
+ *   - every case on the portable mma.sync kernels and, on Hopper, again on the wgmma kernels.
+ * Build: bench/attention/build.sh (nvcc this file + attention/cuda/flash_attn.cu, link
+ * build/libcore.a). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
