@@ -5,8 +5,10 @@
 #   make demo       fetch tokenizer + corpus slice, train configs/tiny.json on the CPU
 CC      ?= gcc
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fopenmp -I.
-LDLIBS  := -lcjson -lpcre2-8 -lz -lm -lpthread -fopenmp
+MPI_CFLAGS := $(shell mpicc --showme:compile 2>/dev/null)
+MPI_LIBS   := $(shell mpicc --showme:link 2>/dev/null)
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fopenmp -I. $(MPI_CFLAGS)
+LDLIBS  := -lcjson -lpcre2-8 -lz -lm -lpthread -fopenmp $(MPI_LIBS)
 NVCC    ?= /usr/local/cuda/bin/nvcc
 CUDA_ARCH ?= -gencode arch=compute_90a,code=sm_90a
 NVFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH) -I. -lineinfo --expt-relaxed-constexpr
@@ -23,7 +25,7 @@ TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 CU_SRCS   := $(shell find attention model bench tests -name '*.cu' 2>/dev/null)
 CU_OBJS   := $(patsubst %.cu,$(BUILD)/cuda/%.o,$(CU_SRCS))
 
-.PHONY: all test test-gpu cuda demo clean FORCE
+.PHONY: all test test-gpu gpu-tests cuda demo clean FORCE
 all: train prepare
 
 # The commit is stamped into train (log header); the stamp file changes only with the commit.
@@ -42,8 +44,11 @@ $(BUILD)/libcore.a: $(CORE_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 
-train: $(BUILD)/obj/train.o $(BUILD)/libcore.a
-	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+# train links the CUDA backend and kernels (model/, attention/); bench/ and tests/ .cu files
+# are separate programs.
+TRAIN_CU_OBJS := $(patsubst %.cu,$(BUILD)/cuda/%.o,$(shell find model attention -name '*.cu' 2>/dev/null))
+train: $(BUILD)/obj/train.o $(TRAIN_CU_OBJS) $(BUILD)/libcore.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LIBS) -lstdc++
 
 prepare: $(BUILD)/obj/data/prepare.o $(BUILD)/libcore.a
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
@@ -62,7 +67,16 @@ cuda: $(CU_OBJS)
 test: all $(TEST_BINS) cuda
 	bash tests/run_cpu.sh
 
-test-gpu: all cuda
+# GPU test programs: each tests/gpu/test_*.cu linked with the CUDA backend/kernels and libcore
+# (the CPU references). Built here by `make gpu-tests`, run on a GPU machine by `make test-gpu`.
+GPU_TEST_BINS := $(patsubst tests/gpu/%.cu,$(BUILD)/tests/gpu/%,$(wildcard tests/gpu/test_*.cu))
+LIB_CU_OBJS   := $(filter-out $(BUILD)/cuda/model/cuda/device_query.o,$(TRAIN_CU_OBJS)) $(BUILD)/cuda/model/cuda/device_query.o
+$(BUILD)/tests/gpu/%: $(BUILD)/cuda/tests/gpu/%.o $(LIB_CU_OBJS) $(BUILD)/libcore.a
+	@mkdir -p $(dir $@)
+	$(NVCC) $(CUDA_ARCH) $^ -o $@ -Xcompiler -fopenmp $(filter-out -fopenmp,$(LDLIBS)) $(CUDA_LIBS)
+gpu-tests: $(GPU_TEST_BINS)
+
+test-gpu: all gpu-tests
 	bash tests/gpu/run_gpu.sh
 
 demo: all

@@ -2,6 +2,7 @@
  * checkpoint). The loop never branches on the device: it talks to a backend_t. */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <glob.h>
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
@@ -15,9 +16,11 @@
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "model/backend.h"
+#include "model/cuda/backend_cuda.h"
 #include "model/dump.h"
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
+#include "runtime/dist.h"
 #include "runtime/error.h"
 #include "runtime/rng.h"
 #include "runtime/runlog.h"
@@ -138,6 +141,13 @@ static void default_out_dir(char *buf, size_t size, const char *config_path) {
     snprintf(buf, size, "runs/%s-%s", name, stamp);
 }
 
+static void require_matches(const char *key, const char *pattern) {
+    glob_t g;
+    int rc = glob(pattern, 0, NULL, &g);
+    globfree(&g);
+    if (rc != 0) fatal(EXIT_USAGE, "%s = \"%s\": no file matches (see README.md: data)", key, pattern);
+}
+
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -158,6 +168,8 @@ typedef struct {
     loader_t *train, *val;
     tokenizer_t *tok; /* NULL unless sampling */
     runlog_t log;
+    dist_t dist;
+    int use_cuda;
     int B, T, accum, world, rank;
     long long step;   /* optimizer steps completed */
     uint64_t tokens;  /* training tokens consumed */
@@ -174,11 +186,13 @@ static void save_checkpoint(run_t *r) {
     loader_state_t ls = loader_get_state(r->train);
     memcpy(meta.loader_state, ls.words, sizeof meta.loader_state);
     meta.config_json = config_to_json(&r->cfg);
-    r->be->read_state(r->be, r->host_params, r->host_m, r->host_v);
-    char path[4200];
-    ckpt_path(path, sizeof path, r->dir, meta.step);
-    ckpt_write(path, &meta, r->host_params, r->host_m, r->host_v);
-    ckpt_prune(r->dir, r->cfg.train.keep_ckpts);
+    r->be->read_state(r->be, r->host_params, r->host_m, r->host_v); /* collective */
+    if (r->rank == 0) {
+        char path[4200];
+        ckpt_path(path, sizeof path, r->dir, meta.step);
+        ckpt_write(path, &meta, r->host_params, r->host_m, r->host_v);
+        ckpt_prune(r->dir, r->cfg.train.keep_ckpts);
+    }
     free(meta.config_json);
 }
 
@@ -192,6 +206,18 @@ static void load_checkpoint(run_t *r, long long step) {
     r->tokens = meta.tokens;
     loader_state_t ls;
     memcpy(ls.words, meta.loader_state, sizeof ls.words);
+    /* A checkpoint of N ranks resumes on M: words[1] is each rank's batch counter and words[4]
+     * the world size (docs/FORMATS.md); the global count of batches consumed is what carries
+     * over, and it is a whole number of steps, so it divides by any world size that divides the
+     * step's micro-batches (checked by the config). */
+    if (ls.words[4] != (uint64_t)r->world && ls.words[4] != 0) {
+        uint64_t global = ls.words[1] * ls.words[4];
+        if (global % (uint64_t)r->world != 0)
+            fatal(EXIT_USAGE, "checkpoint %s: %llu batches consumed do not split over %d ranks", path,
+                  (unsigned long long)global, r->world);
+        ls.words[1] = global / (uint64_t)r->world;
+        ls.words[4] = (uint64_t)r->world;
+    }
     loader_set_state(r->train, &ls);
     free(meta.config_json);
 }
@@ -200,10 +226,13 @@ static double evaluate(run_t *r, int32_t *in, int32_t *tgt) {
     int batches = r->cfg.train.eval_tokens / (r->B * r->T);
     loader_reset(r->val);
     double sum = 0;
-    for (int i = 0; i < batches; i++) {
+    for (int i = 0; i < batches; i++) { /* batch i is evaluated by rank i % world */
         loader_next(r->val, in, tgt);
+        if (i % r->world != r->rank) continue;
         sum += r->be->forward(r->be, in, tgt, r->B, r->T, (uint64_t)r->step, EVAL_MICRO_BASE + (uint64_t)i);
+        dist_watchdog_kick();
     }
+    dist_allreduce_sum_double(&r->dist, &sum, 1);
     return sum / batches;
 }
 
@@ -257,16 +286,22 @@ static void setup(run_t *r, const options_t *o) {
     for (int i = 0; i < o->n_sets; i++) config_set(&r->cfg, o->sets[i]);
     config_validate(&r->cfg, o->resume_dir ? r->dir : o->config_path);
 
-    const char *device = o->device ? o->device : "cpu";
-    if (!strcmp(device, "cuda"))
-        fatal(EXIT_USAGE, "--device cuda: this build has no CUDA backend yet (see README.md, status)");
-    if (strcmp(r->cfg.train.dtype, "fp32") != 0)
+    r->use_cuda = o->device ? !strcmp(o->device, "cuda") : cuda_device_count() > 0;
+    if (!r->use_cuda && strcmp(r->cfg.train.dtype, "fp32") != 0)
         fatal(EXIT_USAGE, "train.dtype = \"%s\" is not supported by the cpu backend: use --set train.dtype=fp32",
               r->cfg.train.dtype);
+    if (r->use_cuda && strcmp(r->cfg.train.dtype, "bf16") != 0)
+        fatal(EXIT_USAGE, "train.dtype = \"%s\" is not supported by the cuda backend (bf16 compute, fp32 master "
+              "weights): use --set train.dtype=bf16", r->cfg.train.dtype);
+    if (r->use_cuda && r->dist.world > 1)
+        fatal(EXIT_USAGE, "data-parallel training on cuda (NCCL) is not built yet: run one rank, or --device cpu");
 
     r->gcfg = gpt_config_from(&r->cfg);
-    r->world = 1;
-    r->rank = 0;
+    r->world = r->dist.world;
+    r->rank = r->dist.rank;
+    char *resolved = config_to_json(&r->cfg);
+    dist_check_same(&r->dist, "the resolved config", resolved);
+    free(resolved);
     r->B = r->cfg.train.micro_batch;
     r->T = r->cfg.model.seq_len;
     long long per_step = (long long)r->B * r->T * r->world;
@@ -276,6 +311,8 @@ static void setup(run_t *r, const options_t *o) {
     r->accum = (int)(r->cfg.train.total_batch_tokens / per_step);
 
     /* Everything that can fail on user input is checked before the output dir is touched. */
+    require_matches("data.train", r->cfg.data.train);
+    require_matches("data.val", r->cfg.data.val);
     r->train = loader_open(r->cfg.data.train, r->B, r->T, r->rank, r->world, (uint64_t)r->cfg.train.seed, 1,
                            r->cfg.model.vocab_size);
     r->val = loader_open(r->cfg.data.val, r->B, r->T, 0, 1, (uint64_t)r->cfg.train.seed, 0, r->cfg.model.vocab_size);
@@ -292,26 +329,36 @@ static void setup(run_t *r, const options_t *o) {
     } else {
         if (o->out_dir) snprintf(r->dir, sizeof r->dir, "%s", o->out_dir);
         else default_out_dir(r->dir, sizeof r->dir, o->config_path);
+        dist_broadcast_bytes(&r->dist, r->dir, sizeof r->dir); /* ranks may disagree on the time */
         char logpath[4200];
         snprintf(logpath, sizeof logpath, "%s/log.jsonl", r->dir);
         if (access(logpath, F_OK) == 0 || ckpt_latest_step(r->dir) >= 0)
             fatal(EXIT_USAGE, "%s already holds a run: use --resume %s or another --out", r->dir, r->dir);
     }
 
-    r->be = backend_cpu_create(&r->gcfg, r->B, r->T);
-    snprintf(r->be->device, sizeof r->be->device, "cpu (%d OpenMP threads)", omp_get_max_threads());
+    if (r->use_cuda) {
+        r->be = backend_cuda_create(&r->gcfg, r->B, r->T);
+        backend_cuda_set_deterministic(r->be, r->cfg.train.deterministic);
+    } else {
+        r->be = backend_cpu_create(&r->gcfg, r->B, r->T, &r->dist);
+        snprintf(r->be->device, sizeof r->be->device, "cpu (%d OpenMP threads)", omp_get_max_threads());
+    }
     r->host_params = xmalloc(r->be->n_params * sizeof(float), "checkpoint staging");
     r->host_m = xmalloc(r->be->n_params * sizeof(float), "checkpoint staging");
     r->host_v = xmalloc(r->be->n_params * sizeof(float), "checkpoint staging");
 
     char *cj = config_to_json(&r->cfg);
-    printf("config:\n%s\n", cj);
+    if (r->rank == 0) printf("config:\n%s\n", cj);
     if (o->resume_dir) {
         load_checkpoint(r, resume_step);
-        runlog_resume(&r->log, r->dir, resume_step);
-        r->elapsed_s = r->log.last_elapsed_s;
-        printf("resumed %s at step %lld\n", r->dir, r->step);
-    } else {
+        if (r->rank == 0) {
+            runlog_resume(&r->log, r->dir, resume_step);
+            printf("resumed %s at step %lld\n", r->dir, r->step);
+        }
+        double elapsed = r->log.last_elapsed_s;
+        dist_broadcast_bytes(&r->dist, &elapsed, sizeof elapsed);
+        r->elapsed_s = elapsed;
+    } else if (r->rank == 0) {
         make_dirs(r->dir);
         char path[4200];
         snprintf(path, sizeof path, "%s/config.json", r->dir);
@@ -319,10 +366,13 @@ static void setup(run_t *r, const options_t *o) {
         runlog_create(&r->log, r->dir);
         log_header(r);
     }
+    dist_barrier(&r->dist); /* rank 0 has created the run dir */
     free(cj);
-    printf("run dir %s | %s | %.2fM parameters | batch %d x %d x %d accum = %lld tokens/step | %s attention\n",
-           r->dir, r->be->device, r->be->n_params / 1e6, r->B, r->T, r->accum,
-           r->cfg.train.total_batch_tokens, r->cfg.attention.mode);
+    if (r->rank == 0)
+        printf("run dir %s | %s | %.2fM parameters | batch %d x %d x %d accum = %lld tokens/step | %s attention\n",
+               r->dir, r->be->device, r->be->n_params / 1e6, r->B, r->T, r->accum,
+               r->cfg.train.total_batch_tokens, r->cfg.attention.mode);
+    if (r->world > 1 && r->rank == 0) printf("data parallel: %d ranks, ZeRO-1 optimizer shards\n", r->world);
 }
 
 static int is_due(long long step, int every, long long max_steps) {
@@ -330,7 +380,7 @@ static int is_due(long long step, int every, long long max_steps) {
 }
 
 /* One optimizer step: accum micro-batches forward+backward, clip, AdamW. Returns mean loss. */
-static float train_step(run_t *r, int32_t *in, int32_t *tgt, double *grad_norm, float *lr) {
+static float train_step(run_t *r, int32_t *in, int32_t *tgt, double *grad_norm, float *lr, int *stop) {
     backend_t *be = r->be;
     be->zero_grad(be);
     double loss_sum = 0;
@@ -338,9 +388,13 @@ static float train_step(run_t *r, int32_t *in, int32_t *tgt, double *grad_norm, 
         loader_next(r->train, in, tgt);
         uint64_t global_micro = (uint64_t)m * (uint64_t)r->world + (uint64_t)r->rank;
         loss_sum += be->forward(be, in, tgt, r->B, r->T, (uint64_t)r->step, global_micro);
-        be->backward(be, 1.0f / (float)r->accum);
+        be->backward(be, 1.0f / (float)(r->accum * r->world)); /* summed over ranks: the mean */
     }
-    float loss = (float)(loss_sum / r->accum);
+    /* One all-reduce carries the loss and whether any rank was signalled, so all stop together. */
+    double shared[2] = {loss_sum, g_stop_signal ? 1.0 : 0.0};
+    dist_allreduce_sum_double(&r->dist, shared, 2);
+    *stop = shared[1] > 0;
+    float loss = (float)(shared[0] / (r->accum * r->world));
     *grad_norm = be->grad_norm(be);
     if (!isfinite(loss) || !isfinite(*grad_norm))
         fatal(EXIT_RUNTIME, "loss is %g (grad norm %g) at step %lld: stopping; the last checkpoint in %s is intact",
@@ -354,6 +408,17 @@ static float train_step(run_t *r, int32_t *in, int32_t *tgt, double *grad_norm, 
     return loss;
 }
 
+static void log_eval(run_t *r, double val_loss) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "type", "eval");
+    cJSON_AddNumberToObject(o, "step", (double)r->step);
+    cJSON_AddNumberToObject(o, "val_loss", val_loss);
+    cJSON_AddNumberToObject(o, "val_ppl", exp(val_loss));
+    cJSON_AddNumberToObject(o, "elapsed_s", round(r->elapsed_s * 1e3) / 1e3);
+    runlog_write(&r->log, o);
+    printf("eval step %lld | val loss %.4f | val ppl %.2f\n", r->step, val_loss, exp(val_loss));
+}
+
 static void train_loop(run_t *r) {
     const config_t *c = &r->cfg;
     size_t bt = (size_t)r->B * (size_t)r->T;
@@ -364,14 +429,16 @@ static void train_loop(run_t *r) {
         double t0 = now_s();
         double grad_norm;
         float lr;
-        float loss = train_step(r, in, tgt, &grad_norm, &lr);
+        int stop;
+        float loss = train_step(r, in, tgt, &grad_norm, &lr, &stop);
         r->step++;
+        dist_watchdog_kick();
         r->tokens += (uint64_t)c->train.total_batch_tokens;
         double dt = now_s() - t0;
         r->elapsed_s += dt;
         ms_avg = ms_avg == 0 ? dt * 1e3 : 0.9 * ms_avg + 0.1 * dt * 1e3;
         double tok_s = (double)c->train.total_batch_tokens / dt;
-        if (r->step % c->train.log_every == 0 || r->step == max_steps) {
+        if (r->rank == 0 && (r->step % c->train.log_every == 0 || r->step == max_steps)) {
             cJSON *o = cJSON_CreateObject();
             cJSON_AddStringToObject(o, "type", "step");
             cJSON_AddNumberToObject(o, "step", (double)r->step);
@@ -386,22 +453,16 @@ static void train_loop(run_t *r) {
         }
         char eta[32];
         format_eta(eta, sizeof eta, (double)(max_steps - r->step) * ms_avg / 1e3);
-        printf("step %6lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %.0f ms | ETA %s\n", r->step,
+        if (r->rank == 0)
+            printf("step %6lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %.0f ms | ETA %s\n", r->step,
                max_steps, loss, lr, grad_norm, tok_s, dt * 1e3, eta);
         fflush(stdout);
 
         if (is_due(r->step, c->train.eval_every, max_steps)) {
             double vl = evaluate(r, in, tgt);
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "type", "eval");
-            cJSON_AddNumberToObject(o, "step", (double)r->step);
-            cJSON_AddNumberToObject(o, "val_loss", vl);
-            cJSON_AddNumberToObject(o, "val_ppl", exp(vl));
-            cJSON_AddNumberToObject(o, "elapsed_s", round(r->elapsed_s * 1e3) / 1e3);
-            runlog_write(&r->log, o);
-            printf("eval step %lld | val loss %.4f | val ppl %.2f\n", r->step, vl, exp(vl));
+            if (r->rank == 0) log_eval(r, vl);
         }
-        if (r->tok && is_due(r->step, c->train.sample_every, max_steps)) {
+        if (r->rank == 0 && r->tok && is_due(r->step, c->train.sample_every, max_steps)) {
             char *text = sample_text(r);
             cJSON *o = cJSON_CreateObject();
             cJSON_AddStringToObject(o, "type", "sample");
@@ -411,13 +472,15 @@ static void train_loop(run_t *r) {
             printf("sample step %lld: %s\n", r->step, text);
             free(text);
         }
-        int stop = g_stop_signal != 0;
         if (stop || is_due(r->step, c->train.ckpt_every, max_steps)) save_checkpoint(r);
         if (stop) {
-            printf("signal %d: checkpoint at step %lld written; continue with ./train --resume %s\n",
-                   (int)g_stop_signal, r->step, r->dir);
+            int sig = g_stop_signal ? (int)g_stop_signal : SIGTERM;
+            if (r->rank == 0)
+                printf("signal %d: checkpoint at step %lld written; continue with ./train --resume %s\n", sig,
+                       r->step, r->dir);
             runlog_close(&r->log);
-            exit(128 + g_stop_signal);
+            dist_finalize(&r->dist);
+            exit(128 + sig);
         }
     }
     if (c->train.ckpt_every == 0) save_checkpoint(r); /* a finished run always leaves its final state */
@@ -434,7 +497,9 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     run_t r = {0};
+    dist_init(&r.dist, &argc, &argv);
     setup(&r, &o);
+    if (r.world > 1) dist_watchdog_start(&r.dist, r.cfg.train.watchdog_s);
     if (o.dump_dir) {
         size_t bt = (size_t)r.B * (size_t)r.T;
         int32_t *in = xmalloc(bt * sizeof(int32_t), "batch"), *tgt = xmalloc(bt * sizeof(int32_t), "batch");
@@ -446,10 +511,11 @@ int main(int argc, char **argv) {
     }
     train_loop(&r);
     runlog_close(&r.log);
-    printf("done: %lld steps, run dir %s\n", r.step, r.dir);
+    if (r.rank == 0) printf("done: %lld steps, run dir %s\n", r.step, r.dir);
     r.be->destroy(r.be);
     loader_close(r.train);
     loader_close(r.val);
     if (r.tok) tokenizer_free(r.tok);
+    dist_finalize(&r.dist);
     return 0;
 }

@@ -48,5 +48,7 @@ struct backend {
  * means a single rank. */
 backend_t *backend_cpu_create(const gpt_config_t *cfg, int B, int T, const dist_t *dist);
 backend_t *backend_cuda_create(const gpt_config_t *cfg, int B, int T);
+/* Number of usable CUDA devices (0 when there is no driver or GPU). */
+int cuda_device_count(void);
 
 #endif

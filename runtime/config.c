@@ -58,6 +58,7 @@ static const field_t FIELDS[] = {
     {"train.sample_every", F_INT, OFF(train.sample_every), 0, 1e9, NULL},
     {"train.sample_tokens", F_INT, OFF(train.sample_tokens), 1, 1 << 20, NULL},
     {"train.log_every", F_INT, OFF(train.log_every), 1, 1e9, NULL},
+    {"train.watchdog_s", F_FLOAT, OFF(train.watchdog_s), 0, 1e7, NULL},
     {"train.deterministic", F_BOOL, OFF(train.deterministic), 0, 1, NULL},
     {"train.seed", F_INT64, OFF(train.seed), 0, BIG, NULL},
     {"train.dtype", F_STRING, OFF(train.dtype), 0, 0, "fp32|bf16"},
@@ -101,6 +102,7 @@ void config_defaults(config_t *c) {
     c->train.sample_tokens = 64;
     c->train.log_every = 1;
     c->train.deterministic = 0;
+    c->train.watchdog_s = 900;
     c->train.seed = 1337;
     strcpy(c->train.dtype, "fp32");
 }
@@ -252,11 +254,13 @@ void config_set(config_t *c, const char *assignment) {
         cJSON_Delete(v);
         return;
     }
-    cJSON *v = cJSON_ParseWithOpts(value, NULL, 1);
-    if (!v && f->type == F_INT_LIST) { /* allow "0,3" as well as "[0,3]" */
+    cJSON *v;
+    if (f->type == F_INT_LIST && value[0] != '[') { /* "0,3" and "1" mean [0,3] and [1] */
         char buf[512];
         snprintf(buf, sizeof buf, "[%s]", value);
         v = cJSON_ParseWithOpts(buf, NULL, 1);
+    } else {
+        v = cJSON_ParseWithOpts(value, NULL, 1);
     }
     if (!v) fatal(EXIT_USAGE, "--set %s: cannot parse value \"%s\"", key, value);
     set_from_json(c, f, v, "--set");

@@ -36,6 +36,7 @@ typedef struct {
     struct {
         int micro_batch, max_steps, eval_every, eval_tokens, ckpt_every, keep_ckpts;
         int sample_every, sample_tokens, log_every, deterministic;
+        double watchdog_s; /* abort every rank when no step completes in this time (0: off) */
         long long total_batch_tokens;
         long long seed;
         char dtype[CONFIG_STR]; /* fp32 | bf16 */

@@ -2,14 +2,25 @@
 
 #include <stdarg.h>
 
+static char g_context[64];
+static void (*g_on_fatal)(int code);
+
+void fatal_set_context(const char *context, void (*on_fatal)(int code)) {
+    snprintf(g_context, sizeof g_context, "%s", context ? context : "");
+    g_on_fatal = on_fatal;
+}
+
 void fatal(int code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     fflush(stdout);
-    fputs("error: ", stderr);
+    if (g_context[0]) fprintf(stderr, "error (%s): ", g_context);
+    else fputs("error: ", stderr);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
+    fflush(stderr);
     va_end(ap);
+    if (g_on_fatal) g_on_fatal(code);
     exit(code);
 }
 

@@ -14,6 +14,10 @@
 /* Print "error: <msg>" to stderr and exit with `code`. */
 void fatal(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 
+/* Prefixes later messages with `context` (e.g. "rank 3") and calls on_fatal(code) instead of
+ * exit(code) (e.g. MPI_Abort, so that every rank stops). on_fatal may be NULL. */
+void fatal_set_context(const char *context, void (*on_fatal)(int code));
+
 /* malloc/calloc that never return NULL: they die with a message naming `what`. */
 void *xmalloc(size_t n, const char *what);
 void *xcalloc(size_t count, size_t size, const char *what);

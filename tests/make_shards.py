@@ -2,7 +2,7 @@
 """Writes small synthetic token shards (llm.c layout: 256 x int32 header with magic 20240520,
 version 1, token count; then uint16 tokens) for tests that must not depend on a download.
 Tokens follow a fixed random Markov chain over 300 ids so that a model can learn them.
-usage: make_shards.py OUTDIR"""
+usage: make_shards.py OUTDIR [VOCAB]   (token ids < VOCAB, default 50257)"""
 import os
 import random
 import struct
@@ -19,9 +19,10 @@ def write_shard(path, tokens):
 
 def main():
     out = sys.argv[1]
+    vocab = int(sys.argv[2]) if len(sys.argv) > 2 else 50257
     os.makedirs(out, exist_ok=True)
     rng = random.Random(1234)
-    ids = [rng.randrange(50257) for _ in range(300)]
+    ids = [rng.randrange(vocab) for _ in range(300)]
     nxt = [[rng.randrange(300) for _ in range(3)] for _ in range(300)]
     state = 0
 

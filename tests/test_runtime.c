@@ -102,6 +102,10 @@ static void test_config(void) {
     config_set(&c, "optim.lr=3e-4");
     config_set(&c, "attention.dense_layers=0,2");
     config_set(&c, "model.bias=true");
+    config_t one;
+    config_defaults(&one);
+    config_set(&one, "attention.dense_layers=1");
+    CHECK(one.attention.n_dense_layers == 1 && one.attention.dense_layers[0] == 1, "--set list of one integer");
     CHECK(strcmp(c.attention.mode, "hash_sparse") == 0 && c.attention.n_buckets == 32 && c.optim.lr == 3e-4 &&
               c.attention.n_dense_layers == 2 && c.attention.dense_layers[1] == 2 && c.model.bias == 1,
           "--set overrides applied");

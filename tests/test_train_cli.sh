@@ -12,10 +12,10 @@ check() { if eval "$1"; then ok; else bad "$2"; fi; }
 W=$(mktemp -d /tmp/test_train_cli.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 export OMP_NUM_THREADS=2
-python3 tests/make_shards.py "$W/data" >/dev/null || { echo "cannot write shards"; echo "0 passed, 1 failed"; exit 1; }
+python3 tests/make_shards.py "$W/data" 1000 >/dev/null || { echo "cannot write shards"; echo "0 passed, 1 failed"; exit 1; }
 
 cat > "$W/cfg.json" <<EOF
-{"model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "seq_len": 32},
+{"model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "seq_len": 32, "vocab_size": 1000, "padded_vocab": 1024},
  "attention": {"mode": "hash_sparse", "n_buckets": 4, "shared_qk": true, "exclude_self": true},
  "data": {"train": "$W/data/train_*.bin", "val": "$W/data/val_*.bin"},
  "optim": {"lr": 3e-3, "warmup_steps": 3},
@@ -38,7 +38,7 @@ check '[ $rc -eq 0 ] && [ -f "$W/straight/ckpt_00000030.bin" ]' "straight run fi
 ./train --config "$W/cfg.json" --out "$W/term" > "$W/term.out" 2>&1 &
 pid=$!
 for _ in $(seq 1 400); do
-    n=$(grep -c '"type":"step"' "$W/term/log.jsonl" 2>/dev/null || echo 0)
+    n=$(cat "$W/term/log.jsonl" 2>/dev/null | grep -c '"type":"step"')
     [ "$n" -ge 8 ] && break; sleep 0.02
 done
 kill -TERM $pid; wait $pid; rc=$?
@@ -53,7 +53,7 @@ check 'diff <(strip_log "$W/straight/log.jsonl") <(strip_log "$W/term/log.jsonl"
 ./train --config "$W/cfg.json" --out "$W/kill" > "$W/kill.out" 2>&1 &
 pid=$!
 for _ in $(seq 1 400); do
-    n=$(grep -c '"type":"step"' "$W/kill/log.jsonl" 2>/dev/null || echo 0)
+    n=$(cat "$W/kill/log.jsonl" 2>/dev/null | grep -c '"type":"step"')
     [ "$n" -ge 12 ] && break; sleep 0.02
 done
 kill -KILL $pid; wait $pid 2>/dev/null
@@ -75,12 +75,16 @@ expect_usage "bad --set value" "optim.lr" ./train --config "$W/cfg.json" --set o
 expect_usage "no train shards" "data.train" ./train --config "$W/cfg.json" --set "data.train=$W/none_*.bin" --out "$W/x4"
 expect_usage "bf16 on cpu" "train.dtype" ./train --config "$W/cfg.json" --set train.dtype=bf16 --out "$W/x5"
 expect_usage "unknown option" "--frobnicate" ./train --config "$W/cfg.json" --frobnicate 1
-expect_usage "cuda not built" "cuda" ./train --config "$W/cfg.json" --device cuda --out "$W/x6"
+expect_usage "fp32 on cuda" "train.dtype" ./train --config "$W/cfg.json" --device cuda --out "$W/x6"
+if [ -z "$(command -v nvidia-smi)" ]; then
+    expect_usage "cuda without a GPU" "no usable CUDA device" ./train --config "$W/cfg.json" --device cuda --set train.dtype=bf16 --set attention.mode=dense --set model.n_head=1 --set model.n_embd=64 --out "$W/x7"
+fi
 check '[ ! -e "$W/x1" ] && [ ! -e "$W/x2" ] && [ ! -e "$W/x3" ] && [ ! -e "$W/x4" ] && [ ! -e "$W/x5" ]' "failed starts create no run dir"
 
 before=$(cd "$W/straight" && md5sum * | md5sum)
 expect_usage "out dir holds a run" "already holds a run" ./train --config "$W/cfg.json" --out "$W/straight"
-expect_usage "resume without checkpoint" "no checkpoint" ./train --resume "$W/data"
+mkdir -p "$W/nockpt" && cp "$W/straight/config.json" "$W/nockpt/"
+expect_usage "resume without checkpoint" "no checkpoint" ./train --resume "$W/nockpt"
 mkdir -p "$W/corrupt" && cp "$W/straight/config.json" "$W/straight/log.jsonl" "$W/corrupt/"
 head -c 5000 "$W/straight/ckpt_00000030.bin" > "$W/corrupt/ckpt_00000030.bin"
 cbefore=$(cd "$W/corrupt" && md5sum * | md5sum)
