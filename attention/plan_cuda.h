@@ -78,9 +78,10 @@ void attn_plan_cuda_sort(attn_plan_cuda_t *plan, cudaStream_t stream);
 /* Tile lists of one tile shape (forward and backward kernels may each want their own). */
 typedef struct {
     attn_tile_lists_t lists; /* device pointers; slots past a list's count are unspecified */
-    /* Internal: values and scratch of the radix sort that orders tiles by list length. */
+    /* Internal: keys, values and scratch of the radix sort that orders tiles by list length
+     * (both orders in one sort; k_tile_order follows q_tile_order in one allocation). */
+    uint32_t *order_keys, *sorted_keys;
     int32_t *tile_index;
-    uint32_t *sorted_counts;
     void *sort_temp;
     size_t sort_temp_bytes;
 } attn_tiles_cuda_t;

@@ -128,10 +128,12 @@ static void check_hash_input(const attn_plan_cuda_t *plan, const char *name, con
 template <int D, int HALF_MAX>
 static void launch_hash(const attn_plan_cuda_t *plan, const void *x, long stride, int32_t *bucket,
                         cudaStream_t stream) {
-    constexpr int ROWS = D == 64 ? 128 : 64; /* keeps the staged rows under 48 KB */
+    /* Staged rows (ROWS * (D + 8) * 2 bytes) plus R stay under the 48 KB of static shared
+     * memory: 256 rows of D = 64, 64 rows of D = 128. */
+    constexpr int THREADS = D == 64 ? 128 : 64, RPT = D == 64 ? 2 : 1, ROWS = THREADS * RPT;
     const long rows = (long)plan->B * plan->T;
     dim3 grid((unsigned)((rows + ROWS - 1) / ROWS), (unsigned)plan->H);
-    plan::hash_bucket_kernel<D, HALF_MAX, ROWS><<<grid, ROWS, 0, stream>>>(
+    plan::hash_bucket_kernel<D, HALF_MAX, THREADS, RPT><<<grid, THREADS, 0, stream>>>(
         (const plan::bf16 *)x, stride, plan->rotations, plan->T, plan->H, rows,
         plan->p.n_buckets / 2, bucket);
     PLAN_CUDA_OK(cudaGetLastError());
@@ -231,18 +233,10 @@ static int count_bits(int max_count) {
     return bits;
 }
 
-/* order = indices by count descending, ties by increasing index (the radix sort is stable). */
-static void order_by_count(attn_tiles_cuda_t *t, const int32_t *counts, int n, int max_count,
-                           int32_t *order, cudaStream_t stream) {
-    size_t bytes = t->sort_temp_bytes;
-    PLAN_CUDA_OK(cub::DeviceRadixSort::SortPairsDescending(
-        t->sort_temp, bytes, (const uint32_t *)counts, t->sorted_counts, t->tile_index, order, n,
-        0, count_bits(max_count), stream));
-}
-
-__global__ static void iota_kernel(int32_t *x, int n) {
+/* Sort values: the tile index within its side, [0, nq) then [0, nk). */
+__global__ static void tile_index_kernel(int32_t *x, int nq, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] = i;
+    if (i < n) x[i] = i < nq ? i : i - nq;
 }
 
 extern "C" void attn_tiles_cuda_init(attn_tiles_cuda_t *t, const attn_plan_cuda_t *plan,
@@ -259,7 +253,6 @@ extern "C" void attn_tiles_cuda_init(attn_tiles_cuda_t *t, const attn_plan_cuda_
     l->n_q_tiles = (T + block_m - 1) / block_m;
     l->n_k_tiles = (T + block_n - 1) / block_n;
     const size_t nq = (size_t)BH * l->n_q_tiles, nk = (size_t)BH * l->n_k_tiles;
-    const size_t n_max = nq > nk ? nq : nk;
     if (nq * l->n_k_tiles > INT32_MAX)
         fatal(EXIT_USAGE, "attention tile lists: %zu list slots are too many (smaller T or larger tiles)",
               nq * l->n_k_tiles);
@@ -269,16 +262,17 @@ extern "C" void attn_tiles_cuda_init(attn_tiles_cuda_t *t, const attn_plan_cuda_
     l->n_query_tiles = device_alloc<int32_t>(nk);
     l->key_tiles = device_alloc<int32_t>(nq * l->n_k_tiles);
     l->query_tiles = device_alloc<int32_t>(nk * l->n_q_tiles);
-    l->q_tile_order = device_alloc<int32_t>(nq);
-    l->k_tile_order = device_alloc<int32_t>(nk);
+    l->q_tile_order = device_alloc<int32_t>(nq + nk);
+    l->k_tile_order = l->q_tile_order + nq;
     l->live_tiles = device_alloc<int64_t>(1);
-    t->tile_index = device_alloc<int32_t>(n_max);
-    t->sorted_counts = device_alloc<uint32_t>(n_max);
-    iota_kernel<<<(unsigned)((n_max + 255) / 256), 256>>>(t->tile_index, (int)n_max);
+    t->order_keys = device_alloc<uint32_t>(nq + nk);
+    t->sorted_keys = device_alloc<uint32_t>(nq + nk);
+    t->tile_index = device_alloc<int32_t>(nq + nk);
+    tile_index_kernel<<<(unsigned)((nq + nk + 255) / 256), 256>>>(t->tile_index, (int)nq, (int)(nq + nk));
     PLAN_CUDA_OK(cudaGetLastError());
-    PLAN_CUDA_OK(cub::DeviceRadixSort::SortPairsDescending(
+    PLAN_CUDA_OK(cub::DeviceRadixSort::SortPairs(
         NULL, t->sort_temp_bytes, (const uint32_t *)NULL, (uint32_t *)NULL, (const int32_t *)NULL,
-        (int32_t *)NULL, (int)n_max, 0, 32));
+        (int32_t *)NULL, (int)(nq + nk), 0, 32));
     PLAN_CUDA_OK(cudaMalloc(&t->sort_temp, t->sort_temp_bytes));
     PLAN_CUDA_OK(cudaDeviceSynchronize()); /* the index array is ready before any stream uses it */
 }
@@ -286,8 +280,8 @@ extern "C" void attn_tiles_cuda_init(attn_tiles_cuda_t *t, const attn_plan_cuda_
 extern "C" void attn_tiles_cuda_free(attn_tiles_cuda_t *t) {
     attn_tile_lists_t *l = &t->lists;
     void *device[] = {l->info_q, l->info_k, l->n_key_tiles, l->n_query_tiles, l->key_tiles,
-                      l->query_tiles, l->q_tile_order, l->k_tile_order, l->live_tiles,
-                      t->tile_index, t->sorted_counts, t->sort_temp};
+                      l->query_tiles, l->q_tile_order /* k_tile_order shares it */, l->live_tiles,
+                      t->order_keys, t->sorted_keys, t->tile_index, t->sort_temp};
     for (size_t i = 0; i < sizeof device / sizeof device[0]; i++)
         if (device[i]) PLAN_CUDA_OK(cudaFree(device[i]));
     memset(t, 0, sizeof *t);
@@ -301,15 +295,19 @@ extern "C" void attn_tiles_cuda_build(attn_tiles_cuda_t *t, const attn_plan_cuda
     plan::TileArgs a;
     a.rows = plan->rows;
     a.lists = *l;
-    const long warps = (long)l->BH * (l->n_q_tiles + l->n_k_tiles);
-    const unsigned blocks = (unsigned)((warps * 32 + 255) / 256);
-    PLAN_CUDA_OK(cudaMemsetAsync(l->live_tiles, 0, sizeof(int64_t), stream));
+    a.order_keys = t->order_keys;
+    a.order_cap = l->n_q_tiles > l->n_k_tiles ? l->n_q_tiles : l->n_k_tiles;
+    a.order_bits = count_bits(a.order_cap);
+    const int n = l->BH * (l->n_q_tiles + l->n_k_tiles);
+    const unsigned blocks = (unsigned)(((long)n * 32 + 255) / 256);
     plan::tile_info_kernel<<<blocks, 256, 0, stream>>>(a);
     PLAN_CUDA_OK(cudaGetLastError());
     plan::tile_list_kernel<<<blocks, 256, 0, stream>>>(a);
     PLAN_CUDA_OK(cudaGetLastError());
-    order_by_count(t, l->n_key_tiles, l->BH * l->n_q_tiles, l->n_k_tiles, l->q_tile_order, stream);
-    order_by_count(t, l->n_query_tiles, l->BH * l->n_k_tiles, l->n_q_tiles, l->k_tile_order, stream);
+    size_t bytes = t->sort_temp_bytes;
+    PLAN_CUDA_OK(cub::DeviceRadixSort::SortPairs(t->sort_temp, bytes, t->order_keys, t->sorted_keys,
+                                                 t->tile_index, l->q_tile_order, n, 0,
+                                                 a.order_bits + 1, stream));
 }
 
 extern "C" int64_t attn_tiles_cuda_live_count(const attn_tiles_cuda_t *t, cudaStream_t stream) {

@@ -59,88 +59,104 @@ __device__ __noinline__ int exact_bucket(const bf16 *row, const float *sR, int h
     return max_neg > max_pos ? half + arg_neg : arg_pos;
 }
 
-/* Grid: x = blocks of ROWS rows (b*T + t), y = head; ROWS threads, one row each.
- * bucket: [B][H][T]. R: [H][D][half]. The block first copies its rows' D values into shared
- * memory with coalesced 16-byte loads (8 or 16 threads per 128- or 256-byte row segment, all
- * loads in flight at once), rows padded by 16 bytes so that each thread's 16-byte reads of its
- * own row fall into distinct banks; then each thread hashes its row from shared memory. */
-template <int D, int HALF_MAX, int ROWS>
-__global__ void __launch_bounds__(ROWS)
+/* Grid: x = blocks of THREADS*RPT rows (b*T + t), y = head; thread i hashes rows i, i + THREADS,
+ * ... (RPT of them). bucket: [B][H][T]. R: [H][D][half]. The block first copies its rows' D
+ * values into shared memory with coalesced 16-byte loads (8 or 16 threads per 128- or 256-byte
+ * row segment, all loads in flight at once), rows padded by 16 bytes so that each thread's
+ * 16-byte reads of its own row fall into distinct banks. Each R value read from shared memory
+ * (a broadcast: the delivery of operands, not the FMAs, bounds this loop) serves RPT rows. */
+template <int D, int HALF_MAX, int THREADS, int RPT>
+__global__ void __launch_bounds__(THREADS)
 hash_bucket_kernel(const bf16 *x, long stride, const float *rot, int T, int H, long rows,
                    int half, int32_t *bucket) {
     static_assert(D % 8 == 0 && HALF_MAX % 4 == 0, "16-byte loads of x and of R");
     constexpr int CHUNKS = D / 8, XS = D + 8; /* 16-byte chunks per row; padded row stride */
+    constexpr int ROWS = THREADS * RPT;
     __shared__ __align__(16) float sR[D * HALF_MAX]; /* columns past half are zero */
     __shared__ __align__(16) bf16 sX[ROWS * XS];
     const int h = blockIdx.y;
     const long row0 = blockIdx.x * (long)ROWS;
     const float *rot_h = rot + (long)h * D * half;
-    for (int i = threadIdx.x; i < D * HALF_MAX; i += ROWS) {
+    for (int i = threadIdx.x; i < D * HALF_MAX; i += THREADS) {
         int d = i / HALF_MAX, c = i % HALF_MAX;
         sR[i] = c < half ? rot_h[d * half + c] : 0.0f;
     }
 #pragma unroll
-    for (int i = 0; i < CHUNKS; i++) {
-        const int id = i * ROWS + threadIdx.x, r = id / CHUNKS, c = id % CHUNKS;
+    for (int i = 0; i < CHUNKS * RPT; i++) {
+        const int id = i * THREADS + threadIdx.x, r = id / CHUNKS, c = id % CHUNKS;
         if (row0 + r < rows)
             *reinterpret_cast<uint4 *>(sX + r * XS + c * 8) =
                 __ldg(reinterpret_cast<const uint4 *>(x + (row0 + r) * stride + (long)h * D) + c);
     }
     __syncthreads();
-    const long n = row0 + threadIdx.x; /* b*T + t */
-    if (n >= rows) return;
-    const bf16 *row = sX + threadIdx.x * XS;
 
-    float acc[HALF_MAX];
+    float acc[RPT][HALF_MAX], norm2[RPT];
 #pragma unroll
-    for (int c = 0; c < HALF_MAX; c++) acc[c] = 0.0f;
-    float norm2 = 0.0f;
+    for (int k = 0; k < RPT; k++) {
+        norm2[k] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < HALF_MAX; c++) acc[k][c] = 0.0f;
+    }
 #pragma unroll 1
     for (int i = 0; i < CHUNKS; i++) {
-        const uint4 raw = *reinterpret_cast<const uint4 *>(row + i * 8);
-        const __nv_bfloat162 *pairs = reinterpret_cast<const __nv_bfloat162 *>(&raw);
+        uint4 raw[RPT];
+#pragma unroll
+        for (int k = 0; k < RPT; k++)
+            raw[k] = *reinterpret_cast<const uint4 *>(sX + (threadIdx.x + k * THREADS) * XS + i * 8);
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            float2 two = __bfloat1622float2(pairs[j / 2]);
-            float xv = (j % 2) ? two.y : two.x;
-            norm2 = fmaf(xv, xv, norm2);
+            float xv[RPT];
+#pragma unroll
+            for (int k = 0; k < RPT; k++) {
+                float2 two = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162 *>(&raw[k])[j / 2]);
+                xv[k] = (j % 2) ? two.y : two.x;
+                norm2[k] = fmaf(xv[k], xv[k], norm2[k]);
+            }
             const float4 *r4 = reinterpret_cast<const float4 *>(sR + (i * 8 + j) * HALF_MAX);
 #pragma unroll
             for (int c4 = 0; c4 < HALF_MAX / 4; c4++) {
-                float4 r = r4[c4];
-                acc[4 * c4 + 0] = fmaf(xv, r.x, acc[4 * c4 + 0]);
-                acc[4 * c4 + 1] = fmaf(xv, r.y, acc[4 * c4 + 1]);
-                acc[4 * c4 + 2] = fmaf(xv, r.z, acc[4 * c4 + 2]);
-                acc[4 * c4 + 3] = fmaf(xv, r.w, acc[4 * c4 + 3]);
-            }
-        }
-    }
-    /* First maximum over [acc, -acc] and the runner-up value (a tie makes the gap 0). */
-    int best = 0;
-    float best_v = acc[0], second_v = -INFINITY;
+                const float4 r = r4[c4];
 #pragma unroll
-    for (int n2 = 1; n2 < 2 * HALF_MAX; n2++) {
-        const int c = n2 % HALF_MAX;
-        if (c >= half) continue;
-        const float v = n2 < HALF_MAX ? acc[c] : -acc[c];
-        if (v > best_v) {
-            second_v = best_v;
-            best_v = v;
-            best = n2 < HALF_MAX ? c : half + c;
-        } else if (v > second_v) {
-            second_v = v;
+                for (int k = 0; k < RPT; k++) {
+                    acc[k][4 * c4 + 0] = fmaf(xv[k], r.x, acc[k][4 * c4 + 0]);
+                    acc[k][4 * c4 + 1] = fmaf(xv[k], r.y, acc[k][4 * c4 + 1]);
+                    acc[k][4 * c4 + 2] = fmaf(xv[k], r.z, acc[k][4 * c4 + 2]);
+                    acc[k][4 * c4 + 3] = fmaf(xv[k], r.w, acc[k][4 * c4 + 3]);
+                }
+            }
         }
     }
     constexpr float gamma32 = D * 5.9604645e-8f / (1.0f - D * 5.9604645e-8f);
     constexpr float gamma64 = D * 1.1102230e-16f * 1.01f;
-    /* 2.05 rather than 2: covers the rounding of norm2, of its square root and of ||r||;
-     * the absolute term covers products that round in the subnormal range. */
-    const float margin = 2.05f * (gamma32 + gamma64) * sqrtf(norm2) + D * 3.0e-45f;
-    /* Comparisons written so that NaN or inf anywhere take the exact path. */
-    if (!(best_v - second_v > margin) || !(norm2 >= 1e-30f))
-        best = exact_bucket<D, HALF_MAX>(row, sR, half);
-    const long b = n / T, t = n % T;
-    bucket[(b * H + h) * (long)T + t] = best;
+#pragma unroll
+    for (int k = 0; k < RPT; k++) {
+        const long n = row0 + threadIdx.x + k * THREADS; /* b*T + t */
+        if (n >= rows) break;
+        /* First maximum over [acc, -acc] and the runner-up value (a tie makes the gap 0). */
+        int best = 0;
+        float best_v = acc[k][0], second_v = -INFINITY;
+#pragma unroll
+        for (int n2 = 1; n2 < 2 * HALF_MAX; n2++) {
+            const int c = n2 % HALF_MAX;
+            if (c >= half) continue;
+            const float v = n2 < HALF_MAX ? acc[k][c] : -acc[k][c];
+            if (v > best_v) {
+                second_v = best_v;
+                best_v = v;
+                best = n2 < HALF_MAX ? c : half + c;
+            } else if (v > second_v) {
+                second_v = v;
+            }
+        }
+        /* 2.05 rather than 2: covers the rounding of norm2, of its square root and of ||r||;
+         * the absolute term covers products that round in the subnormal range. */
+        const float margin = 2.05f * (gamma32 + gamma64) * sqrtf(norm2[k]) + D * 3.0e-45f;
+        /* Comparisons written so that NaN or inf anywhere take the exact path. */
+        if (!(best_v - second_v > margin) || !(norm2[k] >= 1e-30f))
+            best = exact_bucket<D, HALF_MAX>(sX + (threadIdx.x + k * THREADS) * XS, sR, half);
+        const long b = n / T, t = n % T;
+        bucket[(b * H + h) * (long)T + t] = best;
+    }
 }
 
 } // namespace plan

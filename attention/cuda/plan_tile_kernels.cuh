@@ -16,6 +16,11 @@ namespace plan {
 struct TileArgs {
     attn_row_order_t rows;   /* device pointers */
     attn_tile_lists_t lists; /* device pointers */
+    /* Sort keys of both tile orders, [BH*n_q_tiles query tiles | BH*n_k_tiles key tiles]:
+     * (side << order_bits) | (order_cap - list length). One stable ascending radix sort then
+     * yields both orders (query tiles first; longest list first; ties by index). */
+    uint32_t *order_keys;
+    int order_bits, order_cap;
 };
 
 /* Which tile a warp handles: the first BH*n_first warps take side 0, the rest side 1. */
@@ -38,6 +43,7 @@ __device__ __forceinline__ bool warp_tile(int BH, int n_first, int n_second, War
 __global__ void tile_info_kernel(TileArgs a) {
     const attn_row_order_t &rw = a.rows;
     const attn_tile_lists_t &l = a.lists;
+    if (blockIdx.x == 0 && threadIdx.x == 0) *l.live_tiles = 0; /* the list kernel adds to it */
     WarpTile w;
     if (!warp_tile(l.BH, l.n_q_tiles, l.n_k_tiles, w)) return;
     const int lane = threadIdx.x % 32, T = rw.T;
@@ -107,6 +113,8 @@ __global__ void tile_list_kernel(TileArgs a) {
     }
     if (lane != 0) return;
     (keys_own ? l.n_query_tiles : l.n_key_tiles)[own_at] = count;
+    a.order_keys[(keys_own ? (long)l.BH * l.n_q_tiles : 0) + own_at] =
+        ((uint32_t)keys_own << a.order_bits) | (uint32_t)(a.order_cap - count);
     if (!keys_own && count)
         atomicAdd(reinterpret_cast<unsigned long long *>(l.live_tiles), (unsigned long long)count);
 }
