@@ -65,8 +65,19 @@ typedef struct {
 #define CACHE_MAX_PIECE 64 /* longer pieces are rare and not worth the memory */
 #define CACHE_ARENA (1u << 21) /* bytes of keys, and ids, held at most */
 
+/* A slot of the hot table: the piece's bytes zero-padded to 16, and its ids. */
+#define HOT_SLOTS 8192 /* 256 KiB */
+#define HOT_MAX_LEN 16
+#define HOT_MAX_IDS 3
+typedef struct {
+    uint64_t key[2];
+    uint8_t len, n_ids; /* len 0: empty */
+    int32_t ids[HOT_MAX_IDS];
+} hot_slot_t;
+
 struct tok_encoder {
     const tokenizer_t *tok;
+    hot_slot_t *hot;
     pcre2_match_data *match;
     cache_slot_t *slots;
     uint32_t n_entries;
@@ -207,21 +218,16 @@ static void ids_append(tok_ids_t *v, const int32_t *ids, size_t n) {
     v->n += n;
 }
 
-/* Encodes one piece, through the cache. */
-static void encode_piece(tok_encoder_t *e, const unsigned char *p, size_t n, tok_ids_t *out) {
-    if (n > CACHE_MAX_PIECE) {
-        ids_reserve(out, n);
-        out->n += bpe_piece(e, p, (int32_t)n, out->ids + out->n);
-        return;
-    }
+/* The ids of one piece of at most CACHE_MAX_PIECE bytes, from the cache or computed into it. */
+static const int32_t *cached_bpe(tok_encoder_t *e, const unsigned char *p, size_t n, size_t *n_ids) {
     uint64_t h = hash_piece(p, n);
     uint32_t i = (uint32_t)h & (CACHE_SLOTS - 1);
     for (;; i = (i + 1) & (CACHE_SLOTS - 1)) {
         cache_slot_t *s = &e->slots[i];
         if (s->key_len == 0) break;
         if (s->hash == h && s->key_len == n && memcmp(e->keys + s->key_off, p, n) == 0) {
-            ids_append(out, e->cached_ids + s->ids_off, s->n_ids);
-            return;
+            *n_ids = s->n_ids;
+            return e->cached_ids + s->ids_off;
         }
     }
     if (e->n_entries == CACHE_MAX_ENTRIES || e->keys_used + n > CACHE_ARENA) {
@@ -230,13 +236,44 @@ static void encode_piece(tok_encoder_t *e, const unsigned char *p, size_t n, tok
         i = (uint32_t)h & (CACHE_SLOTS - 1);
     }
     cache_slot_t *s = &e->slots[i];
-    size_t n_ids = bpe_piece(e, p, (int32_t)n, e->cached_ids + e->ids_used);
+    *n_ids = bpe_piece(e, p, (int32_t)n, e->cached_ids + e->ids_used);
     memcpy(e->keys + e->keys_used, p, n);
-    *s = (cache_slot_t){h, e->keys_used, (uint32_t)n, e->ids_used, (uint32_t)n_ids};
+    *s = (cache_slot_t){h, e->keys_used, (uint32_t)n, e->ids_used, (uint32_t)*n_ids};
     e->keys_used += (uint32_t)n;
-    e->ids_used += (uint32_t)n_ids;
+    e->ids_used += (uint32_t)*n_ids;
     e->n_entries++;
-    ids_append(out, e->cached_ids + s->ids_off, n_ids);
+    return e->cached_ids + s->ids_off;
+}
+
+/* Encodes one piece. Short pieces with few ids (the common words and punctuation that make
+ * up most text) are first looked up in the small direct-mapped hot table, which stays in the
+ * CPU cache; the main cache (megabytes, a memory access per lookup) backs it. */
+static void encode_piece(tok_encoder_t *e, const unsigned char *p, size_t n, tok_ids_t *out) {
+    if (n > CACHE_MAX_PIECE) {
+        ids_reserve(out, n);
+        out->n += bpe_piece(e, p, (int32_t)n, out->ids + out->n);
+        return;
+    }
+    hot_slot_t *hot = NULL;
+    uint64_t key[2] = {0, 0};
+    if (n <= HOT_MAX_LEN) {
+        memcpy(key, p, n);
+        hot = &e->hot[tok_hash64(key[0] ^ (key[1] * 0x9e3779b97f4a7c15ULL) ^ n) & (HOT_SLOTS - 1)];
+        if (hot->len == n && hot->key[0] == key[0] && hot->key[1] == key[1]) {
+            ids_append(out, hot->ids, hot->n_ids);
+            return;
+        }
+    }
+    size_t n_ids;
+    const int32_t *ids = cached_bpe(e, p, n, &n_ids);
+    if (hot && n_ids <= HOT_MAX_IDS) {
+        hot->key[0] = key[0];
+        hot->key[1] = key[1];
+        hot->len = (uint8_t)n;
+        hot->n_ids = (uint8_t)n_ids;
+        memcpy(hot->ids, ids, n_ids * sizeof(int32_t));
+    }
+    ids_append(out, ids, n_ids);
 }
 
 /* ---- public encoding API ---- */
@@ -247,6 +284,7 @@ tok_encoder_t *tok_encoder_new(const tokenizer_t *t) {
     e->match = pcre2_match_data_create(1, NULL);
     if (!e->match) fatal(EXIT_RUNTIME, "out of memory creating PCRE2 match data");
     e->slots = xcalloc(CACHE_SLOTS, sizeof(cache_slot_t), "merge cache");
+    e->hot = xcalloc(HOT_SLOTS, sizeof(hot_slot_t), "hot merge cache");
     e->keys = xmalloc(CACHE_ARENA, "merge cache keys");
     e->cached_ids = xmalloc((size_t)CACHE_ARENA * sizeof(int32_t), "merge cache ids");
     return e;
@@ -256,6 +294,7 @@ void tok_encoder_free(tok_encoder_t *e) {
     if (!e) return;
     pcre2_match_data_free(e->match);
     free(e->slots);
+    free(e->hot);
     free(e->keys);
     free(e->cached_ids);
     free(e->part_token);
