@@ -1,0 +1,212 @@
+/* Sparse flash attention (sparse_attn.h): the portable flash kernels instantiated with
+ * flash::PlanPolicy, argument checks, and the zeroing of rows no kernel over work rows visits
+ * (dropped qk queries and keys: sorted rows past q_len / k_len). */
+#include "attention/cuda/sparse_attn.h"
+
+#include <math.h>
+#include <stdint.h>
+
+#include "attention/cuda/flash_launch.cuh"
+#include "attention/cuda/plan_policy.cuh"
+
+extern "C" {
+#include "runtime/error.h"
+}
+
+namespace {
+
+using namespace flash;
+
+/* The dense API's portable configurations for head dim 64 (attention/cuda/NOTES.md), so that
+ * sparse and dense timings compare the same tile arithmetic. */
+typedef FwdTiles<64, 128, 64, 4> Fwd64;
+typedef BwdTiles<64, 128, 64, 8> Bwd64; /* BN = 128 keys, BM = 64 queries */
+typedef DqTiles<64, 64, 64, 4> Dq64;
+
+void check_launch(const char *what, cudaError_t err) {
+    if (err != cudaSuccess) fatal(EXIT_RUNTIME, "sparse_attn: %s: %s", what, cudaGetErrorString(err));
+}
+
+void check_ptr(const char *what, const void *ptr) {
+    if (ptr == NULL || ((uintptr_t)ptr & 15) != 0)
+        fatal(EXIT_USAGE, "sparse_attn: pointer %s is NULL or not 16-byte aligned", what);
+}
+
+void check_stride(const char *what, long stride, const flash_attn_dims_t *d) {
+    if (stride < (long)d->H * d->D || stride % 8 != 0)
+        fatal(EXIT_USAGE, "sparse_attn: %s = %ld must be a multiple of 8 and at least H*D = %d",
+              what, stride, d->H * d->D);
+}
+
+void check_dims(const flash_attn_dims_t *d) {
+    if (d->D != 64) fatal(EXIT_USAGE, "sparse_attn: head dim D = %d is not supported (64)", d->D);
+    if (d->B < 1 || d->T < 1 || d->H < 1)
+        fatal(EXIT_USAGE, "sparse_attn: B = %d, T = %d, H = %d must all be >= 1", d->B, d->T, d->H);
+    if ((long)d->B * d->H > 0x7fffffffL || d->T > 65535L * 64)
+        fatal(EXIT_USAGE, "sparse_attn: B*H = %ld or T = %d too large for the launch grid",
+              (long)d->B * d->H, d->T);
+    check_stride("q_stride", d->q_stride, d);
+    check_stride("k_stride", d->k_stride, d);
+    check_stride("v_stride", d->v_stride, d);
+    check_stride("o_stride", d->o_stride, d);
+}
+
+void check_plan(const attn_plan_cuda_t *plan, const flash_attn_dims_t *d) {
+    if (plan->B != d->B || plan->T != d->T || plan->H != d->H || plan->D != d->D)
+        fatal(EXIT_USAGE, "sparse_attn: plan is for B=%d T=%d H=%d D=%d, call for B=%d T=%d H=%d D=%d",
+              plan->B, plan->T, plan->H, plan->D, d->B, d->T, d->H, d->D);
+    if ((plan->p.exclude_self != 0) != (d->exclude_self != 0))
+        fatal(EXIT_USAGE, "sparse_attn: exclude_self of the plan (%d) and of the call (%d) differ",
+              plan->p.exclude_self, d->exclude_self);
+}
+
+void check_tiles(const char *what, const attn_tiles_cuda_t *tiles, const attn_plan_cuda_t *plan,
+                 sparse_attn_pass_t pass) {
+    if (tiles == NULL) fatal(EXIT_USAGE, "sparse_attn: %s tile lists are NULL", what);
+    int bm = 0, bn = 0;
+    sparse_attn_tile_shape(pass, plan->D, &bm, &bn);
+    if (tiles->lists.block_m != bm || tiles->lists.block_n != bn ||
+        tiles->lists.BH != plan->B * plan->H)
+        fatal(EXIT_USAGE, "sparse_attn: %s tile lists are %dx%d for BH=%d; this pass needs %dx%d "
+              "for BH=%d", what, tiles->lists.block_m, tiles->lists.block_n, tiles->lists.BH, bm,
+              bn, plan->B * plan->H);
+}
+
+FlashParams make_params(const flash_attn_dims_t *d) {
+    FlashParams p = {};
+    p.B = d->B;
+    p.T = d->T;
+    p.H = d->H;
+    p.q_stride = d->q_stride;
+    p.k_stride = d->k_stride;
+    p.v_stride = d->v_stride;
+    p.o_stride = d->o_stride;
+    p.scale = 1.0f / sqrtf((float)d->D);
+    p.scale_log2 = p.scale * 1.4426950408889634f;
+    return p;
+}
+
+size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+/* Rows r in [len, T) of the sorted order of bh (dropped qk rows; none in the other modes):
+ * x and y (when given) get zero rows at their original positions, lse (when given) -inf.
+ * D/8 threads per row, 16-byte stores. */
+template <int D>
+__global__ void zero_dropped_rows_kernel(PlanPolicy pol, int H, int T, int keys, bf16 *x,
+                                         long x_stride, bf16 *y, long y_stride, float *lse) {
+    constexpr int LANES = D / 8;
+    const int bh = blockIdx.x, b = bh / H, h = bh % H;
+    const int len = keys ? pol.k_len(bh) : pol.q_len(bh);
+    const long id = (long)blockIdx.y * blockDim.x + threadIdx.x;
+    const long r = len + id / LANES;
+    const int part = (int)(id % LANES);
+    if (r >= T) return;
+    const long mem = keys ? pol.k_row(bh, (int)r) : pol.q_row(bh, (int)r);
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    *reinterpret_cast<uint4 *>(x + ((long)b * T + mem) * x_stride + h * D + part * 8) = zero;
+    if (y) *reinterpret_cast<uint4 *>(y + ((long)b * T + mem) * y_stride + h * D + part * 8) = zero;
+    if (lse && part == 0) lse[(long)bh * T + mem] = -INFINITY;
+}
+
+/* Only qk_sparse has rows outside the work rows. The grid covers all T rows per bh (the work
+ * row count lives on the device); blocks past the dropped rows exit at once. */
+void zero_dropped_rows(const attn_plan_cuda_t *plan, const PlanPolicy &pol, int keys, bf16 *x,
+                       long x_stride, bf16 *y, long y_stride, float *lse, cudaStream_t s) {
+    if (plan->p.mode != ATTN_QK_SPARSE) return;
+    const int threads = 256;
+    const long per_bh = (long)plan->T * (64 / 8);
+    dim3 grid(plan->B * plan->H, (unsigned)((per_bh + threads - 1) / threads));
+    zero_dropped_rows_kernel<64><<<grid, threads, 0, s>>>(pol, plan->H, plan->T, keys, x,
+                                                          x_stride, y, y_stride, lse);
+    check_launch("zeroing dropped rows", cudaGetLastError());
+}
+
+} // namespace
+
+extern "C" void sparse_attn_tile_shape(sparse_attn_pass_t pass, int D, int *block_m, int *block_n) {
+    if (D != 64) fatal(EXIT_USAGE, "sparse_attn: head dim D = %d is not supported (64)", D);
+    switch (pass) {
+    case SPARSE_ATTN_PASS_FORWARD: *block_m = Fwd64::BM; *block_n = Fwd64::BN; return;
+    case SPARSE_ATTN_PASS_DKDV: *block_m = Bwd64::BM; *block_n = Bwd64::BN; return;
+    case SPARSE_ATTN_PASS_DQ: *block_m = Dq64::BM; *block_n = Dq64::BN; return;
+    }
+    fatal(EXIT_USAGE, "sparse_attn: unknown pass %d", (int)pass);
+}
+
+extern "C" void sparse_attn_forward(const attn_plan_cuda_t *plan, const attn_tiles_cuda_t *fwd_tiles,
+                                    const flash_attn_dims_t *dims, const flash_bf16_t *q,
+                                    const flash_bf16_t *k, const flash_bf16_t *v,
+                                    flash_bf16_t *out, float *lse, cudaStream_t stream) {
+    check_dims(dims);
+    check_plan(plan, dims);
+    check_tiles("forward", fwd_tiles, plan, SPARSE_ATTN_PASS_FORWARD);
+    const void *ptrs[] = {q, k, v, out, lse};
+    const char *names[] = {"q", "k", "v", "out", "lse"};
+    for (int i = 0; i < 5; i++) check_ptr(names[i], ptrs[i]);
+    FlashParams p = make_params(dims);
+    p.q = q;
+    p.k = k;
+    p.v = v;
+    p.out = out;
+    p.lse = lse;
+    const PlanPolicy pol = make_plan_policy(plan->rows, fwd_tiles->lists);
+    check_launch("forward kernel", launch_fwd<Fwd64>(p, pol, dims->T, stream));
+    zero_dropped_rows(plan, pol, 0, out, dims->o_stride, NULL, 0, lse, stream);
+}
+
+extern "C" size_t sparse_attn_backward_workspace_bytes(const flash_attn_dims_t *dims,
+                                                       int deterministic) {
+    check_dims(dims);
+    const size_t rows = (size_t)dims->B * dims->T * dims->H;
+    size_t bytes = align256(rows * sizeof(float)); /* delta */
+    if (!deterministic) bytes += align256(rows * dims->D * sizeof(float)); /* dQ accumulator */
+    return bytes;
+}
+
+extern "C" void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_tiles_cuda_t *dkdv_tiles,
+                                     const attn_tiles_cuda_t *dq_tiles, const flash_attn_dims_t *dims,
+                                     const flash_bf16_t *q, const flash_bf16_t *k,
+                                     const flash_bf16_t *v, const flash_bf16_t *out,
+                                     const float *lse, const flash_bf16_t *dout, flash_bf16_t *dq,
+                                     flash_bf16_t *dk, flash_bf16_t *dv, void *workspace,
+                                     cudaStream_t stream) {
+    check_dims(dims);
+    check_plan(plan, dims);
+    check_tiles("dK/dV", dkdv_tiles, plan, SPARSE_ATTN_PASS_DKDV);
+    if (dq_tiles) check_tiles("dQ", dq_tiles, plan, SPARSE_ATTN_PASS_DQ);
+    const void *ptrs[] = {q, k, v, out, lse, dout, dq, dk, dv, workspace};
+    const char *names[] = {"q", "k", "v", "out", "lse", "dout", "dq", "dk", "dv", "workspace"};
+    for (int i = 0; i < 10; i++) check_ptr(names[i], ptrs[i]);
+    const bool deterministic = dq_tiles != NULL;
+    FlashParams p = make_params(dims);
+    p.q = q;
+    p.k = k;
+    p.v = v;
+    p.out = const_cast<flash_bf16_t *>(out); /* read only in the backward kernels */
+    p.lse = const_cast<float *>(lse);
+    p.dout = dout;
+    p.dq = dq;
+    p.dk = dk;
+    p.dv = dv;
+    const size_t rows = (size_t)dims->B * dims->T * dims->H;
+    p.delta = static_cast<float *>(workspace);
+    p.dq_accum = deterministic ? NULL
+                               : reinterpret_cast<float *>(static_cast<char *>(workspace) +
+                                                           align256(rows * sizeof(float)));
+    const PlanPolicy kv_pol = make_plan_policy(plan->rows, dkdv_tiles->lists);
+    const int T = dims->T;
+    /* The preprocess zeroes the whole dQ accumulator and the convert writes every row, so with
+     * atomic dQ dropped queries get dq = 0 for free; the deterministic dQ pass writes work rows
+     * only. Keys past k_len are never visited by the dK/dV pass. */
+    check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
+    if (deterministic) {
+        check_launch("backward dK/dV", launch_bwd_dkdv<Bwd64, PlanPolicy, false, true>(p, kv_pol, T, stream));
+        const PlanPolicy q_pol = make_plan_policy(plan->rows, dq_tiles->lists);
+        check_launch("backward dQ", launch_bwd_dq<Dq64>(p, q_pol, T, stream));
+        zero_dropped_rows(plan, q_pol, 0, dq, dims->q_stride, NULL, 0, NULL, stream);
+    } else {
+        check_launch("backward dK/dV/dQ", launch_bwd_dkdv<Bwd64, PlanPolicy, true, true>(p, kv_pol, T, stream));
+        check_launch("backward dQ convert", launch_bwd_convert_dq<64>(p, stream));
+    }
+    zero_dropped_rows(plan, kv_pol, 1, dk, dims->k_stride, dv, dims->v_stride, NULL, stream);
+}

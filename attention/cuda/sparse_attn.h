@@ -1,0 +1,63 @@
+/* Sparse causal flash attention on the GPU (qk_sparse, hash_sparse; dense works too): the
+ * portable mma.sync flash kernels (flash_fwd.cuh, flash_bwd.cuh) run over the work rows and
+ * exact tile lists of a GPU attention plan (attention/plan_cuda.h) through flash::PlanPolicy.
+ *
+ * Semantics are attention/attention.h's for the plan's mode: rows are read through the plan's
+ * permutation and results land on their ORIGINAL rows. A query with no allowed key, and every
+ * dropped qk query, outputs zeros with lse = -inf and gets dq = 0; a key no query sees gets
+ * dk = dv = 0. Every row of out, lse, dq, dk, dv is written (model buffers are reused).
+ *
+ * Tensors, strides and lse are as in flash_attn.h (bf16 [B][T][H][D] with row strides, fp32 lse
+ * [B][H][T]); dims must match the plan (B, T, H, D, exclude_self). Head dim 64 only for now.
+ * Tile lists must be built (attn_tiles_cuda_init / _build) with the shape the kernel of each
+ * pass uses: sparse_attn_tile_shape gives it. Calls are asynchronous on `stream`, after the
+ * plan's and tiles' builds on the same stream. */
+#ifndef ATTENTION_CUDA_SPARSE_ATTN_H
+#define ATTENTION_CUDA_SPARSE_ATTN_H
+
+#include <stddef.h>
+
+#include <cuda_runtime_api.h>
+
+#include "attention/cuda/flash_attn.h"
+#include "attention/plan_cuda.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    SPARSE_ATTN_PASS_FORWARD = 0, /* forward: query tiles x key tiles */
+    SPARSE_ATTN_PASS_DKDV = 1,    /* backward dK/dV (and atomic dQ): key tiles x query tiles */
+    SPARSE_ATTN_PASS_DQ = 2       /* deterministic backward's dQ pass */
+} sparse_attn_pass_t;
+
+/* (block_m, block_n) the tile lists of `pass` must be built with, for head dim D. */
+void sparse_attn_tile_shape(sparse_attn_pass_t pass, int D, int *block_m, int *block_n);
+
+/* out [B][T][H][D] (o_stride), lse [B][H][T]. fwd_tiles: SPARSE_ATTN_PASS_FORWARD shape. */
+void sparse_attn_forward(const attn_plan_cuda_t *plan, const attn_tiles_cuda_t *fwd_tiles,
+                         const flash_attn_dims_t *dims, const flash_bf16_t *q,
+                         const flash_bf16_t *k, const flash_bf16_t *v, flash_bf16_t *out,
+                         float *lse, cudaStream_t stream);
+
+/* Device workspace sparse_attn_backward needs (delta; the fp32 dQ accumulator unless
+ * deterministic). */
+size_t sparse_attn_backward_workspace_bytes(const flash_attn_dims_t *dims, int deterministic);
+
+/* Overwrites dq, dk, dv. dkdv_tiles: SPARSE_ATTN_PASS_DKDV shape. dq_tiles == NULL: dQ is
+ * added atomically in fp32 by the dK/dV pass (fast, not bit-reproducible); otherwise
+ * (SPARSE_ATTN_PASS_DQ shape) dQ comes from its own pass, bit-identical across runs, and the
+ * workspace must have been sized with deterministic != 0. */
+void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_tiles_cuda_t *dkdv_tiles,
+                          const attn_tiles_cuda_t *dq_tiles, const flash_attn_dims_t *dims,
+                          const flash_bf16_t *q, const flash_bf16_t *k, const flash_bf16_t *v,
+                          const flash_bf16_t *out, const float *lse, const flash_bf16_t *dout,
+                          flash_bf16_t *dq, flash_bf16_t *dk, flash_bf16_t *dv, void *workspace,
+                          cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
