@@ -19,6 +19,13 @@
 
 #include <cuda_runtime_api.h>
 
+#ifdef __cplusplus
+extern "C" { /* attention.h declares C functions but has no linkage block of its own */
+#endif
+#include "attention/attention.h"
+#ifdef __cplusplus
+}
+#endif
 #include "attention/cuda/flash_attn.h"
 #include "attention/plan_cuda.h"
 
