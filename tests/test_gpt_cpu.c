@@ -200,7 +200,8 @@ static void test_init_loss_and_determinism(void) {
  * (small loops stay serial), so this uses sizes above the ops' parallel thresholds. */
 static void test_thread_independence(void) {
     gpt_config_t cfg = tiny_config(ATTN_HASH_SPARSE, 0, 0, 1);
-    cfg.n_layer = 1, cfg.n_embd = 128, cfg.n_head = 4, cfg.vocab_size = 300, cfg.padded_vocab = 320;
+    /* vocab > 2 * B*T: the LM head also takes the column-split path of the matmul */
+    cfg.n_layer = 1, cfg.n_embd = 128, cfg.n_head = 4, cfg.vocab_size = 600, cfg.padded_vocab = 640;
     cfg.seq_len = 64;
     enum { B = 4, T = 64 };
     int32_t *in = malloc(B * T * sizeof(int32_t)), *tg = malloc(B * T * sizeof(int32_t));

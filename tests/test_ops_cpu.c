@@ -445,6 +445,7 @@ int main(void) {
         test_matmul_blocked(13, 7, 17, 0);
         test_matmul_blocked(1, 1, 1, 1);
         test_matmul_blocked(260, 33, 5, 0);
+        test_matmul_blocked(50, 300, 250, 1); /* OC < IC, OC > one packed A block */
     }
     test_fma_kernels_agree();
     CHECK(matmul_select_kernel(default_kernel) == 0, "cannot restore kernel %s", default_kernel);
