@@ -54,7 +54,8 @@ float lr_at_step(long step, long max_steps, long warmup, float lr, float min_lr,
                  lr_schedule_t schedule) {
     if (step < warmup) return lr * (float)(step + 1) / (float)warmup;
     if (schedule == SCHEDULE_CONSTANT) return lr;
-    if (schedule != SCHEDULE_COSINE) fatal(EXIT_RUNTIME, "lr_at_step: unknown schedule %d", (int)schedule);
+    if (schedule != SCHEDULE_COSINE)
+        fatal(EXIT_RUNTIME, "lr_at_step: unknown schedule %d", (int)schedule);
     const long span = max_steps - warmup > 0 ? max_steps - warmup : 1;
     double ratio = (double)(step - warmup) / (double)span;
     if (ratio > 1.0) ratio = 1.0;

@@ -34,7 +34,9 @@ enum { TB = 2, TT = 11 };
 
 static uint64_t counter;
 static const uint64_t test_key = 0x6e7a11ULL;
-static float uniform(float lo, float hi) { return lo + (hi - lo) * rng_uniform(test_key, counter++); }
+static float uniform(float lo, float hi) {
+    return lo + (hi - lo) * rng_uniform(test_key, counter++);
+}
 
 static gpt_config_t tiny_config(attn_mode_t mode, int shared_qk, int exclude_self, int bias) {
     gpt_config_t c;
@@ -71,7 +73,8 @@ static void test_table(int bias, int shared_qk) {
     size_t off = 0;
     int contiguous = 1, decay_ok = 1;
     for (int i = 0; i < n; i++) {
-        contiguous &= t[i].offset == off && t[i].numel == (size_t)t[i].rows * (t[i].cols ? t[i].cols : 1);
+        contiguous &=
+            t[i].offset == off && t[i].numel == (size_t)t[i].rows * (t[i].cols ? t[i].cols : 1);
         decay_ok &= t[i].decay == (t[i].cols > 0);
         off += t[i].numel;
     }
@@ -80,17 +83,20 @@ static void test_table(int bias, int shared_qk) {
     CHECK(off == gpt_num_params(&cfg), "sum of numel %zu != gpt_num_params %zu", off,
           gpt_num_params(&cfg));
     const int C = cfg.n_embd, P = shared_qk ? 2 * C : 3 * C;
-    CHECK(strcmp(t[0].name, "wte") == 0 && t[0].rows == cfg.padded_vocab && t[0].cols == C, "wte first");
-    CHECK(strcmp(t[1].name, "wpe") == 0 && t[1].rows == cfg.seq_len && t[1].cols == C, "wpe second");
+    CHECK(strcmp(t[0].name, "wte") == 0 && t[0].rows == cfg.padded_vocab && t[0].cols == C,
+          "wte first");
+    CHECK(strcmp(t[1].name, "wpe") == 0 && t[1].rows == cfg.seq_len && t[1].cols == C,
+          "wpe second");
     CHECK(strcmp(t[2].name, "h.0.ln1.w") == 0, "third tensor is %s", t[2].name);
     const char *qkv_name = "h.0.attn.qkv.w";
     int found = 0;
     for (int i = 0; i < n; i++)
         if (strcmp(t[i].name, qkv_name) == 0) found = t[i].rows == P && t[i].cols == C;
     CHECK(found, "%s must be [%d][%d]", qkv_name, P, C);
-    const char *expect_l1[] = {"h.1.ln1.w", "h.1.ln1.b", "h.1.attn.qkv.w", "h.1.attn.qkv.b",
-                               "h.1.attn.proj.w", "h.1.attn.proj.b", "h.1.ln2.w", "h.1.ln2.b",
-                               "h.1.mlp.fc.w", "h.1.mlp.fc.b", "h.1.mlp.proj.w", "h.1.mlp.proj.b"};
+    const char *expect_l1[] = {"h.1.ln1.w",      "h.1.ln1.b",       "h.1.attn.qkv.w",
+                               "h.1.attn.qkv.b", "h.1.attn.proj.w", "h.1.attn.proj.b",
+                               "h.1.ln2.w",      "h.1.ln2.b",       "h.1.mlp.fc.w",
+                               "h.1.mlp.fc.b",   "h.1.mlp.proj.w",  "h.1.mlp.proj.b"};
     int order_ok = 1, k = 2 + per_layer;
     for (int i = 0; i < 12; i++) {
         if (!bias && i % 2 == 1) continue;
@@ -113,7 +119,8 @@ static void test_layer_attn(void) {
 /* ---- initialisation ---- */
 static void test_init(void) {
     gpt_config_t cfg = tiny_config(ATTN_DENSE, 0, 0, 1);
-    cfg.n_embd = 64, cfg.n_head = 4, cfg.vocab_size = 1000, cfg.padded_vocab = 1024, cfg.seq_len = 64;
+    cfg.n_embd = 64, cfg.n_head = 4, cfg.vocab_size = 1000, cfg.padded_vocab = 1024,
+    cfg.seq_len = 64;
     int n;
     gpt_tensor_t *t = table_of(&cfg, &n);
     const size_t np = gpt_num_params(&cfg);
@@ -220,7 +227,8 @@ static void test_thread_independence(void) {
         gpt_cpu_backward(m[r], 1.0f);
     }
     omp_set_num_threads(threads);
-    CHECK(loss[0] == loss[1], "loss differs between 1 and 2 threads: %.9g vs %.9g", loss[0], loss[1]);
+    CHECK(loss[0] == loss[1], "loss differs between 1 and 2 threads: %.9g vs %.9g", loss[0],
+          loss[1]);
     CHECK(memcmp(gpt_cpu_grads(m[0]), gpt_cpu_grads(m[1]), np * sizeof(float)) == 0,
           "gradients differ between 1 and 2 threads");
     CHECK(memcmp(gpt_cpu_logits(m[0]), gpt_cpu_logits(m[1]),
@@ -257,8 +265,9 @@ static double loss_at(fd_model_t *f, int *plan_changed) {
     *plan_changed = 0;
     for (int l = 0; l < f->cfg->n_layer; l++) {
         const attn_plan_t *p = gpt_cpu_plan(f->m, l);
-        if (p->bucket_q && (memcmp(p->bucket_q, f->ref_buckets[l], f->bucket_rows * 4) != 0 ||
-                            memcmp(p->bucket_k, f->ref_buckets[l] + f->bucket_rows, f->bucket_rows * 4) != 0))
+        if (p->bucket_q &&
+            (memcmp(p->bucket_q, f->ref_buckets[l], f->bucket_rows * 4) != 0 ||
+             memcmp(p->bucket_k, f->ref_buckets[l] + f->bucket_rows, f->bucket_rows * 4) != 0))
             *plan_changed = 1;
     }
     return loss / (TB * TT);
@@ -266,19 +275,25 @@ static double loss_at(fd_model_t *f, int *plan_changed) {
 
 /* Central difference of the loss along `dir` (NULL: unit vector at element `idx`) in tensor t;
  * returns NAN if the plan changed. */
-static double fd_derivative(fd_model_t *f, float *p, size_t n, const float *dir, size_t idx, double h) {
+static double fd_derivative(fd_model_t *f, float *p, size_t n, const float *dir, size_t idx,
+                            double h) {
     float *saved = malloc(n * sizeof(float));
     memcpy(saved, p, n * sizeof(float));
     double lp, lm;
     int c1, c2;
-    if (dir) for (size_t i = 0; i < n; i++) p[i] = saved[i] + (float)(h * dir[i]);
-    else p[idx] = saved[idx] + (float)h;
+    if (dir)
+        for (size_t i = 0; i < n; i++) p[i] = saved[i] + (float)(h * dir[i]);
+    else
+        p[idx] = saved[idx] + (float)h;
     lp = loss_at(f, &c1);
-    if (dir) for (size_t i = 0; i < n; i++) p[i] = saved[i] - (float)(h * dir[i]);
-    else p[idx] = saved[idx] - (float)h;
+    if (dir)
+        for (size_t i = 0; i < n; i++) p[i] = saved[i] - (float)(h * dir[i]);
+    else
+        p[idx] = saved[idx] - (float)h;
     lm = loss_at(f, &c2);
     /* The actual step after rounding to fp32 (element case). */
-    const double step = dir ? 2.0 * h : (double)(saved[idx] + (float)h) - (double)(saved[idx] - (float)h);
+    const double step =
+        dir ? 2.0 * h : (double)(saved[idx] + (float)h) - (double)(saved[idx] - (float)h);
     memcpy(p, saved, n * sizeof(float));
     free(saved);
     if (c1 || c2) return NAN;
@@ -352,7 +367,8 @@ static void gradcheck(int index, const char *label, gpt_config_t cfg) {
             checked++;
             if (!test_close(got, want, 5e-4, DIR_RTOL)) {
                 bad++;
-                fprintf(stderr, "  %s %s: directional fd %.6g analytic %.6g\n", label, t[ti].name, got, want);
+                fprintf(stderr, "  %s %s: directional fd %.6g analytic %.6g\n", label, t[ti].name,
+                        got, want);
             }
         }
         /* (b) single elements: the 3 largest |grad| and 3 random ones */
@@ -382,11 +398,13 @@ static void gradcheck(int index, const char *label, gpt_config_t cfg) {
             max_rel_elem = fmax(max_rel_elem, fabs(fd - g[i]) / fabs(g[i]));
             if (!test_close(fd, g[i], FD_ATOL, FD_RTOL)) {
                 bad++;
-                fprintf(stderr, "  %s %s[%zu]: fd %.6g analytic %.6g\n", label, t[ti].name, i, fd, g[i]);
+                fprintf(stderr, "  %s %s[%zu]: fd %.6g analytic %.6g\n", label, t[ti].name, i, fd,
+                        g[i]);
             }
         }
     }
-    printf("  %-40s %3d checks, max rel err: element %.1e, directional %.1e, skipped (bucket flip) %d\n",
+    printf("  %-40s %3d checks, max rel err: element %.1e, directional %.1e, skipped (bucket flip) "
+           "%d\n",
            label, checked, max_rel_elem, max_rel_dir, f.skipped);
     CHECK(bad == 0, "%s: %d gradient checks failed", label, bad);
     CHECK(checked >= 4 * n, "%s: only %d of the gradient checks were usable", label, checked);
@@ -406,7 +424,8 @@ int main(void) {
      * team's fork/join costs more than the work (thread independence is tested above). */
     omp_set_num_threads(1);
     printf("finite differences: element step %g, |fd - g| <= %g + %g |g| where |g| >= %g; "
-           "directional rel tol %g\n", FD_STEP, FD_ATOL, FD_RTOL, FD_MIN_GRAD, DIR_RTOL);
+           "directional rel tol %g\n",
+           FD_STEP, FD_ATOL, FD_RTOL, FD_MIN_GRAD, DIR_RTOL);
     gradcheck(1, "dense bias", tiny_config(ATTN_DENSE, 0, 0, 1));
     gradcheck(2, "dense shared_qk exclude_self", tiny_config(ATTN_DENSE, 1, 1, 0));
     gradcheck(3, "qk_sparse 0.5 bias", tiny_config(ATTN_QK_SPARSE, 0, 0, 1));

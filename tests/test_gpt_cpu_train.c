@@ -38,7 +38,8 @@ static void overfit(const char *label, attn_mode_t mode, int shared_qk, int excl
     gpt_tensors(&cfg, tensors);
     const size_t np = gpt_num_params(&cfg);
     float *mom = calloc(np, sizeof(float)), *var = calloc(np, sizeof(float));
-    adamw_hparams_t h = {.lr = 0, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
+    adamw_hparams_t h = {
+        .lr = 0, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
 
     float first = 0, last = 0;
     int finite = 1;
@@ -52,8 +53,9 @@ static void overfit(const char *label, attn_mode_t mode, int shared_qk, int excl
         const float clip = grad_clip_factor(grad_global_norm(grads, np), 1.0f);
         h.lr = lr_at_step(step, STEPS, 5, 1e-2f, 1e-3f, SCHEDULE_COSINE);
         for (int i = 0; i < nt; i++)
-            adamw_step(params + tensors[i].offset, grads + tensors[i].offset, mom + tensors[i].offset,
-                       var + tensors[i].offset, tensors[i].numel, tensors[i].decay, &h, step + 1, clip);
+            adamw_step(params + tensors[i].offset, grads + tensors[i].offset,
+                       mom + tensors[i].offset, var + tensors[i].offset, tensors[i].numel,
+                       tensors[i].decay, &h, step + 1, clip);
     }
     printf("  %-32s loss %.3f -> %.3f after %d steps\n", label, first, last, STEPS);
     CHECK(finite, "%s: non-finite loss", label);
@@ -63,7 +65,8 @@ static void overfit(const char *label, attn_mode_t mode, int shared_qk, int excl
 }
 
 int main(void) {
-    omp_set_num_threads(1); /* a tiny model: a thread team's fork/join would cost more than the work */
+    omp_set_num_threads(
+        1); /* a tiny model: a thread team's fork/join would cost more than the work */
     overfit("dense", ATTN_DENSE, 0, 0);
     overfit("qk_sparse 0.5 shared_qk", ATTN_QK_SPARSE, 1, 0);
     overfit("hash_sparse nb4 shared_qk excl", ATTN_HASH_SPARSE, 1, 1);

@@ -92,7 +92,11 @@ static void acc_free(acc_t *a) {
 }
 
 /* ---- encoder ---- */
-typedef struct { float *out, *wte, *wpe; int32_t *tok; int B, T, C; } enc_ctx;
+typedef struct {
+    float *out, *wte, *wpe;
+    int32_t *tok;
+    int B, T, C;
+} enc_ctx;
 static void enc_run(void *p) {
     enc_ctx *c = p;
     encoder_forward(c->out, c->tok, c->wte, c->wpe, c->B, c->T, c->C);
@@ -117,7 +121,10 @@ static void test_encoder(void) {
 }
 
 /* ---- layernorm ---- */
-typedef struct { float *out, *mean, *rstd, *inp, *w, *b; int N, C; } ln_ctx;
+typedef struct {
+    float *out, *mean, *rstd, *inp, *w, *b;
+    int N, C;
+} ln_ctx;
 static void ln_run(void *p) {
     ln_ctx *c = p;
     layernorm_forward(c->out, c->mean, c->rstd, c->inp, c->w, c->b, c->N, c->C);
@@ -156,7 +163,10 @@ static void test_layernorm(int with_bias) {
 }
 
 /* ---- matmul ---- */
-typedef struct { float *out, *inp, *w, *b; int N, IC, OC; } mm_ctx;
+typedef struct {
+    float *out, *inp, *w, *b;
+    int N, IC, OC;
+} mm_ctx;
 static void mm_run(void *p) {
     mm_ctx *c = p;
     matmul_forward(c->out, c->inp, c->w, c->b, c->N, c->IC, c->OC);
@@ -173,7 +183,8 @@ static void test_matmul_fd(int with_bias) {
     mm_run(&c);
     matmul_backward(dx.g, dw.g, with_bias ? db.g : NULL, dout, c.inp, c.w, c.N, c.IC, c.OC);
     op_t op = {mm_run, &c, c.out, no, dout};
-    fd_check(with_bias ? "matmul(bias) dinp" : "matmul(no bias) dinp", &op, c.inp, ni, acc_delta(&dx));
+    fd_check(with_bias ? "matmul(bias) dinp" : "matmul(no bias) dinp", &op, c.inp, ni,
+             acc_delta(&dx));
     fd_check(with_bias ? "matmul(bias) dweight" : "matmul(no bias) dweight", &op, c.w, nw,
              acc_delta(&dw));
     if (with_bias) fd_check("matmul(bias) dbias", &op, c.b, c.OC, acc_delta(&db));
@@ -226,13 +237,14 @@ static void test_matmul_blocked(int N, int IC, int OC, int with_bias) {
             }
             bad_dw += !within_sum_bound(gw[(size_t)o * IC + i], s, sa + 2.0);
         }
-        for (int n = 0; n < N; n++) sb += dout[(size_t)n * OC + o], sba += fabs(dout[(size_t)n * OC + o]);
+        for (int n = 0; n < N; n++)
+            sb += dout[(size_t)n * OC + o], sba += fabs(dout[(size_t)n * OC + o]);
         if (with_bias) bad_db += !within_sum_bound(gb[o], sb, sba + 2.0);
     }
     printf("  matmul %4dx%4dx%4d %s vs naive double: bad out %d dinp %d dweight %d dbias %d\n", N,
            IC, OC, with_bias ? "bias" : "    ", bad_out, bad_dx, bad_dw, bad_db);
-    CHECK(bad_out + bad_dx + bad_dw + bad_db == 0, "blocked matmul %dx%dx%d disagrees with naive", N,
-          IC, OC);
+    CHECK(bad_out + bad_dx + bad_dw + bad_db == 0, "blocked matmul %dx%dx%d disagrees with naive",
+          N, IC, OC);
     acc_free(&dx), acc_free(&dw), acc_free(&db);
     free(inp), free(w), free(dout), free(b), free(out);
 }
@@ -245,7 +257,8 @@ static void test_fma_kernels_agree(void) {
     }
     const int N = 23, IC = 270, OC = 41;
     float *x = rand_buf((size_t)N * IC, -1, 1), *w = rand_buf((size_t)OC * IC, -1, 1);
-    float *y1 = malloc((size_t)N * OC * sizeof(float)), *y2 = malloc((size_t)N * OC * sizeof(float));
+    float *y1 = malloc((size_t)N * OC * sizeof(float)),
+          *y2 = malloc((size_t)N * OC * sizeof(float));
     matmul_select_kernel("avx512");
     matmul_forward(y1, x, w, NULL, N, IC, OC);
     matmul_select_kernel("avx2");
@@ -255,7 +268,10 @@ static void test_fma_kernels_agree(void) {
 }
 
 /* ---- gelu ---- */
-typedef struct { float *out, *inp; size_t n; } gelu_ctx;
+typedef struct {
+    float *out, *inp;
+    size_t n;
+} gelu_ctx;
 static void gelu_run(void *p) {
     gelu_ctx *c = p;
     gelu_forward(c->out, c->inp, c->n);
@@ -268,7 +284,8 @@ static void test_gelu(void) {
     acc_t dx = acc_new(c.n);
     gelu_run(&c);
     /* Reference values of the tanh approximation. */
-    const float probe_in[3] = {-1.0f, 0.5f, 2.0f}, probe_want[3] = {-0.158808f, 0.345714f, 1.954598f};
+    const float probe_in[3] = {-1.0f, 0.5f, 2.0f},
+                probe_want[3] = {-0.158808f, 0.345714f, 1.954598f};
     float probe_out[3];
     gelu_forward(probe_out, probe_in, 3);
     for (int i = 0; i < 3; i++)
@@ -282,7 +299,10 @@ static void test_gelu(void) {
 }
 
 /* ---- qk_normalise ---- */
-typedef struct { float *k, *q; int rows, D; } qkn_ctx;
+typedef struct {
+    float *k, *q;
+    int rows, D;
+} qkn_ctx;
 static void qkn_run(void *p) {
     qkn_ctx *c = p;
     qk_normalise_forward(c->k, c->q, c->rows, c->D);
@@ -314,7 +334,11 @@ static void test_qk_normalise(void) {
 }
 
 /* ---- crossentropy ---- */
-typedef struct { float *losses, *lse, *logits; int32_t *targets; int N, V, Vp; } ce_ctx;
+typedef struct {
+    float *losses, *lse, *logits;
+    int32_t *targets;
+    int N, V, Vp;
+} ce_ctx;
 static void ce_run(void *p) {
     ce_ctx *c = p;
     crossentropy_forward(c->losses, c->lse, c->logits, c->targets, c->N, c->V, c->Vp);
@@ -377,7 +401,8 @@ static void test_crossentropy_wide(void) {
         for (int v = 1; v < V; v++) m = fmax(m, l[v]);
         for (int v = 0; v < V; v++) s += exp((double)l[v] - m);
         const double ref_lse = m + log(s);
-        max_loss_err = fmax(max_loss_err, fabs(losses[r] - (ref_lse - l[targets[r]])) / (ref_lse - l[targets[r]]));
+        max_loss_err = fmax(max_loss_err, fabs(losses[r] - (ref_lse - l[targets[r]])) /
+                                              (ref_lse - l[targets[r]]));
         for (int v = 0; v < V; v++) {
             const double p = dloss * (exp((double)l[v] - ref_lse) - (v == targets[r]));
             /* fp32 rounding of lse and of (l - lse) shifts the exponent by up to
@@ -391,7 +416,8 @@ static void test_crossentropy_wide(void) {
     printf("  crossentropy V=%d: max rel err loss %.1e, dlogits err / fp32 bound %.2f\n", V,
            max_loss_err, max_p_err);
     CHECK(max_loss_err < 1e-6, "wide crossentropy loss rel err %g", max_loss_err);
-    CHECK(max_p_err <= 1.0, "wide crossentropy dlogits exceed the fp32 error bound (x%g)", max_p_err);
+    CHECK(max_p_err <= 1.0, "wide crossentropy dlogits exceed the fp32 error bound (x%g)",
+          max_p_err);
     free(logits), free(dl);
 }
 
@@ -399,7 +425,8 @@ static void test_crossentropy_wide(void) {
 static void test_glue(int shared_qk) {
     const int N = 5, C = 12, P = shared_qk ? 2 * C : 3 * C;
     float *qkv = rand_buf((size_t)N * P, -1, 1), *back = rand_buf((size_t)N * P, -1, 1);
-    float *q = malloc((size_t)N * C * 4), *k = rand_buf((size_t)N * C, -1, 1), *v = malloc((size_t)N * C * 4);
+    float *q = malloc((size_t)N * C * 4), *k = rand_buf((size_t)N * C, -1, 1),
+          *v = malloc((size_t)N * C * 4);
     attn_split_qkv(q, k, v, qkv, N, C, shared_qk);
     int layout_ok = 1;
     for (int n = 0; n < N; n++)

@@ -16,11 +16,12 @@ static float uniform(float lo, float hi) { return lo + (hi - lo) * rng_uniform(k
 /* Several steps with fresh gradients; the float implementation must track the double one. */
 static void test_adamw(int decay) {
     enum { N = 1237, STEPS = 6 };
-    const adamw_hparams_t h = {.lr = 3e-3f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
-                               .weight_decay = 0.1f};
+    const adamw_hparams_t h = {
+        .lr = 3e-3f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
     float *p = malloc(N * sizeof(float)), *g = malloc(N * sizeof(float));
     float *m = calloc(N, sizeof(float)), *v = calloc(N, sizeof(float));
-    double *rp = malloc(N * sizeof(double)), *rm = calloc(N, sizeof(double)), *rv = calloc(N, sizeof(double));
+    double *rp = malloc(N * sizeof(double)), *rm = calloc(N, sizeof(double)),
+           *rv = calloc(N, sizeof(double));
     for (int i = 0; i < N; i++) rp[i] = p[i] = uniform(-0.05f, 0.05f); /* weight-sized */
     float *p0 = malloc(N * sizeof(float));
     memcpy(p0, p, N * sizeof(float));
@@ -37,7 +38,8 @@ static void test_adamw(int decay) {
             const double gi = (double)scale * g[i];
             rm[i] = b1 * rm[i] + (1 - b1) * gi;
             rv[i] = b2 * rv[i] + (1 - b2) * gi * gi;
-            const double upd = (rm[i] / bc1) / (sqrt(rv[i] / bc2) + h.eps) + (decay ? h.weight_decay * rp[i] : 0);
+            const double upd =
+                (rm[i] / bc1) / (sqrt(rv[i] / bc2) + h.eps) + (decay ? h.weight_decay * rp[i] : 0);
             rp[i] -= h.lr * upd;
         }
         double ep = 0, em = 0, ev = 0, sp = 0, sm = 0, sv = 0;
@@ -48,13 +50,16 @@ static void test_adamw(int decay) {
         }
         max_rel = fmax(max_rel, fmax(ep / sp, fmax(em / sm, ev / sv)));
     }
-    printf("  adamw decay=%d: %d steps, max rel err of p, m, v vs double: %.1e\n", decay, STEPS, max_rel);
-    CHECK(max_rel < 1e-5, "adamw (decay %d) deviates from the double reference: %g", decay, max_rel);
+    printf("  adamw decay=%d: %d steps, max rel err of p, m, v vs double: %.1e\n", decay, STEPS,
+           max_rel);
+    CHECK(max_rel < 1e-5, "adamw (decay %d) deviates from the double reference: %g", decay,
+          max_rel);
     /* decay actually matters: without it, a zero gradient leaves p unchanged */
     float p1 = 0.5f, g0 = 0.0f, m0 = 0.0f, v0 = 0.0f;
     adamw_step(&p1, &g0, &m0, &v0, 1, decay, &h, 1, 1.0f);
     const float want = decay ? 0.5f - h.lr * h.weight_decay * 0.5f : 0.5f;
-    CHECK(test_close(p1, want, 0, 1e-6), "adamw decay=%d on zero gradient: %g, want %g", decay, p1, want);
+    CHECK(test_close(p1, want, 0, 1e-6), "adamw decay=%d on zero gradient: %g, want %g", decay, p1,
+          want);
     free(p), free(p0), free(g), free(m), free(v), free(rp), free(rm), free(rv);
 }
 
@@ -89,17 +94,20 @@ static void test_schedule(void) {
     CHECK(test_close(lr_at_step(warm, max, warm, lr, min_lr, SCHEDULE_COSINE), lr, 0, 1e-6),
           "decay starts at lr");
     CHECK(test_close(lr_at_step(warm + (max - warm) / 2, max, warm, lr, min_lr, SCHEDULE_COSINE),
-                     0.5 * (lr + min_lr), 0, 1e-6), "cosine middle is the mean of lr and min_lr");
+                     0.5 * (lr + min_lr), 0, 1e-6),
+          "cosine middle is the mean of lr and min_lr");
     CHECK(test_close(lr_at_step(max, max, warm, lr, min_lr, SCHEDULE_COSINE), min_lr, 0, 1e-6),
           "cosine ends at min_lr");
     CHECK(test_close(lr_at_step(max + 50, max, warm, lr, min_lr, SCHEDULE_COSINE), min_lr, 0, 1e-6),
           "after max_steps: min_lr");
-    const float quarter = lr_at_step(warm + (max - warm) / 4, max, warm, lr, min_lr, SCHEDULE_COSINE);
+    const float quarter =
+        lr_at_step(warm + (max - warm) / 4, max, warm, lr, min_lr, SCHEDULE_COSINE);
     CHECK(test_close(quarter, min_lr + 0.5 * (1 + cos(M_PI / 4)) * (lr - min_lr), 0, 1e-6),
           "cosine at a quarter: %g", quarter);
     CHECK(lr_at_step(60, max, warm, lr, min_lr, SCHEDULE_CONSTANT) == lr, "constant schedule");
-    CHECK(test_close(lr_at_step(2, max, warm, lr, min_lr, SCHEDULE_CONSTANT), lr * 3 / warm, 0, 1e-6),
-          "constant schedule still warms up");
+    CHECK(
+        test_close(lr_at_step(2, max, warm, lr, min_lr, SCHEDULE_CONSTANT), lr * 3 / warm, 0, 1e-6),
+        "constant schedule still warms up");
     CHECK(lr_at_step(0, max, 0, lr, min_lr, SCHEDULE_COSINE) == lr, "no warm-up starts at lr");
 }
 
@@ -114,9 +122,11 @@ static void test_sampling(void) {
     double prob[V], sum = 0;
     for (int i = 0; i < V; i++) sum += prob[i] = exp(logits[i] / temp);
     int count[V] = {0};
-    for (int d = 0; d < DRAWS; d++) count[sample_token(logits, V, temp, rng_uniform(key, counter++))]++;
+    for (int d = 0; d < DRAWS; d++)
+        count[sample_token(logits, V, temp, rng_uniform(key, counter++))]++;
     double max_dev = 0;
-    for (int i = 0; i < V; i++) max_dev = fmax(max_dev, fabs((double)count[i] / DRAWS - prob[i] / sum));
+    for (int i = 0; i < V; i++)
+        max_dev = fmax(max_dev, fabs((double)count[i] / DRAWS - prob[i] / sum));
     printf("  sample_token: %d draws, max |frequency - softmax prob| = %.4f\n", DRAWS, max_dev);
     /* binomial std of a frequency <= 0.5 / sqrt(DRAWS) = 0.0011: 0.005 is > 4 sigma */
     CHECK(max_dev < 0.005, "sample frequencies deviate from softmax by %g", max_dev);

@@ -32,12 +32,12 @@ typedef struct {
 /* What the backward needs from one layer's forward; rows are [N][...] with N = B*T. */
 typedef struct {
     float *ln1, *ln1_mean, *ln1_rstd; /* [N][C], [N], [N] */
-    float *q, *k, *v, *att;           /* [N][C] each ([B][T][H][D]); k = Q/|Q| with shared_qk */
-    float *lse;                       /* [B][H][T] from attention */
-    float *res_mid;                   /* residual after the attention block */
+    float *q, *k, *v, *att; /* [N][C] each ([B][T][H][D]); k = Q/|Q| with shared_qk */
+    float *lse; /* [B][H][T] from attention */
+    float *res_mid; /* residual after the attention block */
     float *ln2, *ln2_mean, *ln2_rstd;
-    float *fc, *gelu;                 /* [N][4C] */
-    float *res_out;                   /* residual after the MLP block = next layer's input */
+    float *fc, *gelu; /* [N][4C] */
+    float *res_out; /* residual after the MLP block = next layer's input */
 } layer_acts_t;
 
 struct gpt_cpu {
@@ -48,12 +48,12 @@ struct gpt_cpu {
     model_tensors_t pw, gw; /* views of params and grads */
 
     float *act_block; /* one allocation carved into the activations below */
-    float *encoded;   /* [N][C], residual input of layer 0 */
+    float *encoded; /* [N][C], residual input of layer 0 */
     layer_acts_t acts[GPT_MAX_LAYERS];
     float *lnf, *lnf_mean, *lnf_rstd, *logits, *ce_lse, *losses;
 
     float *scratch_block; /* forward/backward temporaries */
-    float *qkv, *tmp_c;   /* [N][P] (dqkv in the backward), [N][C] (datt) */
+    float *qkv, *tmp_c; /* [N][P] (dqkv in the backward), [N][C] (datt) */
     float *dres, *dln, *dq, *dk, *dv, *dgelu, *dfc, *dlogits;
 
     attn_plan_t plans[GPT_MAX_LAYERS];
@@ -75,10 +75,10 @@ static void bind_tensors(model_tensors_t *t, const gpt_config_t *cfg, float *bas
     gpt_tensors(cfg, table);
     const int b = cfg->bias;
     char name[32];
-#define TENSOR(field, suffix, req)                                       \
-    do {                                                                 \
-        snprintf(name, sizeof name, "h.%d.%s", l, suffix);               \
-        lt->field = find_tensor(table, n, base, name, req);              \
+#define TENSOR(field, suffix, req)                                                                 \
+    do {                                                                                           \
+        snprintf(name, sizeof name, "h.%d.%s", l, suffix);                                         \
+        lt->field = find_tensor(table, n, base, name, req);                                        \
     } while (0)
     t->wte = find_tensor(table, n, base, "wte", 1);
     t->wpe = find_tensor(table, n, base, "wpe", 1);
@@ -115,8 +115,9 @@ gpt_cpu_t *gpt_cpu_create(const gpt_config_t *cfg, int B, int T) {
     m->cfg = *cfg;
     m->n_params = gpt_num_params(cfg); /* validates the sizes */
     if (B < 1 || T < 1 || T > cfg->seq_len)
-        fatal(EXIT_USAGE, "gpt_cpu_create: micro-batch %d x %d: need B >= 1 and 1 <= T <= seq_len %d",
-              B, T, cfg->seq_len);
+        fatal(EXIT_USAGE,
+              "gpt_cpu_create: micro-batch %d x %d: need B >= 1 and 1 <= T <= seq_len %d", B, T,
+              cfg->seq_len);
     m->Bmax = B, m->Tmax = T;
     m->L = cfg->n_layer, m->C = cfg->n_embd, m->H = cfg->n_head, m->D = m->C / m->H;
     m->P = cfg->shared_qk ? 2 * m->C : 3 * m->C;
@@ -206,7 +207,8 @@ const attn_plan_t *gpt_cpu_plan(const gpt_cpu_t *m, int layer) {
 static void copy_tokens(int32_t *dst, const int32_t *src, size_t n, int V, const char *what) {
     for (size_t i = 0; i < n; i++) {
         if (src[i] < 0 || src[i] >= V)
-            fatal(EXIT_RUNTIME, "gpt_cpu_forward: %s token %d at position %zu is outside the vocabulary [0, %d)",
+            fatal(EXIT_RUNTIME,
+                  "gpt_cpu_forward: %s token %d at position %zu is outside the vocabulary [0, %d)",
                   what, (int)src[i], i, V);
         dst[i] = src[i];
     }
@@ -238,8 +240,8 @@ float gpt_cpu_forward(gpt_cpu_t *m, const int32_t *inputs, const int32_t *target
             attn_plan_free(plan);
             attn_plan_init(plan, &p, B, T, H, D);
         }
-        attn_plan_build(plan, rng_key(m->cfg.seed, RNG_DOMAIN_ATTN, step, (uint64_t)l, micro),
-                        a->q, m->cfg.shared_qk ? NULL : a->k);
+        attn_plan_build(plan, rng_key(m->cfg.seed, RNG_DOMAIN_ATTN, step, (uint64_t)l, micro), a->q,
+                        m->cfg.shared_qk ? NULL : a->k);
         attn_cpu_forward(plan, a->q, a->k, a->v, a->att, a->lse);
         matmul_forward(m->tmp_c, a->att, w->projw, w->projb, N, C, C);
         residual_forward(a->res_mid, x, m->tmp_c, (size_t)N * C);
@@ -265,7 +267,8 @@ float gpt_cpu_forward(gpt_cpu_t *m, const int32_t *inputs, const int32_t *target
 
 void gpt_cpu_backward(gpt_cpu_t *m, float scale) {
     if (!m->has_forward || !m->has_targets)
-        fatal(EXIT_RUNTIME, "gpt_cpu_backward: the last forward had no targets (no loss to differentiate)");
+        fatal(EXIT_RUNTIME,
+              "gpt_cpu_backward: the last forward had no targets (no loss to differentiate)");
     const int B = m->B, T = m->T, C = m->C, H = m->H, D = m->D, N = B * T;
     const size_t NC = (size_t)N * C;
 
@@ -303,7 +306,8 @@ void gpt_cpu_backward(gpt_cpu_t *m, float scale) {
         float *datt = m->tmp_c;
         memset(datt, 0, NC * sizeof(float));
         matmul_backward(datt, g->projw, g->projb, m->dres, a->att, w->projw, N, C, C);
-        attn_cpu_backward(&m->plans[l], a->q, a->k, a->v, a->att, a->lse, datt, m->dq, m->dk, m->dv);
+        attn_cpu_backward(&m->plans[l], a->q, a->k, a->v, a->att, a->lse, datt, m->dq, m->dk,
+                          m->dv);
         if (m->cfg.shared_qk) qk_normalise_backward(m->dq, m->dk, a->q, a->k, N * H, D);
         float *dqkv = m->qkv;
         attn_merge_dqkv(dqkv, m->dq, m->dk, m->dv, N, C, m->cfg.shared_qk);

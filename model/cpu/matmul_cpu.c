@@ -1,12 +1,14 @@
 /* matmul_forward / matmul_backward of the CPU reference on one blocked GEMM.
  *
- * All three products of a linear layer are C[M][N] (+)= A[M][K] B[K][N] with A and B read
- * through strides, so transposes cost nothing:
+ * All three products of a linear layer are C[M][N] (+)= A[M][K] B[K][N] with A, B and C
+ * addressed through strides, so transposes cost nothing:
  *   forward  out   = inp  . W^T   (M = rows, N = OC, K = IC)
  *   dinp    += dout . W           (M = rows, N = IC, K = OC)
- *   dweight += dout^T . inp       (M = OC,   N = IC, K = rows)
+ *   dweight += dout^T . inp       (M = OC,   N = IC, K = rows), or for OC > IC its transpose
+ *                                 dweight^T += inp^T . dout, so that dout streams by rows.
  * Goto-style blocking: B is packed per (KC x NC) block into 16-wide panels (fits L2, read
- * contiguously), and an MR x 16 register tile of C is accumulated over the whole KC block by
+ * contiguously), A is read in place (or packed per MC x KC block when its rows are not
+ * contiguous), and an MR x 16 register tile of C is accumulated over the whole KC block by
  * a micro-kernel chosen for the CPU (AVX-512, AVX2 + FMA, or portable C).
  * Threads split the rows of C (or its columns when C is much wider than tall), each packing
  * its own blocks, so no barriers and no two threads write one element.
@@ -25,9 +27,9 @@
 #include "model/cpu/ops_cpu.h"
 #include "runtime/error.h"
 
-#define GEMM_NR 16   /* columns of the register tile and of a packed panel */
-#define GEMM_MC 240  /* rows of a packed A block: a multiple of every kernel's MR (8, 6, 4) */
-#define GEMM_KC 256  /* depth of a packed block */
+#define GEMM_NR 16 /* columns of the register tile and of a packed panel */
+#define GEMM_MC 240 /* rows of a packed A block: a multiple of every kernel's MR (8, 6, 4) */
+#define GEMM_KC 256 /* depth of a packed block */
 #define GEMM_NC 1024 /* columns of a packed block (multiple of GEMM_NR): KC*NC floats = 1 MiB */
 
 /* Element (r, c) of a strided matrix is p[r * rs + c * cs]. */
@@ -39,7 +41,6 @@ typedef struct {
     float *p;
     ptrdiff_t rs, cs;
 } strided_out_t;
-
 
 /* Adds (add != 0) or stores the mr x nr corner of a finished 16-wide tile into C. */
 static inline void store_tile(float tile[][GEMM_NR], int mr, int nr, float *c, ptrdiff_t c_rs,
@@ -57,14 +58,13 @@ static inline void store_tile(float tile[][GEMM_NR], int mr, int nr, float *c, p
  * times one packed B panel bp [kc][16]. Rows past mr re-read the last valid row and columns
  * past nr (zeros in bp) are computed but not stored. */
 typedef void (*micro_kernel_fn)(int mr, int nr, int kc, const float *a, ptrdiff_t a_rs,
-                                ptrdiff_t a_ks, const float *bp, float *c, ptrdiff_t c_rs, ptrdiff_t c_cs,
-                                int add);
+                                ptrdiff_t a_ks, const float *bp, float *c, ptrdiff_t c_rs,
+                                ptrdiff_t c_cs, int add);
 
 /* 8 rows x one 512-bit vector: 8 independent FMA chains cover the FMA latency on 2 ports. */
-__attribute__((target("avx512f"))) static void micro_avx512(int mr, int nr, int kc, const float *a,
-                                                            ptrdiff_t a_rs, ptrdiff_t a_ks,
-                                                            const float *bp, float *c,
-                                                            ptrdiff_t c_rs, ptrdiff_t c_cs, int add) {
+__attribute__((target("avx512f"))) static void
+micro_avx512(int mr, int nr, int kc, const float *a, ptrdiff_t a_rs, ptrdiff_t a_ks,
+             const float *bp, float *c, ptrdiff_t c_rs, ptrdiff_t c_cs, int add) {
     enum { MR = 8 };
     const float *row[MR];
     __m512 acc[MR];
@@ -86,10 +86,9 @@ __attribute__((target("avx512f"))) static void micro_avx512(int mr, int nr, int 
 }
 
 /* 6 rows x two 256-bit vectors: 12 accumulators of the 16 ymm registers. */
-__attribute__((target("avx2,fma"))) static void micro_avx2(int mr, int nr, int kc, const float *a,
-                                                           ptrdiff_t a_rs, ptrdiff_t a_ks,
-                                                           const float *bp, float *c,
-                                                           ptrdiff_t c_rs, ptrdiff_t c_cs, int add) {
+__attribute__((target("avx2,fma"))) static void
+micro_avx2(int mr, int nr, int kc, const float *a, ptrdiff_t a_rs, ptrdiff_t a_ks, const float *bp,
+           float *c, ptrdiff_t c_rs, ptrdiff_t c_cs, int add) {
     enum { MR = 6 };
     const float *row[MR];
     __m256 lo[MR], hi[MR];
@@ -145,7 +144,9 @@ typedef struct {
 } gemm_kernel_t;
 
 static int has_avx512(void) { return __builtin_cpu_supports("avx512f"); }
-static int has_avx2_fma(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+static int has_avx2_fma(void) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
 static int always(void) { return 1; }
 
 /* In order of preference. */
@@ -223,7 +224,8 @@ static void pack_a(float *dst, strided_t A, int m0, int mc, int MR, int k0, int 
     for (int k = 0; k < kc; k++) {
         const float *src = A.p + (ptrdiff_t)(k0 + k) * A.cs + (ptrdiff_t)m0 * A.rs;
         if (k + 4 < kc) /* the next rows start on other pages: the hardware will not guess them */
-            for (int r = 0; r < mc; r += 16) __builtin_prefetch(src + 4 * A.cs + (ptrdiff_t)r * A.rs);
+            for (int r = 0; r < mc; r += 16)
+                __builtin_prefetch(src + 4 * A.cs + (ptrdiff_t)r * A.rs);
         for (int t = 0; t < tiles; t++) {
             float *d = dst + (size_t)t * kc * MR + (size_t)k * MR;
             for (int r = 0; r < MR; r++) {
@@ -237,8 +239,7 @@ static void pack_a(float *dst, strided_t A, int m0, int mc, int MR, int k0, int 
 /* Rows [m_lo, m_hi) of C (+)= A B with micro-kernel `kern`; bpack holds a KC x NC block of B,
  * apack a GEMM_MC x KC block of A when A is column-contiguous. */
 static void gemm_rows(const gemm_kernel_t *kern, int m_lo, int m_hi, int N, int K, strided_t A,
-                      strided_t B, strided_out_t C, int accumulate, float *bpack,
-                      float *apack) {
+                      strided_t B, strided_out_t C, int accumulate, float *bpack, float *apack) {
     const int MR = kern->mr, packed_a = A.cs != 1;
     for (int k0 = 0; k0 < K; k0 += GEMM_KC) {
         const int kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
@@ -280,7 +281,9 @@ static float *thread_buffer(thread_buffer_t *b, size_t floats) {
     if (b->cap < floats) {
         free(b->p);
         b->p = aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
-        if (!b->p) fatal(EXIT_RUNTIME, "out of memory allocating %zu floats of GEMM packing buffer", floats);
+        if (!b->p)
+            fatal(EXIT_RUNTIME, "out of memory allocating %zu floats of GEMM packing buffer",
+                  floats);
         b->cap = floats;
     }
     return b->p;
@@ -313,8 +316,10 @@ static void gemm(int M, int N, int K, strided_t A, strided_t B, strided_out_t C,
             const int n_lo = split_cols ? lo : 0, n_cnt = split_cols ? hi - lo : N;
             const strided_t B_part = {B.p + (ptrdiff_t)n_lo * B.cs, B.rs, B.cs};
             const size_t kc = K < GEMM_KC ? (size_t)K : GEMM_KC;
-            const size_t nc = n_cnt < GEMM_NC ? (size_t)(n_cnt + GEMM_NR - 1) / GEMM_NR * GEMM_NR : GEMM_NC;
-            const size_t mc = m_hi - m_lo < GEMM_MC ? (size_t)(m_hi - m_lo + MR - 1) / MR * MR : GEMM_MC;
+            const size_t nc =
+                n_cnt < GEMM_NC ? (size_t)(n_cnt + GEMM_NR - 1) / GEMM_NR * GEMM_NR : GEMM_NC;
+            const size_t mc =
+                m_hi - m_lo < GEMM_MC ? (size_t)(m_hi - m_lo + MR - 1) / MR * MR : GEMM_MC;
             float *bpack = thread_buffer(&tl_bpack, kc * nc);
             float *apack = thread_buffer(&tl_apack, mc * kc);
             const strided_out_t C_part = {C.p + (ptrdiff_t)n_lo * C.cs, C.rs, C.cs};
@@ -327,16 +332,16 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
                     int IC, int OC) {
     if (bias)
         for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, bias, (size_t)OC * sizeof(float));
-    const strided_t A = {inp, IC, 1};    /* inp[n][i] */
+    const strided_t A = {inp, IC, 1}; /* inp[n][i] */
     const strided_t B = {weight, 1, IC}; /* B[i][o] = weight[o][i] */
     const strided_out_t C = {out, OC, 1};
     gemm(N, OC, IC, A, B, C, bias != NULL);
 }
 
-void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                     const float *inp, const float *weight, int N, int IC, int OC) {
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                     const float *weight, int N, int IC, int OC) {
     if (dinp) {
-        const strided_t A = {dout, OC, 1};   /* dout[n][o] */
+        const strided_t A = {dout, OC, 1}; /* dout[n][o] */
         const strided_t B = {weight, IC, 1}; /* weight[o][i] */
         const strided_out_t C = {dinp, IC, 1};
         gemm(N, IC, OC, A, B, C, 1);
@@ -345,13 +350,13 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
         /* Computed as its transpose dweight^T[i][o] += sum_n inp[n][i] dout[n][o], written
          * through strides: dout, the large operand, is then read along its rows (packed as B)
          * instead of down its columns. Same products, same k order: same bits. */
-        const strided_t A = {inp, 1, IC};   /* A[i][n] = inp[n][i] */
-        const strided_t B = {dout, OC, 1};  /* dout[n][o] */
+        const strided_t A = {inp, 1, IC}; /* A[i][n] = inp[n][i] */
+        const strided_t B = {dout, OC, 1}; /* dout[n][o] */
         const strided_out_t C = {dweight, 1, IC}; /* C[i][o] = dweight[o][i] */
         gemm(IC, OC, N, A, B, C, 1);
     } else if (dweight) {
         const strided_t A = {dout, 1, OC}; /* A[o][n] = dout[n][o] */
-        const strided_t B = {inp, IC, 1};  /* inp[n][i] */
+        const strided_t B = {inp, IC, 1}; /* inp[n][i] */
         const strided_out_t C = {dweight, IC, 1};
         gemm(OC, IC, N, A, B, C, 1);
     }

@@ -11,8 +11,8 @@
  * work (and, on a busy machine, a descheduled team member stalls everyone at the barrier). */
 #define OMP_MIN_WORK ((size_t)1 << 15)
 
-void encoder_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe,
-                     int B, int T, int C) {
+void encoder_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe, int B,
+                     int T, int C) {
 #pragma omp parallel for schedule(static) if ((size_t)B * T * C >= OMP_MIN_WORK)
     for (int bt = 0; bt < B * T; bt++) {
         const float *we = wte + (size_t)tokens[bt] * C, *pe = wpe + (size_t)(bt % T) * C;
@@ -21,8 +21,8 @@ void encoder_forward(float *out, const int32_t *tokens, const float *wte, const 
     }
 }
 
-void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
-                      int B, int T, int C) {
+void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens, int B,
+                      int T, int C) {
     /* Scatter-add: two positions may hold the same token, so this stays serial (B*T*C adds). */
     for (int bt = 0; bt < B * T; bt++) {
         const float *d = dout + (size_t)bt * C;
@@ -34,8 +34,8 @@ void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t
     }
 }
 
-void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                       const float *weight, const float *bias, int N, int C) {
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                       const float *bias, int N, int C) {
 #pragma omp parallel for schedule(static) if ((size_t)N * C >= OMP_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
@@ -57,8 +57,8 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
 }
 
 void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                        const float *inp, const float *weight, const float *mean,
-                        const float *rstd, int N, int C) {
+                        const float *inp, const float *weight, const float *mean, const float *rstd,
+                        int N, int C) {
     /* dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), with g = dout * weight. */
 #pragma omp parallel for schedule(static) if ((size_t)N * C >= OMP_MIN_WORK)
     for (int n = 0; n < N; n++) {
@@ -172,7 +172,7 @@ static inline float softmax_exp(float x) {
 
 /* Row helpers, compiled per ISA (identical results: fixed association, no FMA contraction). */
 __attribute__((target_clones("avx512f", "avx2", "default"))) static float row_max(const float *l,
-                                                                               int V) {
+                                                                                  int V) {
     float max = l[0];
 #pragma omp simd reduction(max : max)
     for (int v = 1; v < V; v++) max = l[v] > max ? l[v] : max;
@@ -205,8 +205,8 @@ row_scaled_softmax(float *d, const float *l, float lse, float scale, int V) {
     for (int v = 0; v < V; v++) d[v] = scale * softmax_exp(l[v] - lse);
 }
 
-void crossentropy_forward(float *losses, float *lse, const float *logits,
-                          const int32_t *targets, int N, int V, int Vp) {
+void crossentropy_forward(float *losses, float *lse, const float *logits, const int32_t *targets,
+                          int N, int V, int Vp) {
 #pragma omp parallel for schedule(static) if ((size_t)N * V >= OMP_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float *l = logits + (size_t)n * Vp;

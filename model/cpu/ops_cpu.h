@@ -21,26 +21,26 @@
 #define QK_NORM_EPS 1e-6f
 
 /* out[b][t] = wte[tokens[b][t]] + wpe[t] */
-void encoder_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe,
-                     int B, int T, int C);
-void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
-                      int B, int T, int C);
+void encoder_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe, int B,
+                     int T, int C);
+void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens, int B,
+                      int T, int C);
 
 /* out = (x - mean) * rstd * weight + bias over each row of C; saves mean and rstd [N] for the
  * backward. rstd = 1 / sqrt(biased variance + LAYERNORM_EPS). bias may be NULL. */
-void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                       const float *weight, const float *bias, int N, int C);
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                       const float *bias, int N, int C);
 void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                        const float *inp, const float *weight, const float *mean,
-                        const float *rstd, int N, int C);
+                        const float *inp, const float *weight, const float *mean, const float *rstd,
+                        int N, int C);
 
 /* out[N][OC] = inp[N][IC] weight[OC][IC]^T + bias[OC] (bias may be NULL). out is written. */
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
                     int IC, int OC);
 /* dinp += dout weight; dweight += dout^T inp; dbias += column sums of dout. Each of dinp,
  * dweight, dbias may be NULL (not needed). */
-void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                     const float *inp, const float *weight, int N, int IC, int OC);
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                     const float *weight, int N, int IC, int OC);
 /* The matmuls' micro-kernel: by default the best this CPU supports ("avx512", "avx2",
  * "portable"). Selecting another (tests, benchmarks) returns -1 if unknown or unsupported.
  * Not thread-safe: select before any matmul runs. */
@@ -63,8 +63,8 @@ void qk_normalise_backward(float *dq, const float *dk, const float *q, const flo
 /* Cross-entropy over the softmax of the first V of the Vp logits of each row: logits of the
  * padded rows (V <= v < Vp) are not part of the softmax. Writes losses[N] = lse - logit[target]
  * and lse[N] (log-sum-exp over the V real logits, saved for the backward). */
-void crossentropy_forward(float *losses, float *lse, const float *logits,
-                          const int32_t *targets, int N, int V, int Vp);
+void crossentropy_forward(float *losses, float *lse, const float *logits, const int32_t *targets,
+                          int N, int V, int Vp);
 /* Writes dlogits[N][Vp] = dloss * (softmax - onehot(target)) for v < V and 0 for padded v. */
 void crossentropy_backward(float *dlogits, const float *logits, const float *lse,
                            const int32_t *targets, float dloss, int N, int V, int Vp);
