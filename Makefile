@@ -62,7 +62,9 @@ $(BUILD)/cuda/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -MMD -MP -c $< -o $@
 
-cuda: $(CU_OBJS)
+# nvcc is the slow part of `make test`: compile the CUDA objects with one job per core.
+cuda:
+	@$(MAKE) --no-print-directory -j$(shell nproc) $(CU_OBJS)
 
 test: all $(TEST_BINS) cuda
 	bash tests/run_cpu.sh
