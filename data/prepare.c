@@ -5,7 +5,6 @@
  *   prepare html2text FILE ...                        plain text of HTML pages (corpus building)
  * docs/DATA.md describes the options; docs/FORMATS.md the shard layout. */
 #include <glob.h>
-#include <omp.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -167,11 +166,24 @@ static void progress_draw(progress_t *p, int final) {
 static void encode_batch(tok_pool_t *pool, int32_t eot, doc_t *docs, size_t n_docs, shard_writer_t *train,
                          shard_writer_t *val, progress_t *prog) {
     const size_t big = 1 << 20;
-    for (size_t d = 0; d < n_docs; d++)
-        if (docs[d].len >= big) tok_pool_encode(pool, docs[d].text, docs[d].len, &docs[d].ids);
-#pragma omp parallel for num_threads(tok_pool_threads(pool)) schedule(dynamic, 1)
-    for (size_t d = 0; d < n_docs; d++)
-        if (docs[d].len < big) tok_encode(tok_pool_encoder(pool, omp_get_thread_num()), docs[d].text, docs[d].len, &docs[d].ids);
+    const char **texts = xmalloc((n_docs + 1) * sizeof(char *), "documents");
+    size_t *lens = xmalloc((n_docs + 1) * sizeof(size_t), "documents");
+    tok_ids_t *outs = xcalloc(n_docs + 1, sizeof(tok_ids_t), "documents");
+    size_t n_small = 0;
+    for (size_t d = 0; d < n_docs; d++) {
+        if (docs[d].len >= big) {
+            tok_pool_encode(pool, docs[d].text, docs[d].len, &docs[d].ids);
+        } else {
+            texts[n_small] = docs[d].text;
+            lens[n_small++] = docs[d].len;
+        }
+    }
+    tok_pool_encode_many(pool, texts, lens, n_small, outs);
+    for (size_t d = 0, k = 0; d < n_docs; d++)
+        if (docs[d].len < big) docs[d].ids = outs[k++];
+    free(texts);
+    free(lens);
+    free(outs);
     for (size_t d = 0; d < n_docs; d++) {
         shard_writer_t *w = docs[d].is_val ? val : train;
         shard_writer_add(w, &eot, 1);

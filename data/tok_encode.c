@@ -1,8 +1,10 @@
 /* Encoding: GPT-2's split pattern (PCRE2, JIT) cuts text into pieces, each piece is BPE-merged
  * (with a per-encoder cache, since most pieces are common words), and tok_pool_t spreads large
  * inputs over threads. */
-#include <omp.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "data/tokenizer_internal.h"
 #include "runtime/error.h"
@@ -345,7 +347,8 @@ struct tok_pool {
 
 tok_pool_t *tok_pool_new(const tokenizer_t *t, int n_threads) {
     tok_pool_t *p = xcalloc(1, sizeof(*p), "tokenizer pool");
-    p->n_threads = n_threads > 0 ? n_threads : omp_get_num_procs();
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    p->n_threads = n_threads > 0 ? n_threads : (cores > 0 ? (int)cores : 1);
     p->encoders = xcalloc((size_t)p->n_threads, sizeof(tok_encoder_t *), "tokenizer pool");
     for (int i = 0; i < p->n_threads; i++) p->encoders[i] = tok_encoder_new(t);
     return p;
@@ -360,9 +363,52 @@ void tok_pool_free(tok_pool_t *p) {
 
 int tok_pool_threads(const tok_pool_t *p) { return p->n_threads; }
 
-tok_encoder_t *tok_pool_encoder(tok_pool_t *p, int i) {
-    if (i < 0 || i >= p->n_threads) fatal(EXIT_RUNTIME, "tok_pool_encoder: no encoder %d in a pool of %d", i, p->n_threads);
-    return p->encoders[i];
+
+/* ---- running work items on the pool's threads ----
+ * Plain pthreads and an atomic item counter: a thread that runs out of items exits instead of
+ * spinning (OpenMP's idle threads spin, which on a loaded machine took the CPU time the
+ * working thread needed and made two threads slower than one). */
+
+typedef struct {
+    tok_pool_t *pool;
+    size_t n_items;
+    atomic_size_t next_item;
+    const char *const *texts;
+    const size_t *lens;
+    tok_ids_t *outs;
+} pool_job_t;
+
+typedef struct {
+    pool_job_t *job;
+    int worker;
+} pool_worker_t;
+
+static void *pool_worker_main(void *arg) {
+    pool_worker_t *w = arg;
+    pool_job_t *job = w->job;
+    tok_encoder_t *enc = job->pool->encoders[w->worker];
+    for (;;) {
+        size_t i = atomic_fetch_add(&job->next_item, 1);
+        if (i >= job->n_items) break;
+        tok_encode(enc, job->texts[i], job->lens[i], &job->outs[i]);
+    }
+    return NULL;
+}
+
+/* Encodes n independent texts, each by one thread, into outs[i] (appending). */
+void tok_pool_encode_many(tok_pool_t *p, const char *const *texts, const size_t *lens, size_t n, tok_ids_t *outs) {
+    pool_job_t job = {.pool = p, .n_items = n, .texts = texts, .lens = lens, .outs = outs};
+    atomic_init(&job.next_item, 0);
+    int n_workers = p->n_threads < (int)n ? p->n_threads : (int)n;
+    if (n_workers < 1) return;
+    pool_worker_t workers[n_workers];
+    pthread_t threads[n_workers];
+    for (int i = 0; i < n_workers; i++) workers[i] = (pool_worker_t){&job, i};
+    for (int i = 1; i < n_workers; i++)
+        if (pthread_create(&threads[i], NULL, pool_worker_main, &workers[i]) != 0)
+            fatal(EXIT_RUNTIME, "cannot start tokenizer thread %d", i);
+    pool_worker_main(&workers[0]); /* the calling thread works too */
+    for (int i = 1; i < n_workers; i++) pthread_join(threads[i], NULL);
 }
 
 #define POOL_MIN_CHUNK (64u << 10)
@@ -378,25 +424,27 @@ void tok_pool_encode(tok_pool_t *p, const char *text, size_t len, tok_ids_t *out
     if (target < POOL_MIN_CHUNK) target = POOL_MIN_CHUNK;
     if (target > POOL_MAX_CHUNK) target = POOL_MAX_CHUNK;
     size_t n_chunks = 0, cap = len / target + 2;
-    size_t *cuts = xmalloc((cap + 1) * sizeof(size_t), "chunk cuts");
-    cuts[0] = 0;
-    while (cuts[n_chunks] < len) {
-        size_t next = cuts[n_chunks] + target >= len ? len : pretok_find_cut(text, len, cuts[n_chunks] + target);
-        if (n_chunks + 1 > cap) {
+    const char **starts = xmalloc(cap * sizeof(char *), "chunk starts");
+    size_t *lens = xmalloc(cap * sizeof(size_t), "chunk lengths");
+    for (size_t pos = 0; pos < len;) {
+        size_t next = pos + target >= len ? len : pretok_find_cut(text, len, pos + target);
+        if (n_chunks == cap) {
             cap *= 2;
-            cuts = realloc(cuts, (cap + 1) * sizeof(size_t));
-            if (!cuts) fatal(EXIT_RUNTIME, "out of memory splitting text into chunks");
+            starts = realloc(starts, cap * sizeof(char *));
+            lens = realloc(lens, cap * sizeof(size_t));
+            if (!starts || !lens) fatal(EXIT_RUNTIME, "out of memory splitting text into chunks");
         }
-        cuts[++n_chunks] = next;
+        starts[n_chunks] = text + pos;
+        lens[n_chunks++] = next - pos;
+        pos = next;
     }
     tok_ids_t *parts = xcalloc(n_chunks, sizeof(tok_ids_t), "chunk ids");
-#pragma omp parallel for num_threads(p->n_threads) schedule(dynamic, 1)
-    for (size_t c = 0; c < n_chunks; c++)
-        tok_encode(p->encoders[omp_get_thread_num()], text + cuts[c], cuts[c + 1] - cuts[c], &parts[c]);
+    tok_pool_encode_many(p, starts, lens, n_chunks, parts);
     for (size_t c = 0; c < n_chunks; c++) {
         ids_append(out, parts[c].ids, parts[c].n);
         tok_ids_free(&parts[c]);
     }
     free(parts);
-    free(cuts);
+    free(starts);
+    free(lens);
 }

@@ -59,10 +59,11 @@ typedef struct tok_pool tok_pool_t;
 tok_pool_t *tok_pool_new(const tokenizer_t *, int n_threads);
 void tok_pool_free(tok_pool_t *);
 int tok_pool_threads(const tok_pool_t *);
-/* The pool's i-th encoder (0 <= i < threads), for callers that parallelise over documents. */
-tok_encoder_t *tok_pool_encoder(tok_pool_t *, int i);
 /* Appends the ids of text to out. */
 void tok_pool_encode(tok_pool_t *, const char *text, size_t len, tok_ids_t *out);
+/* Encodes n independent texts (documents), each by one of the threads, appending the ids of
+ * texts[i] to outs[i]. */
+void tok_pool_encode_many(tok_pool_t *, const char *const *texts, const size_t *lens, size_t n, tok_ids_t *outs);
 
 /* Smallest p in [from, len) such that GPT-2's split pattern puts a piece boundary at p no
  * matter what text surrounds text[p-1..p+1] (an ASCII space or newline between two printable
