@@ -65,11 +65,12 @@ per_file() {
 }
 
 # html_by_dir NAME DIR [FIND_ARGS...]: one document per directory of HTML pages, pages in name order.
+# Directories named src are skipped: rustdoc and Haddock put hyperlinked source code there.
 html_by_dir() {
     local name=$1 dir=$2; shift 2
     local out="$text/$name.txt"
     [ -s "$out" ] && return
-    find "$dir" -type d -print0 | sort -z | while IFS= read -r -d '' d; do
+    find "$dir" -type d -name src -prune -o -type d -print0 | sort -z | while IFS= read -r -d '' d; do
         mapfile -d '' pages < <(find "$d" -maxdepth 1 -type f -name '*.html' "$@" -print0 | sort -z)
         [ ${#pages[@]} -gt 0 ] || continue
         printf '%s\0' "${pages[@]}" | xargs -0 ./prepare html2text | tr -d '\036'
@@ -131,5 +132,5 @@ echo "text: $(du -sh "$text" | cut -f1) in $text/ ($(($(date +%s) - start)) s)"
 [ "$mode" = text ] && exit 0
 
 ./prepare encode --in "$text/*.txt" --out data/shards --prefix corpus --doc-sep '\x1e' --val-fraction 0.01 \
-    --shard-tokens 50000000 --force
+    --shard-tokens 20000000 --force
 echo "corpus shards: data/shards/corpus_train_*.bin, data/shards/corpus_val_*.bin ($(($(date +%s) - start)) s)"
