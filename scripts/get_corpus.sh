@@ -8,7 +8,7 @@
 #
 # What goes in (docs/DATA.md lists sizes): manuals and references that Debian ships as text or
 # HTML (Python, Linux kernel, Git, Perl, Rust, Java SE, GHC, Erlang, Boost, Qt, Django,
-# PostgreSQL, SQLite, pandas, SciPy, SageMath, LilyPond, GIMP, Vim, zsh, ...) and English
+# PostgreSQL, SQLite, pandas, SciPy, Vim, zsh, ...) and English
 # dictionaries (GCIDE, FOLDOC, Jargon File, Devil's Dictionary). Packages are fetched with
 # `apt-get download` (no installation) into corpus/debs/ and unpacked under corpus/pkgs/.
 # Each text source becomes corpus/text/NAME.txt, its documents separated by the ASCII record
@@ -119,15 +119,9 @@ dictd devils-dictionary dict-devil
 
 html_packages=(openjdk-17-doc rust-doc ghc-doc erlang-doc libboost1.74-doc python-django-doc postgresql-doc-15
     octave-doc maxima-doc vim-doc zsh-doc nodejs-doc sqlite3-doc wireshark-doc llvm-15-doc cmake-doc
-    imagemagick-6-doc qtbase5-doc-html python-pandas-doc python-scipy-doc sagemath-doc lilypond-doc-html
-    gimp-help-en debian-reference-en)
+    imagemagick-6-doc qtbase5-doc-html python-pandas-doc python-scipy-doc)
 fetch "${html_packages[@]}"
-for p in "${html_packages[@]}"; do
-    case "$p" in
-        lilypond-doc-html) html_by_dir "$p" "$pkgs/$p" ! -name '*.*.html' ;; # English pages only (no .de.html ...)
-        *) html_by_dir "$p" "$pkgs/$p" ;;
-    esac
-done
+for p in "${html_packages[@]}"; do html_by_dir "$p" "$pkgs/$p"; done
 echo "text: $(du -sh "$text" | cut -f1) in $text/ ($(($(date +%s) - start)) s)"
 [ "$mode" = text ] && exit 0
 
