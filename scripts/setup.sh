@@ -5,7 +5,7 @@ set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PKGS="build-essential make gcc libcjson-dev libpcre2-dev zlib1g-dev openmpi-bin libopenmpi-dev
-      nodejs npm python3 xz-utils ca-certificates"
+      nodejs npm python3 xz-utils perl ca-certificates"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
