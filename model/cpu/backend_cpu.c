@@ -17,7 +17,8 @@ typedef struct {
     size_t shard;        /* parameters per rank: ceil(n / world) */
     size_t shard_begin;  /* this rank's first parameter */
     float *m, *v;        /* AdamW moments of this rank's shard [shard] */
-    float *grad_shard;   /* summed gradients of this rank's shard [shard] */
+    float *grad_shard;   /* summed gradients of this rank's shard [shard] (NULL with one rank) */
+    const float *summed; /* gradients update() uses: grad_shard, or the model's own with one rank */
     float *padded;       /* world * shard staging for collectives (NULL with one rank) */
     gpt_tensor_t *tensors;
     int n_tensors;
@@ -40,13 +41,14 @@ static void cpu_zero_grad(backend_t *b) { gpt_cpu_zero_grad(impl(b)->model); }
 static double cpu_grad_norm(backend_t *b) {
     cpu_impl_t *c = impl(b);
     const float *g = gpt_cpu_grads(c->model);
-    if (c->dist->world == 1) {
-        memcpy(c->grad_shard, g, b->n_params * sizeof(float));
-        return grad_global_norm(c->grad_shard, b->n_params);
+    if (c->dist->world == 1) { /* nothing to sum: the shard is the whole gradient */
+        c->summed = g;
+        return grad_global_norm(g, b->n_params);
     }
     memcpy(c->padded, g, b->n_params * sizeof(float));
     memset(c->padded + b->n_params, 0, (c->shard * (size_t)c->dist->world - b->n_params) * sizeof(float));
     dist_reduce_scatter_sum_float(c->dist, c->padded, c->grad_shard, c->shard);
+    c->summed = c->grad_shard;
     double norm = grad_global_norm(c->grad_shard, c->shard);
     double sq = norm * norm;
     dist_allreduce_sum_double(c->dist, &sq, 1);
@@ -63,7 +65,7 @@ static void cpu_update(backend_t *b, const adamw_hparams_t *h, long t, float gra
         const gpt_tensor_t *ts = &c->tensors[i];
         size_t a = ts->offset > lo ? ts->offset : lo, e = ts->offset + ts->numel < hi ? ts->offset + ts->numel : hi;
         if (a >= e) continue;
-        adamw_step(p + a, c->grad_shard + (a - lo), c->m + (a - lo), c->v + (a - lo), e - a, ts->decay, h, t,
+        adamw_step(p + a, c->summed + (a - lo), c->m + (a - lo), c->v + (a - lo), e - a, ts->decay, h, t,
                    grad_scale);
     }
     if (c->dist->world == 1) return;
@@ -147,8 +149,10 @@ backend_t *backend_cpu_create(const gpt_config_t *cfg, int B, int T, const dist_
     gpt_init_params(cfg, gpt_cpu_params(c->model));
     c->m = xcalloc(c->shard, sizeof(float), "adamw m");
     c->v = xcalloc(c->shard, sizeof(float), "adamw v");
-    c->grad_shard = xcalloc(c->shard, sizeof(float), "gradient shard");
-    if (world > 1) c->padded = xcalloc(c->shard * world, sizeof(float), "collective staging");
+    if (world > 1) {
+        c->grad_shard = xcalloc(c->shard, sizeof(float), "gradient shard");
+        c->padded = xcalloc(c->shard * world, sizeof(float), "collective staging");
+    }
     c->n_tensors = gpt_tensors(cfg, NULL);
     c->tensors = xmalloc((size_t)c->n_tensors * sizeof(gpt_tensor_t), "tensor table");
     gpt_tensors(cfg, c->tensors);
