@@ -38,9 +38,7 @@ void model_dump(backend_t *be, const char *config_json, const int32_t *inputs, c
 
     snprintf(path, sizeof path, "%s/dump.bin", dir);
     char tmp[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) fatal(EXIT_RUNTIME, "cannot create %s: %s", tmp, strerror(errno));
+    FILE *f = atomic_file_open(path, tmp, sizeof tmp);
     uint32_t version = 1, reserved = 0;
     uint64_t config_len = strlen(config_json), micro = 0;
     uint32_t dims[4] = {(uint32_t)B, (uint32_t)T, (uint32_t)g->n_layer, (uint32_t)g->n_head};
@@ -69,7 +67,7 @@ void model_dump(backend_t *be, const char *config_json, const int32_t *inputs, c
             put(f, p->bucket_k, rows * sizeof(int32_t), path);
         }
     }
-    if (fclose(f) != 0 || rename(tmp, path) != 0) fatal(EXIT_RUNTIME, "writing %s: %s", path, strerror(errno));
+    atomic_file_commit(f, tmp, path);
     printf("dump: loss %.6f, %zu gradients, plans of %d layers -> %s/dump.bin, %s/dump_params.bin\n", loss, n,
            g->n_layer, dir, dir);
     free(params);

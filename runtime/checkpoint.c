@@ -48,14 +48,14 @@ static void fsync_dir_of(const char *path) {
     }
 }
 
-static FILE *open_temp(const char *path, char *tmp, size_t size) {
+FILE *atomic_file_open(const char *path, char *tmp, size_t size) {
     snprintf(tmp, size, "%s.tmp.%d", path, (int)getpid());
     FILE *f = fopen(tmp, "wb");
     if (!f) fatal(EXIT_RUNTIME, "cannot create %s: %s", tmp, strerror(errno));
     return f;
 }
 
-static void finish_temp(FILE *f, const char *tmp, const char *path) {
+void atomic_file_commit(FILE *f, const char *tmp, const char *path) {
     if (fflush(f) != 0 || fsync(fileno(f)) != 0)
         fatal(EXIT_RUNTIME, "flushing %s: %s", tmp, strerror(errno));
     if (fclose(f) != 0) fatal(EXIT_RUNTIME, "closing %s: %s", tmp, strerror(errno));
@@ -65,15 +65,15 @@ static void finish_temp(FILE *f, const char *tmp, const char *path) {
 
 void write_file_atomic(const char *path, const void *data, size_t len) {
     char tmp[4200];
-    FILE *f = open_temp(path, tmp, sizeof tmp);
+    FILE *f = atomic_file_open(path, tmp, sizeof tmp);
     if (len && fwrite(data, 1, len, f) != len) fatal(EXIT_RUNTIME, "writing %s: %s", tmp, strerror(errno));
-    finish_temp(f, tmp, path);
+    atomic_file_commit(f, tmp, path);
 }
 
 void ckpt_write(const char *path, const ckpt_meta_t *meta, const float *params, const float *m,
                 const float *v) {
     char tmp[4200];
-    crc_writer_t w = {open_temp(path, tmp, sizeof tmp), tmp, crc32(0L, Z_NULL, 0)};
+    crc_writer_t w = {atomic_file_open(path, tmp, sizeof tmp), tmp, crc32(0L, Z_NULL, 0)};
     uint32_t version = CKPT_VERSION, reserved = 0;
     uint64_t config_len = meta->config_json ? strlen(meta->config_json) : 0;
     put(&w, MAGIC, 8);
@@ -93,7 +93,7 @@ void ckpt_write(const char *path, const ckpt_meta_t *meta, const float *params, 
     uint64_t crc = w.crc;
     if (fwrite(&crc, 8, 1, w.f) != 1 || fwrite(END_MAGIC, 8, 1, w.f) != 1)
         fatal(EXIT_RUNTIME, "writing checkpoint %s: %s", tmp, strerror(errno));
-    finish_temp(w.f, tmp, path);
+    atomic_file_commit(w.f, tmp, path);
 }
 
 /* Reads the whole file, checks size, magic, version and CRC. Returns the buffer. */

@@ -5,6 +5,7 @@
 #define RUNTIME_CHECKPOINT_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #define CKPT_LOADER_WORDS 8
@@ -35,6 +36,11 @@ void ckpt_path(char *buf, size_t size, const char *dir, uint64_t step);
 long long ckpt_latest_step(const char *dir);
 /* Deletes all but the `keep` largest-step checkpoints of dir. */
 void ckpt_prune(const char *dir, int keep);
+
+/* Streaming form of the same: atomic_file_open creates PATH.tmp.<pid> (its name in tmp) for
+ * writing; atomic_file_commit flushes, fsyncs and renames it over PATH. Both exit 1 on error. */
+FILE *atomic_file_open(const char *path, char *tmp, size_t tmp_size);
+void atomic_file_commit(FILE *f, const char *tmp, const char *path);
 
 /* Atomically replaces `path` with `len` bytes of `data` (temp file + fsync + rename). */
 void write_file_atomic(const char *path, const void *data, size_t len);
