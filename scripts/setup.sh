@@ -5,9 +5,14 @@ set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PKGS="build-essential make gcc libcjson-dev libpcre2-dev zlib1g-dev openmpi-bin libopenmpi-dev
-      nodejs npm python3 xz-utils perl ca-certificates"
+      xz-utils perl ca-certificates"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+# Tools are checked by command, not by package: a machine may already carry them from another
+# source (NodeSource's nodejs bundles npm and conflicts with Debian's npm package).
+command -v python3 >/dev/null 2>&1 || missing="$missing python3"
+if ! command -v node >/dev/null 2>&1; then missing="$missing nodejs npm"
+elif ! command -v npm >/dev/null 2>&1; then missing="$missing npm"; fi
 if [ -n "$missing" ]; then
     echo "installing:$missing"
     $SUDO apt-get update -qq
