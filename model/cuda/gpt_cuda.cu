@@ -380,6 +380,8 @@ void gpt_cuda_backward(gpt_cuda_t *g, float scale) {
     CUDA_CHECK(cudaMemsetAsync(g->dres, 0, NC * sizeof(bf16), s));
     layernorm_backward_cuda(g->dres, gr + g->lnfw, at(gr, g->lnfb), g->dlnf, g->resid_final,
                             pf + g->lnfw, g->lnf_mean, g->lnf_rstd, N, C, red, s);
+    const size_t layers_end = g->lnfw; /* lnf follows the last layer */
+    if (g->grads_ready) g->grads_ready(g->grads_ready_ctx, layers_end, g->n_params);
 
     for (int l = g->L - 1; l >= 0; l--) {
         const gpt_cuda_layer_offsets_t *o = &g->off[l];
@@ -404,6 +406,9 @@ void gpt_cuda_backward(gpt_cuda_t *g, float scale) {
         if (o->qkvb != SIZE_MAX) bias_backward_cuda(gr + o->qkvb, g->dbig, N, P, red, s);
         layernorm_backward_cuda(g->dres, gr + o->ln1w, at(gr, o->ln1b), g->tmp, a->resid_in,
                                 pf + o->ln1w, a->ln1_mean, a->ln1_rstd, N, C, red, s);
+        if (g->grads_ready)
+            g->grads_ready(g->grads_ready_ctx, o->ln1w, l + 1 < g->L ? g->off[l + 1].ln1w : layers_end);
     }
     encoder_backward_cuda(gr + g->wte, gr + g->wpe, g->dres, &g->groups, B, T, C, s);
+    if (g->grads_ready) g->grads_ready(g->grads_ready_ctx, 0, g->off[0].ln1w); /* wte, wpe */
 }

@@ -87,6 +87,13 @@ typedef struct {
 
     attn_plan_t plans[GPT_MAX_LAYERS];
     int B, T, has_forward, has_targets;
+
+    /* Optional hook for communication overlapped with the backward (data parallel): called
+     * from gpt_cuda_backward, on the host, right after the kernels that finish the gradients of
+     * parameters [lo, hi) (flat offsets) have been queued on `stream`; ranges come in the order
+     * lnf, layer L-1 .. layer 0, then wte + wpe, and cover every parameter once. */
+    void (*grads_ready)(void *ctx, size_t lo, size_t hi);
+    void *grads_ready_ctx;
 } gpt_cuda_t;
 
 /* Fails with EXIT_USAGE, naming the config key, for a model the CUDA backend cannot run
