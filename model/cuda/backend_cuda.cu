@@ -12,10 +12,7 @@ static gpt_cuda_t *impl(backend_t *b) { return (gpt_cuda_t *)b->impl; }
 
 static float cuda_forward(backend_t *b, const int32_t *in, const int32_t *tgt, int B, int T,
                           uint64_t step, uint64_t micro) {
-    /* Dense attention draws nothing at random: step and micro do not enter the computation. */
-    (void)step;
-    (void)micro;
-    return gpt_cuda_forward(impl(b), in, tgt, B, T);
+    return gpt_cuda_forward(impl(b), in, tgt, B, T, step, micro);
 }
 
 static void cuda_backward(backend_t *b, float scale) { gpt_cuda_backward(impl(b), scale); }
@@ -95,10 +92,7 @@ static void cuda_logits_row(backend_t *b, int bi, int t, float *out) {
 }
 
 static const attn_plan_t *cuda_plan(backend_t *b, int layer) {
-    gpt_cuda_t *g = impl(b);
-    if (layer < 0 || layer >= g->L)
-        fatal(EXIT_RUNTIME, "plan: layer %d out of range [0, %d)", layer, g->L);
-    return &g->plans[layer];
+    return gpt_cuda_host_plan(impl(b), layer);
 }
 
 static void cuda_destroy(backend_t *b) {

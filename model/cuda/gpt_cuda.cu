@@ -284,7 +284,16 @@ static void stage_tokens(int32_t *dst, const int32_t *src, int n, int V, const c
     }
 }
 
-float gpt_cuda_forward(gpt_cuda_t *g, const int32_t *inputs, const int32_t *targets, int B, int T) {
+const attn_plan_t *gpt_cuda_host_plan(gpt_cuda_t *g, int layer) {
+    if (layer < 0 || layer >= g->L)
+        fatal(EXIT_RUNTIME, "plan: layer %d out of range [0, %d)", layer, g->L);
+    return &g->plans[layer];
+}
+
+float gpt_cuda_forward(gpt_cuda_t *g, const int32_t *inputs, const int32_t *targets, int B, int T,
+                       uint64_t step, uint64_t micro) {
+    (void)step;
+    (void)micro;
     if (B < 1 || B > g->Bmax || T < 1 || T > g->Tmax)
         fatal(EXIT_RUNTIME, "gpt_cuda_forward: micro-batch %d x %d exceeds the allocated %d x %d", B,
               T, g->Bmax, g->Tmax);

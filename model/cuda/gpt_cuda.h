@@ -106,9 +106,12 @@ void gpt_cuda_check_config(const gpt_config_t *cfg);
 gpt_cuda_t *gpt_cuda_create(const gpt_config_t *cfg, int B, int T);
 void gpt_cuda_free(gpt_cuda_t *g);
 
-/* Mean loss over B*T targets (targets NULL: 0, only lnf is computed for logits_row). */
+/* Mean loss over B*T targets (targets NULL: 0, only lnf is computed for logits_row). The
+ * attention plan of layer l is keyed by (cfg.seed, step, l, micro) as on the CPU. */
 float gpt_cuda_forward(gpt_cuda_t *g, const int32_t *inputs, const int32_t *targets, int B,
-                       int T);
+                       int T, uint64_t step, uint64_t micro);
+/* The plan layer l used in the last forward, copied to the host (keep masks / buckets). */
+const attn_plan_t *gpt_cuda_host_plan(gpt_cuda_t *g, int layer);
 /* grads += scale * dloss/dparams of the last forward (which must have had targets). */
 void gpt_cuda_backward(gpt_cuda_t *g, float scale);
 
