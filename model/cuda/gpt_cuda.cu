@@ -11,6 +11,7 @@
 
 extern "C" {
 #include "runtime/error.h"
+#include "runtime/rng.h"
 }
 
 namespace {
@@ -125,7 +126,7 @@ flash_attn_dims_t attn_dims(const gpt_cuda_t *g, int layer, int B, int T) {
     d.T = T;
     d.H = g->H;
     d.D = g->D;
-    d.exclude_self = g->plans[layer].p.exclude_self;
+    d.exclude_self = g->attn[0][layer].p.exclude_self;
     d.q_stride = g->P;
     d.k_stride = g->cfg.shared_qk ? g->C : g->P;
     d.v_stride = g->P;
@@ -141,7 +142,7 @@ void attn_operands(const gpt_cuda_t *g, const gpt_cuda_layer_acts_t *a, const bf
     *v = a->qkv + (g->cfg.shared_qk ? g->C : 2 * g->C);
 }
 
-void attention_forward(gpt_cuda_t *g, int l, int B, int T) {
+void attention_forward(gpt_cuda_t *g, int l, int B, int T, uint64_t key) {
     const gpt_cuda_layer_acts_t *a = &g->acts[l];
     const int N = B * T;
     if (g->cfg.shared_qk)
@@ -149,7 +150,8 @@ void attention_forward(gpt_cuda_t *g, int l, int B, int T) {
     const bf16 *q, *k, *v;
     attn_operands(g, a, &q, &k, &v);
     const flash_attn_dims_t d = attn_dims(g, l, B, T);
-    flash_attn_forward(&d, q, k, v, a->att, a->lse, g->stream);
+    attn_layer_cuda_forward(&g->attn[g->attn_set][l], key, &d, q, k, g->cfg.shared_qk, v, a->att,
+                            a->lse, g->stream);
 }
 
 /* datt (in g->tmp) -> dqkv (in g->dbig, stride P). */
@@ -164,8 +166,8 @@ void attention_backward(gpt_cuda_t *g, int l, int B, int T) {
     bf16 *dk = g->cfg.shared_qk ? g->dkbuf : dqkv + C;
     bf16 *dv = dqkv + (g->cfg.shared_qk ? C : 2 * C);
     const flash_attn_dims_t d = attn_dims(g, l, B, T);
-    flash_attn_backward(&d, q, k, v, a->att, a->lse, g->tmp, dqkv, dk, dv, g->attn_workspace,
-                        g->deterministic, g->stream);
+    attn_layer_cuda_backward(&g->attn[0][l], &d, q, k, v, a->att, a->lse, g->tmp, dqkv, dk, dv,
+                             g->attn_workspace, g->deterministic, g->stream);
     if (g->cfg.shared_qk)
         qk_normalise_backward_cuda(dqkv, g->P, g->dkbuf, C, a->qkv, g->P, g->kbuf, C, N, g->H,
                                    g->D, g->stream);
@@ -175,19 +177,19 @@ void attention_backward(gpt_cuda_t *g, int l, int B, int T) {
 
 void gpt_cuda_check_config(const gpt_config_t *cfg) {
     gpt_num_params(cfg); /* the generic size checks first */
-    for (int l = 0; l < cfg->n_layer; l++) {
-        const attn_params_t p = gpt_layer_attn(cfg, l);
-        if (p.mode != ATTN_DENSE)
-            fatal(EXIT_USAGE,
-                  "attention.mode = %s (layer %d): the CUDA backend runs dense attention only for "
-                  "now; use attention.mode=dense or --device cpu",
-                  attn_mode_name(p.mode), l);
-    }
     const int D = cfg->n_embd / cfg->n_head;
     if (D != 64 && D != 128)
         fatal(EXIT_USAGE,
               "model.n_embd / model.n_head = %d: the CUDA backend needs a head dimension of 64 or 128",
               D);
+    for (int l = 0; l < cfg->n_layer; l++) {
+        const attn_params_t p = gpt_layer_attn(cfg, l);
+        if (p.mode != ATTN_DENSE && D != 64)
+            fatal(EXIT_USAGE,
+                  "attention.mode = %s (layer %d) with head dim %d: the sparse CUDA kernels take "
+                  "head dim 64 only (model.n_embd / model.n_head); use dense layers or --device cpu",
+                  attn_mode_name(p.mode), l, D);
+    }
     if (cfg->padded_vocab % 8 != 0)
         fatal(EXIT_USAGE, "model.padded_vocab = %d: the CUDA backend needs a multiple of 8",
               cfg->padded_vocab);
@@ -217,7 +219,7 @@ gpt_cuda_t *gpt_cuda_create(const gpt_config_t *cfg, int B, int T) {
     bind_offsets(g);
     for (int l = 0; l < g->L; l++) {
         const attn_params_t p = gpt_layer_attn(cfg, l);
-        attn_plan_init(&g->plans[l], &p, B, T, g->H, g->D);
+        for (int set = 0; set < 2; set++) attn_layer_cuda_init(&g->attn[set][l], &p, g->H, g->D);
     }
 
     CUDA_CHECK(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking));
@@ -233,8 +235,8 @@ gpt_cuda_t *gpt_cuda_create(const gpt_config_t *cfg, int B, int T) {
     CUDA_CHECK(cudaMemsetAsync(g->v, 0, pbytes, g->stream));
 
     /* Workspace for the largest micro-batch, non-deterministic (the larger) variant. */
-    flash_attn_dims_t d = {B, T, g->H, g->D, 0, g->P, g->P, g->P, g->C};
-    g->attn_workspace_bytes = flash_attn_backward_workspace_bytes(&d, 0);
+    const flash_attn_dims_t d = attn_dims(g, 0, B, T);
+    g->attn_workspace_bytes = attn_layer_cuda_workspace_bytes(&d);
     Carver count = {nullptr, 0};
     carve_activations(g, count);
     g->act_bytes = count.used;
@@ -258,7 +260,8 @@ gpt_cuda_t *gpt_cuda_create(const gpt_config_t *cfg, int B, int T) {
 void gpt_cuda_free(gpt_cuda_t *g) {
     if (!g) return;
     CUDA_CHECK(cudaStreamSynchronize(g->stream));
-    for (int l = 0; l < g->L; l++) attn_plan_free(&g->plans[l]);
+    for (int l = 0; l < g->L; l++)
+        for (int set = 0; set < 2; set++) attn_layer_cuda_free(&g->attn[set][l]);
     encoder_groups_free(&g->groups);
     CUDA_CHECK(cudaFreeHost(g->tokens_host));
     CUDA_CHECK(cudaFreeHost(g->targets_host));
@@ -287,13 +290,12 @@ static void stage_tokens(int32_t *dst, const int32_t *src, int n, int V, const c
 const attn_plan_t *gpt_cuda_host_plan(gpt_cuda_t *g, int layer) {
     if (layer < 0 || layer >= g->L)
         fatal(EXIT_RUNTIME, "plan: layer %d out of range [0, %d)", layer, g->L);
-    return &g->plans[layer];
+    if (!g->has_forward) fatal(EXIT_RUNTIME, "plan: no forward has run yet");
+    return attn_layer_cuda_host_plan(&g->attn[g->attn_set][layer], g->stream);
 }
 
 float gpt_cuda_forward(gpt_cuda_t *g, const int32_t *inputs, const int32_t *targets, int B, int T,
                        uint64_t step, uint64_t micro) {
-    (void)step;
-    (void)micro;
     if (B < 1 || B > g->Bmax || T < 1 || T > g->Tmax)
         fatal(EXIT_RUNTIME, "gpt_cuda_forward: micro-batch %d x %d exceeds the allocated %d x %d", B,
               T, g->Bmax, g->Tmax);
@@ -308,10 +310,7 @@ float gpt_cuda_forward(gpt_cuda_t *g, const int32_t *inputs, const int32_t *targ
                                    cudaMemcpyHostToDevice, s));
     }
     g->B = B, g->T = T;
-    for (int l = 0; l < L; l++) { /* the host plans describe the last forward's shape */
-        g->plans[l].B = B;
-        g->plans[l].T = T;
-    }
+    g->attn_set = targets ? 0 : 1;
     const bf16 *pw = g->params_bf16;
     const float *pf = g->params;
 
@@ -322,7 +321,7 @@ float gpt_cuda_forward(gpt_cuda_t *g, const int32_t *inputs, const int32_t *targ
         const gpt_cuda_layer_offsets_t *o = &g->off[l];
         gpt_cuda_layer_acts_t *a = &g->acts[l];
         matmul_forward_cuda(g->mm, a->qkv, a->ln1, pw + o->qkvw, at(pw, o->qkvb), N, C, P, nullptr, s);
-        attention_forward(g, l, B, T);
+        attention_forward(g, l, B, T, rng_key(g->cfg.seed, RNG_DOMAIN_ATTN, step, (uint64_t)l, micro));
         matmul_forward_cuda(g->mm, g->tmp, a->att, pw + o->projw, at(pw, o->projb), N, C, C, nullptr, s);
         residual_layernorm_forward_cuda(a->resid_mid, a->ln2, a->ln2_mean, a->ln2_rstd, a->resid_in,
                                         g->tmp, pf + o->ln2w, at(pf, o->ln2b), N, C, s);

@@ -20,6 +20,7 @@
 
 #include <stdint.h>
 
+#include "model/cuda/attn_layer_cuda.h"
 #include "model/cuda/cuda_common.cuh"
 #include "model/cuda/matmul_cuda.h"
 #include "model/cuda/ops_cuda.h"
@@ -85,7 +86,11 @@ typedef struct {
     int32_t *tokens_host, *targets_host; /* pinned staging [N] */
     encoder_groups_t groups;
 
-    attn_plan_t plans[GPT_MAX_LAYERS];
+    /* Per-layer attention (plans kept from forward to backward): set 0 serves forwards with
+     * targets (training, evaluation), set 1 those without (sampling, whose T changes with every
+     * token), so sampling never reallocates the training plans. */
+    attn_layer_cuda_t attn[2][GPT_MAX_LAYERS];
+    int attn_set; /* the set of the last forward */
     int B, T, has_forward, has_targets;
 
     /* Optional hook for communication overlapped with the backward (data parallel): called
@@ -97,12 +102,12 @@ typedef struct {
 } gpt_cuda_t;
 
 /* Fails with EXIT_USAGE, naming the config key, for a model the CUDA backend cannot run
- * (sparse attention, head dim not 64/128, ...). Touches no CUDA API. */
+ * (head dim not 64/128, sparse attention with head dim not 64, ...). Touches no CUDA API. */
 void gpt_cuda_check_config(const gpt_config_t *cfg);
 
 /* Allocates everything for micro-batches up to B x T; parameters initialised with
  * gpt_init_params (on the host) and uploaded; m, v, grads zero. Fails with EXIT_USAGE for a
- * configuration the CUDA backend cannot run (sparse attention, head dim not 64/128). */
+ * configuration the CUDA backend cannot run (gpt_cuda_check_config). */
 gpt_cuda_t *gpt_cuda_create(const gpt_config_t *cfg, int B, int T);
 void gpt_cuda_free(gpt_cuda_t *g);
 

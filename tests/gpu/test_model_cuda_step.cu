@@ -1,7 +1,9 @@
 /* The CUDA backend as a whole against the fp32 CPU backend (model/backend.h): one training
- * step of a small dense GPT (loss, every parameter gradient, grad norm, AdamW update, the
- * next loss, logits rows for sampling), the refusal of configurations it cannot run, and
- * bit-for-bit determinism of a step with backend_cuda_set_deterministic on.
+ * step of a small GPT (loss, every parameter gradient, grad norm, AdamW update, the next loss,
+ * logits rows for sampling) in every attention mode (dense, qk_sparse, hash_sparse, shared_qk,
+ * exclude_self, a per-layer dense override), the plans of both backends compared, the
+ * refusal of configurations it cannot run, and bit-for-bit determinism of a step with
+ * backend_cuda_set_deterministic on (dense and sparse).
  *
  * Tolerances (bf16 activations against fp32, 2 layers):
  *   loss: |gpu - cpu| <= 5e-3 relative;  logits rows: ||gpu - cpu|| / ||cpu|| <= 2e-2
@@ -10,7 +12,9 @@
  *   AdamW: the GPU update equals adamw_step applied on the host to the GPU's own gradients
  *   (<= 1e-6 relative); against the CPU model's update, step 1 of Adam moves each weight by
  *   about lr * sign(g), so it may differ only where |g| is within bf16 noise of 0: at most 2%
- *   of the weights may differ by more than lr / 2. */
+ *   of the weights may differ by more than lr / 2.
+ *   hash_sparse: when some rows hash to other buckets on the GPU (bf16 q/k, see
+ *   compare_plans), every tolerance above is widened 4x. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -82,23 +86,53 @@ static void expect_usage_error(const char *what, const gpt_config_t *cfg) {
 
 static void test_refusals(void) {
     printf("configurations the CUDA backend refuses\n");
-    gpt_config_t c = small_config(2, 2, 128, 997, 1008, 64, 0, 0, 0);
+    gpt_config_t c = small_config(2, 1, 128, 997, 1008, 64, 0, 0, 0); /* head dim 128 */
     c.attn.mode = ATTN_HASH_SPARSE;
     c.attn.n_buckets = 4;
-    expect_usage_error("hash_sparse attention", &c);
-    c = small_config(2, 2, 128, 997, 1008, 64, 0, 0, 0);
+    expect_usage_error("hash_sparse attention with head dim 128", &c);
+    c = small_config(2, 1, 128, 997, 1008, 64, 0, 0, 0);
     c.attn.mode = ATTN_QK_SPARSE;
     c.attn.drop_prob = 0.5f;
     c.dense_layer_mask = 1; /* layer 0 dense, layer 1 still sparse */
-    expect_usage_error("qk_sparse attention on layer 1", &c);
+    expect_usage_error("qk_sparse attention on layer 1 with head dim 128", &c);
     c = small_config(2, 4, 128, 997, 1008, 64, 0, 0, 0); /* head dim 32 */
     expect_usage_error("head dim 32", &c);
 }
 
+/* The GPU's plans against the CPU's for the same (step, layer, micro) keys. Keep masks come
+ * from the RNG alone and must be identical. Buckets are argmaxes of projections of q and k,
+ * which the GPU holds in bf16 and the CPU in fp32: a row whose two best projections are
+ * closer than bf16 noise may land in another bucket. Returns the number of such rows (the
+ * caller then loosens its tolerances) and fails beyond 5% of the rows. */
+static size_t compare_plans(backend_t *cpu, backend_t *gpu, const gpt_config_t *cfg) {
+    size_t mismatched = 0, rows_all = 0;
+    for (int l = 0; l < cfg->n_layer; l++) {
+        const attn_plan_t *pc = cpu->plan(cpu, l), *pg = gpu->plan(gpu, l);
+        CHECK(pc->p.mode == pg->p.mode && pc->B == pg->B && pc->T == pg->T,
+              "layer %d: plan mode/shape differ (%d %dx%d vs %d %dx%d)", l, pc->p.mode, pc->B,
+              pc->T, pg->p.mode, pg->B, pg->T);
+        const size_t rows = (size_t)pc->B * pc->H * pc->T;
+        if (pc->p.mode == ATTN_QK_SPARSE) {
+            CHECK(memcmp(pc->keep_q, pg->keep_q, rows) == 0 && memcmp(pc->keep_k, pg->keep_k, rows) == 0,
+                  "layer %d: qk keep masks differ between CPU and GPU", l);
+        } else if (pc->p.mode == ATTN_HASH_SPARSE) {
+            size_t bad = 0;
+            for (size_t i = 0; i < rows; i++)
+                bad += (pc->bucket_q[i] != pg->bucket_q[i]) + (pc->bucket_k[i] != pg->bucket_k[i]);
+            mismatched += bad;
+            rows_all += 2 * rows;
+            printf("  layer %d: %zu of %zu hash buckets differ (bf16 vs fp32 inputs)\n", l, bad, 2 * rows);
+        }
+    }
+    CHECK(mismatched * 20 <= rows_all, "%zu of %zu buckets differ between CPU and GPU", mismatched, rows_all);
+    return mismatched;
+}
+
 static void test_step_vs_cpu(const char *name, const gpt_config_t *cfg, int B, int T) {
-    printf("full step vs CPU backend: %s (L=%d H=%d C=%d V=%d/%d, B=%d T=%d, bias=%d shared_qk=%d exclude_self=%d)\n",
+    printf("full step vs CPU backend: %s (L=%d H=%d C=%d V=%d/%d, B=%d T=%d, bias=%d shared_qk=%d exclude_self=%d, %s nb=%d drop=%.2f dense_mask=%#x)\n",
            name, cfg->n_layer, cfg->n_head, cfg->n_embd, cfg->vocab_size, cfg->padded_vocab, B, T,
-           cfg->bias, cfg->shared_qk, cfg->attn.exclude_self);
+           cfg->bias, cfg->shared_qk, cfg->attn.exclude_self, attn_mode_name(cfg->attn.mode),
+           cfg->attn.n_buckets, cfg->attn.drop_prob, (unsigned)cfg->dense_layer_mask);
     backend_t *cpu = backend_cpu_create(cfg, B, T, NULL), *gpu = backend_cuda_create(cfg, B, T);
     const size_t n = cpu->n_params;
     CHECK(gpu->n_params == n, "n_params %zu vs %zu", gpu->n_params, n);
@@ -116,7 +150,9 @@ static void test_step_vs_cpu(const char *name, const gpt_config_t *cfg, int B, i
     const float lc = cpu->forward(cpu, in.data(), tg.data(), B, T, 0, 0);
     const float lg = gpu->forward(gpu, in.data(), tg.data(), B, T, 0, 0);
     printf("  loss gpu %.6f cpu %.6f\n", lg, lc);
-    CHECK(fabsf(lg - lc) <= 5e-3f * fabsf(lc), "loss %.6f vs %.6f", lg, lc);
+    /* A row hashed into another bucket attends to other keys: tolerances widen (x4) then. */
+    const double widen = compare_plans(cpu, gpu, cfg) ? 4.0 : 1.0;
+    CHECK(fabsf(lg - lc) <= 5e-3f * widen * fabsf(lc), "loss %.6f vs %.6f", lg, lc);
 
     const int Vp = cfg->padded_vocab;
     vec rc(Vp), rg(Vp);
@@ -141,14 +177,14 @@ static void test_step_vs_cpu(const char *name, const gpt_config_t *cfg, int B, i
         const gpt_tensor_t *t = &tensors[i];
         const double e = rel_err(gg.data() + t->offset, gc.data() + t->offset, t->numel);
         if (e > worst) worst = e, worst_name = t->name;
-        CHECK(e <= 5e-2, "gradient of %s: rel err %.3e", t->name, e);
+        CHECK(e <= 5e-2 * widen, "gradient of %s: rel err %.3e", t->name, e);
     }
     const double e_all = rel_err(gg.data(), gc.data(), n);
     printf("  gradients: all rel %.2e, worst tensor %s rel %.2e (%d tensors)\n", e_all, worst_name, worst, nt);
-    CHECK(e_all <= 2e-2, "whole gradient rel err %.3e", e_all);
+    CHECK(e_all <= 2e-2 * widen, "whole gradient rel err %.3e", e_all);
     const double nc = cpu->grad_norm(cpu), ng = gpu->grad_norm(gpu);
     printf("  grad norm gpu %.6f cpu %.6f\n", ng, nc);
-    CHECK(fabs(ng - nc) <= 2e-2 * nc, "grad norm %.6f vs %.6f", ng, nc);
+    CHECK(fabs(ng - nc) <= 2e-2 * widen * nc, "grad norm %.6f vs %.6f", ng, nc);
 
     /* AdamW: the GPU's update against adamw_step on its own state, then against the CPU. */
     const adamw_hparams_t h = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
@@ -171,12 +207,12 @@ static void test_step_vs_cpu(const char *name, const gpt_config_t *cfg, int B, i
     size_t off = 0;
     for (size_t i = 0; i < n; i++) off += fabsf((pg1[i] - pg[i]) - (pc1[i] - pc[i])) > 0.5f * h.lr;
     printf("  weights whose update differs from the CPU's by > lr/2: %.3f%%\n", 100.0 * off / n);
-    CHECK(off <= n / 50, "%zu of %zu updates differ from the CPU", off, n);
+    CHECK(off <= (size_t)(n / 50 * widen), "%zu of %zu updates differ from the CPU", off, n);
 
     const float lc2 = cpu->forward(cpu, in.data(), tg.data(), B, T, 1, 0);
     const float lg2 = gpu->forward(gpu, in.data(), tg.data(), B, T, 1, 0);
     printf("  loss after the update gpu %.6f cpu %.6f\n", lg2, lc2);
-    CHECK(fabsf(lg2 - lc2) <= 5e-3f * fabsf(lc2), "loss after update %.6f vs %.6f", lg2, lc2);
+    CHECK(fabsf(lg2 - lc2) <= 5e-3f * widen * fabsf(lc2), "loss after update %.6f vs %.6f", lg2, lc2);
     CHECK(lg2 < lg, "one AdamW step on the same batch should lower the loss (%.6f -> %.6f)", lg, lg2);
 
     /* Sampling: B = 1, shorter T, no targets. */
@@ -187,9 +223,11 @@ static void test_step_vs_cpu(const char *name, const gpt_config_t *cfg, int B, i
     gpu->logits_row(gpu, 0, Ts - 1, rg.data());
     const double e_s = rel_err(rg.data(), rc.data(), Vp);
     printf("  sampling forward (1 x %d, no targets): logits row rel %.2e\n", Ts, e_s);
-    CHECK(e_s <= 2e-2, "sampling logits row rel err %.3e", e_s);
+    CHECK(e_s <= 2e-2 * widen, "sampling logits row rel err %.3e", e_s);
     const attn_plan_t *pl = gpu->plan(gpu, cfg->n_layer - 1);
-    CHECK(pl->p.mode == ATTN_DENSE && pl->B == 1 && pl->T == Ts, "plan of the last forward");
+    CHECK(pl->p.mode == gpt_layer_attn(cfg, cfg->n_layer - 1).mode && pl->B == 1 && pl->T == Ts,
+          "plan of the last forward");
+    compare_plans(cpu, gpu, cfg);
     cpu->destroy(cpu);
     gpu->destroy(gpu);
 }
@@ -228,10 +266,14 @@ static int same_bits(const StepResult &a, const StepResult &b) {
            memcmp(a.params.data(), b.params.data(), a.params.size() * sizeof(float)) == 0;
 }
 
-static void test_determinism(void) {
-    const gpt_config_t cfg = small_config(2, 4, 256, 5000, 5008, 512, 0, 0, 0);
-    const int B = 2, T = 512;
-    printf("determinism: L=2 H=4 C=256 V=5000, 2 micro-batches of %d x %d\n", B, T);
+static void test_determinism(attn_mode_t mode, int n_buckets, float drop) {
+    gpt_config_t cfg = small_config(2, 4, 256, 5000, 5008, 512, 0, 0, 0);
+    cfg.attn.mode = mode;
+    cfg.attn.n_buckets = n_buckets;
+    cfg.attn.drop_prob = drop;
+    const int B = 2, T = 509;
+    printf("determinism (%s, nb=%d, drop=%.2f): L=2 H=4 C=256 V=5000, 2 micro-batches of %d x %d\n",
+           attn_mode_name(mode), n_buckets, drop, B, T);
     backend_t *b = backend_cuda_create(&cfg, B, T);
     const size_t n = b->n_params;
     vec p0(n), m0(n), v0(n);
@@ -265,6 +307,26 @@ int main(void) {
     test_step_vs_cpu("no biases, shared QK, exclude_self", &b, 2, 90);
     gpt_config_t c = small_config(1, 1, 128, 50257, 50304, 64, 0, 0, 0);
     test_step_vs_cpu("GPT-2 vocabulary, head dim 128", &c, 2, 33);
-    test_determinism();
+    /* Sparse layers: plans keyed like the CPU's, kernels over the GPU plan. */
+    gpt_config_t d = small_config(2, 2, 128, 997, 1008, 96, 0, 0, 0);
+    d.attn.mode = ATTN_QK_SPARSE;
+    d.attn.drop_prob = 0.5f;
+    test_step_vs_cpu("qk_sparse drop 0.5", &d, 2, 83);
+    d.bias = 1;
+    d.attn.drop_prob = 0.3f;
+    d.attn.exclude_self = 1;
+    test_step_vs_cpu("qk_sparse drop 0.3, biases, exclude_self", &d, 3, 61);
+    gpt_config_t e = small_config(2, 2, 128, 997, 1008, 96, 0, 0, 0);
+    e.attn.mode = ATTN_HASH_SPARSE;
+    e.attn.n_buckets = 4;
+    test_step_vs_cpu("hash_sparse nb 4, separate K", &e, 2, 77);
+    e.shared_qk = 1;
+    e.attn.n_buckets = 8;
+    e.attn.exclude_self = 1;
+    e.dense_layer_mask = 1; /* layer 0 dense, layer 1 hash */
+    test_step_vs_cpu("hash_sparse nb 8, shared QK, exclude_self, layer 0 dense", &e, 2, 90);
+    test_determinism(ATTN_DENSE, 1, 0.0f);
+    test_determinism(ATTN_HASH_SPARSE, 8, 0.0f);
+    test_determinism(ATTN_QK_SPARSE, 1, 0.5f);
     return test_summary();
 }
