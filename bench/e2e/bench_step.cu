@@ -1,8 +1,9 @@
 /* End-to-end training-step benchmark of the CUDA backend: GPT-2 small (12 layers, 12 heads,
- * 768 wide, vocabulary 50257 padded to 50304, no biases, tied head, dense attention) on random
- * tokens, timing zero_grad + forward + backward + grad norm + AdamW exactly as train.c runs a
- * step with one micro-batch. Prints one JSON line per configuration.
- *   bench_step --seq 8192 --batch 4 [--steps 20] [--warmup 3] [--layers 12] [--deterministic] */
+ * 768 wide, vocabulary 50257 padded to 50304, no biases, tied head) on random tokens, timing
+ * zero_grad + forward + backward + grad norm + AdamW exactly as train.c runs a step with one
+ * micro-batch (sparse modes: plans built every step, with a new key). One JSON line per run.
+ *   bench_step --seq 8192 --batch 4 [--steps 20] [--warmup 3] [--layers 12] [--deterministic]
+ *              [--mode dense|qk_sparse|hash_sparse] [--buckets 16] [--drop 0.5] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,12 @@ static int has_flag(int argc, char **argv, const char *name) {
     return 0;
 }
 
+static const char *arg_str(int argc, char **argv, const char *name, const char *fallback) {
+    for (int i = 1; i + 1 < argc; i++)
+        if (strcmp(argv[i], name) == 0) return argv[i + 1];
+    return fallback;
+}
+
 static double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
@@ -57,8 +64,11 @@ int main(int argc, char **argv) {
     cfg.vocab_size = 50257;
     cfg.padded_vocab = 50304;
     cfg.seq_len = T;
-    cfg.attn.mode = ATTN_DENSE;
-    cfg.attn.n_buckets = 1;
+    const char *mode = arg_str(argc, argv, "--mode", "dense");
+    if (attn_mode_parse(mode, &cfg.attn.mode) != 0)
+        fatal(EXIT_USAGE, "bench_step: --mode %s: want dense, qk_sparse or hash_sparse", mode);
+    cfg.attn.n_buckets = cfg.attn.mode == ATTN_HASH_SPARSE ? arg_int(argc, argv, "--buckets", 16) : 1;
+    cfg.attn.drop_prob = cfg.attn.mode == ATTN_QK_SPARSE ? (float)atof(arg_str(argc, argv, "--drop", "0.5")) : 0.0f;
     cfg.seed = 1337;
 
     size_t free0, total;
@@ -97,11 +107,15 @@ int main(int argc, char **argv) {
     size_t free1;
     CUDA_CHECK(cudaMemGetInfo(&free1, &total));
     const double ms = 1e3 * median(t_step);
-    printf("{\"trainer\": \"scfa-cuda\", \"seq\": %d, \"batch\": %d, \"layers\": %d, \"deterministic\": %d, "
+    char name[64];
+    if (cfg.attn.mode == ATTN_HASH_SPARSE) snprintf(name, sizeof name, "scfa-cuda-hash%d", cfg.attn.n_buckets);
+    else if (cfg.attn.mode == ATTN_QK_SPARSE) snprintf(name, sizeof name, "scfa-cuda-qk%.2f", cfg.attn.drop_prob);
+    else snprintf(name, sizeof name, "scfa-cuda");
+    printf("{\"trainer\": \"%s\", \"seq\": %d, \"batch\": %d, \"layers\": %d, \"deterministic\": %d, "
            "\"ms_per_step\": %.2f, \"tokens_per_s\": %.0f, \"fwd_ms\": %.2f, \"bwd_ms\": %.2f, "
            "\"opt_ms\": %.2f, \"backend_alloc_gib\": %.2f, \"device_used_gib\": %.2f, \"loss\": %.4f, "
            "\"device\": \"%s\"}\n",
-           T, B, layers, deterministic, ms, (double)N / (ms * 1e-3), 1e3 * median(t_fwd),
+           name, T, B, layers, deterministic, ms, (double)N / (ms * 1e-3), 1e3 * median(t_fwd),
            1e3 * median(t_bwd), 1e3 * median(t_opt), backend_cuda_device_bytes(b) / 1073741824.0,
            (double)(free0 - free1) / 1073741824.0, loss, b->device);
     b->destroy(b);

@@ -18,10 +18,13 @@ for what in "$@"; do
             ./carry/$t >"$OUT/$t.log" 2>&1 || status=1
             echo "$t: $(tail -n 1 "$OUT/$t.log")"
         done ;;
-    ours)
+    ours) # MODES: dense, hash_sparse:NB, qk_sparse:DROP (default: dense)
         for c in $CONFIGS; do
-            ./carry/bench_step --seq "${c%x*}" --batch "${c#*x}" --steps "${STEPS:-10}" --warmup 3 \
-                2>&1 | tee -a "$OUT/bench.jsonl" || status=1
+            for m in ${MODES:-dense}; do
+                ./carry/bench_step --seq "${c%x*}" --batch "${c#*x}" --steps "${STEPS:-10}" --warmup 3 \
+                    --mode "${m%%:*}" --buckets "${m#*:}" --drop "${m#*:}" \
+                    2>&1 | tee -a "$OUT/bench.jsonl" || status=1
+            done
         done ;;
     torch)
         python3 bench/e2e/torch_gpt.py --modes "${TORCH_MODES:-eager,compile}" \
@@ -34,12 +37,14 @@ if [ -s "$OUT/bench.jsonl" ]; then
     python3 - "$OUT/bench.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-print(f"{'trainer':<16}{'seq x B':>10}{'ms/step':>9}{'tok/s':>9}{'mem GiB':>9}{'vs compiled':>12}")
+print(f"{'trainer':<20}{'seq x B':>10}{'ms/step':>9}{'tok/s':>9}{'mem GiB':>9}{'vs compiled':>12}{'vs our dense':>13}")
+def ratio(r, name):
+    ref = [x for x in rows if x["trainer"] == name and x["seq"] == r["seq"] and x["batch"] == r["batch"]]
+    return f"{r['tokens_per_s'] / ref[0]['tokens_per_s']:.3f}x" if ref else "-"
 for r in rows:
-    ref = [x for x in rows if x["trainer"] == "torch-compile" and x["seq"] == r["seq"] and x["batch"] == r["batch"]]
-    ratio = f"{r['tokens_per_s'] / ref[0]['tokens_per_s']:.3f}x" if ref else "-"
     mem = r.get("peak_alloc_gib", r.get("device_used_gib"))
-    print(f"{r['trainer']:<16}{str(r['seq']) + ' x ' + str(r['batch']):>10}{r['ms_per_step']:>9.1f}{r['tokens_per_s']:>9.0f}{mem:>9.2f}{ratio:>12}")
+    print(f"{r['trainer']:<20}{str(r['seq']) + ' x ' + str(r['batch']):>10}{r['ms_per_step']:>9.1f}{r['tokens_per_s']:>9.0f}"
+          f"{mem:>9.2f}{ratio(r, 'torch-compile'):>12}{ratio(r, 'scfa-cuda'):>13}")
 PY
 fi
 exit $status
