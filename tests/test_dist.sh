@@ -5,10 +5,7 @@
 # ends the whole run with a message instead of a hang.
 set -u
 cd "$(dirname "$0")/.."
-PASS=0; FAIL=0
-ok()  { PASS=$((PASS + 1)); }
-bad() { FAIL=$((FAIL + 1)); echo "FAIL: $*" >&2; }
-check() { if eval "$1"; then ok; else bad "$2"; fi; }
+. tests/lib.sh
 
 if ! command -v mpirun >/dev/null; then echo "mpirun not found (apt-get install openmpi-bin)"; echo "0 passed, 1 failed"; exit 1; fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
@@ -98,5 +95,4 @@ pkill -KILL -f "train --config $W/long.json" 2>/dev/null
 check '[ $trc -eq 0 ] && [ $rc -ne 0 ]' "killed rank ends the run (rc=$rc, ${elapsed}s)"
 check 'grep -qiE "killed|signal|exited|abort" "$W/kill.out"' "killed rank: a message says what happened"
 
-echo "$PASS passed, $FAIL failed"
-[ $FAIL -eq 0 ]
+summary

@@ -5,9 +5,7 @@
 # validation loss must fall well below its starting value (ln 50257 = 10.8 at init).
 set -u
 cd "$(dirname "$0")/.."
-PASS=0; FAIL=0
-ok()  { PASS=$((PASS + 1)); }
-bad() { FAIL=$((FAIL + 1)); echo "FAIL: $*" >&2; }
+. tests/lib.sh
 W=$(mktemp -d /tmp/test_real_data.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 export OMP_NUM_THREADS=1
@@ -32,5 +30,4 @@ ev = [json.loads(l)["val_loss"] for l in open(sys.argv[1]) if '"type":"eval"' in
 print("val loss by eval:", ", ".join(f"{v:.3f}" for v in ev))
 sys.exit(0 if len(ev) == 2 and ev[-1] < 7.0 and ev[-1] < ev[0] else 1)
 PY
-echo "$PASS passed, $FAIL failed"
-[ $FAIL -eq 0 ]
+summary

@@ -4,10 +4,7 @@
 # (llm.c layout) written by tests/make_shards.py, so it needs no download.
 set -u
 cd "$(dirname "$0")/.."
-PASS=0; FAIL=0
-ok()   { PASS=$((PASS + 1)); }
-bad()  { FAIL=$((FAIL + 1)); echo "FAIL: $*" >&2; }
-check() { if eval "$1"; then ok; else bad "$2"; fi; }
+. tests/lib.sh
 
 W=$(mktemp -d /tmp/test_train_cli.XXXXXX)
 trap 'rm -rf "$W"' EXIT
@@ -110,5 +107,4 @@ PY
 out=$(./train --resume "$W/nan" 2>&1); rc=$?
 check '[ $rc -eq 1 ] && grep -q "at step 26" <<<"$out"' "non-finite loss stops the run naming the step (rc=$rc)"
 
-echo "$PASS passed, $FAIL failed"
-[ $FAIL -eq 0 ]
+summary
