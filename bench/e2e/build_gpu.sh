@@ -12,7 +12,9 @@ FLAGS="-O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I. -lineinfo --expt
 LIBS="-lcjson -lpcre2-8 -lz -lm -lgomp -lcublas -lcublasLt $(mpicc --showme:link 2>/dev/null)"
 
 objs=()
-for f in model/cuda/*.cu attention/cuda/flash_attn.cu; do objs+=("build/cuda/${f%.cu}.o"); done
+for f in model/cuda/*.cu attention/cuda/flash_attn.cu attention/cuda/plan_cuda.cu attention/cuda/sparse_attn.cu; do
+    objs+=("build/cuda/${f%.cu}.o")
+done
 # SKIP_MAKE=1 links the objects as they are (e.g. while a file of another part is mid-edit).
 [ "${SKIP_MAKE:-0}" = 1 ] || make --no-print-directory build/libcore.a "${objs[@]}"
 mkdir -p carry/lib

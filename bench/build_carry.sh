@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds here (nvcc, sm_90a) everything bench/device_check.sh runs on the GPU machine, into the
+# git-ignored carry/run/ (send it with run(carry=["carry/run"])): ./train, the GPU test binaries
+# named on the command line (default: those of the CUDA trainer), bench_step, libscfa.so, the
+# shared libraries the device image lacks, the demo shards (xz) and the CPU reference run of
+# tests/gpu/test_tiny_curve.sh (its log only; made with `make train` here beforehand, see that
+# script).
+#   bash bench/build_carry.sh [test_model_cuda_step test_zero_cuda ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NVCC=${NVCC:-/usr/local/cuda/bin/nvcc}
+FLAGS="-O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I. -lineinfo --expt-relaxed-constexpr"
+LIBS="-lcjson -lpcre2-8 -lz -lm -lgomp -lcudart -lcublas -lcublasLt -lnccl $(mpicc --showme:link 2>/dev/null)"
+tests=${*:-test_model_cuda_step}
+R=carry/run
+rm -rf "$R"; mkdir -p "$R/tests" "$R/lib" "$R/demo"
+
+make --no-print-directory train
+for t in $tests; do make --no-print-directory "build/tests/gpu/$t"; cp "build/tests/gpu/$t" "$R/tests/"; done
+cp train "$R/train"
+
+objs=$(find model attention -name '*.cu' | sed 's|^\(.*\)\.cu$|build/cuda/\1.o|')
+make --no-print-directory build/cuda/bench/e2e/bench_step.o $objs
+$NVCC $FLAGS build/cuda/bench/e2e/bench_step.o $objs build/libcore.a -o "$R/bench_step" -Xcompiler -fopenmp $LIBS
+if [ -f build/libscfa.so ] || make --no-print-directory libscfa; then cp build/libscfa.so "$R/"; fi
+
+# Shared libraries outside glibc, the compiler runtime, CUDA and NCCL (those the device has).
+for bin in "$R/train" "$R/bench_step" "$R"/tests/*; do
+    ldd "$bin" | awk '$3 ~ /^\// {print $3}' |
+        grep -Ev '/(libc|libm|libpthread|libdl|librt|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so|cuda|cublas|nccl' |
+        while read -r lib; do cp -Lu "$lib" "$R/lib/"; done
+done
+for f in data/shards/demo_*.bin; do
+    x=carry/demo_xz/$(basename "$f").xz # made once: xz is slow on 2 cores
+    [ -s "$x" ] && [ "$x" -nt "$f" ] || { mkdir -p carry/demo_xz; xz -T2 -c "$f" >"$x"; }
+    cp "$x" "$R/demo/"
+done
+if [ -s carry/curve/cpu/log.jsonl ]; then
+    mkdir -p "$R/curve_cpu"; cp carry/curve/cpu/log.jsonl carry/curve/cpu/config.json "$R/curve_cpu/"
+fi
+du -sh "$R"; ls -la "$R" "$R/tests" "$R/lib"

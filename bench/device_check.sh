@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# One batched GPU session (device time is scarce): runs, on the GPU machine, from the
+# repository root, with the binaries that bench/build_carry.sh built here into carry/run/:
+#   bash bench/device_check.sh [PART ...]     PART: tests curve e2e scfa (default: all, in order)
+# Logs go to $OUT (default ./device_out); a short table of what ran comes last. Each part runs
+# under its own time limit (seconds: TESTS_S, CURVE_S, E2E_S, SCFA_S) so that one slow part
+# cannot eat the others' time.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-device_out}
+R=carry/run
+mkdir -p "$OUT"
+# Libraries this machine lacks travel in $R/lib; NCCL comes from the machine (CUDA or pip).
+nccl_pip=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
+export LD_LIBRARY_PATH=$PWD/$R/lib:${nccl_pip:+$nccl_pip:}/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+parts=${*:-tests curve e2e scfa}
+summary=()
+note() { summary+=("$1"); echo "== $1"; }
+last_line() { tail -n 1 "$1" 2>/dev/null; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+git log -1 --format='commit %h %s' 2>/dev/null | tee "$OUT/commit.txt"
+ldd "$R/train" | grep "not found" && echo "!!! $R/train misses libraries (above)"
+
+for part in $parts; do
+    case $part in
+    tests) # the GPU test binaries carried in $R/tests (those whose code changed since the last run)
+        for t in "$R"/tests/test_*; do
+            [ -x "$t" ] || continue
+            name=$(basename "$t")
+            timeout "${TESTS_S:-120}" "$t" >"$OUT/$name.log" 2>&1
+            rc=$?
+            note "$name: $(last_line "$OUT/$name.log") (exit $rc)"
+        done ;;
+    curve) # 200 tiny steps GPU vs CPU (the CPU run carried in $R/curve_cpu), determinism
+        mkdir -p data/shards
+        for f in "$R"/demo/*.bin.xz; do xz -dc "$f" >"data/shards/$(basename "${f%.xz}")"; done
+        TRAIN=$R/train CURVE_CPU_DIR=$R/curve_cpu timeout "${CURVE_S:-150}" \
+            bash tests/gpu/test_tiny_curve.sh >"$OUT/curve.log" 2>&1
+        note "tiny curve + determinism: $(last_line "$OUT/curve.log") (exit $?)" ;;
+    e2e) # GPT-2 small training steps: dense vs hash nb=16 vs qk 0.5, same process kind, same GPU
+        for c in ${E2E_CONFIGS:-16384x2 8192x4}; do
+            for m in dense hash_sparse:16 qk_sparse:0.5; do
+                timeout "${E2E_S:-60}" "$R/bench_step" --seq "${c%x*}" --batch "${c#*x}" --steps 5 \
+                    --warmup 2 --mode "${m%%:*}" --buckets "${m#*:}" --drop "${m#*:}" \
+                    >>"$OUT/e2e.jsonl" 2>>"$OUT/e2e.err" || echo "bench_step $c $m failed" >>"$OUT/e2e.err"
+            done
+        done
+        python3 - "$OUT/e2e.jsonl" <<'PY' | tee "$OUT/e2e_table.txt"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+print(f"{'trainer':<22}{'seq x B':>10}{'ms/step':>9}{'tok/s':>9}{'vs our dense':>13}")
+for r in rows:
+    ref = [x for x in rows if x["trainer"] == "scfa-cuda" and x["seq"] == r["seq"] and x["batch"] == r["batch"]]
+    ratio = f"{r['tokens_per_s'] / ref[0]['tokens_per_s']:.2f}x" if ref else "-"
+    print(f"{r['trainer']:<22}{str(r['seq']) + ' x ' + str(r['batch']):>10}{r['ms_per_step']:>9.1f}"
+          f"{r['tokens_per_s']:>9.0f}{ratio:>13}")
+PY
+        note "e2e: $(wc -l <"$OUT/e2e.jsonl") runs, table in e2e_table.txt" ;;
+    scfa) # kernel-level: ours vs cuDNN SDPA vs FlexAttention (bench/scfa.py)
+        timeout "${SCFA_S:-120}" python3 bench/scfa.py --lib "$R/libscfa.so" ${SCFA_ARGS:---quick} \
+            --out "$OUT/scfa.json" >"$OUT/scfa.log" 2>&1
+        note "scfa bench: exit $? (table at the end of scfa.log)" ;;
+    *) echo "unknown part $part (tests curve e2e scfa)"; exit 2 ;;
+    esac
+done
+
+echo
+for f in e2e_table.txt; do [ -s "$OUT/$f" ] && cat "$OUT/$f"; done
+[ -s "$OUT/scfa.log" ] && tail -n 25 "$OUT/scfa.log"
+echo "---- summary"
+for s in "${summary[@]}"; do echo "$s"; done
