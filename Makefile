@@ -12,7 +12,7 @@ LDLIBS  := -lcjson -lpcre2-8 -lz -lm -lpthread -fopenmp $(MPI_LIBS)
 NVCC    ?= /usr/local/cuda/bin/nvcc
 CUDA_ARCH ?= -gencode arch=compute_90a,code=sm_90a
 NVFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH) -I. -lineinfo --expt-relaxed-constexpr
-CUDA_LIBS := -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt
+CUDA_LIBS := -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lnccl
 
 BUILD := build
 # Host library: everything except program entry points.

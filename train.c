@@ -293,8 +293,6 @@ static void setup(run_t *r, const options_t *o) {
     if (r->use_cuda && strcmp(r->cfg.train.dtype, "bf16") != 0)
         fatal(EXIT_USAGE, "train.dtype = \"%s\" is not supported by the cuda backend (bf16 compute, fp32 master "
               "weights): use --set train.dtype=bf16", r->cfg.train.dtype);
-    if (r->use_cuda && r->dist.world > 1)
-        fatal(EXIT_USAGE, "data-parallel training on cuda (NCCL) is not built yet: run one rank, or --device cpu");
 
     r->gcfg = gpt_config_from(&r->cfg);
     r->world = r->dist.world;
@@ -337,7 +335,9 @@ static void setup(run_t *r, const options_t *o) {
     }
 
     if (r->use_cuda) {
-        r->be = backend_cuda_create(&r->gcfg, r->B, r->T);
+        /* Launched by mpirun (any -np, 1 included): one GPU per rank, NCCL with ZeRO-1 shards. */
+        r->be = r->dist.mpi ? backend_cuda_create_dist(&r->gcfg, r->B, r->T, &r->dist)
+                            : backend_cuda_create(&r->gcfg, r->B, r->T);
         backend_cuda_set_deterministic(r->be, r->cfg.train.deterministic);
     } else {
         r->be = backend_cpu_create(&r->gcfg, r->B, r->T, &r->dist);
@@ -372,7 +372,8 @@ static void setup(run_t *r, const options_t *o) {
         printf("run dir %s | %s | %.2fM parameters | batch %d x %d x %d accum = %lld tokens/step | %s attention\n",
                r->dir, r->be->device, r->be->n_params / 1e6, r->B, r->T, r->accum,
                r->cfg.train.total_batch_tokens, r->cfg.attention.mode);
-    if (r->world > 1 && r->rank == 0) printf("data parallel: %d ranks, ZeRO-1 optimizer shards\n", r->world);
+    if ((r->world > 1 || (r->use_cuda && r->dist.mpi)) && r->rank == 0)
+        printf("data parallel: %d rank%s, ZeRO-1 optimizer shards\n", r->world, r->world == 1 ? "" : "s");
 }
 
 static int is_due(long long step, int every, long long max_steps) {
@@ -388,6 +389,7 @@ static float train_step(run_t *r, int32_t *in, int32_t *tgt, double *grad_norm, 
         loader_next(r->train, in, tgt);
         uint64_t global_micro = (uint64_t)m * (uint64_t)r->world + (uint64_t)r->rank;
         loss_sum += be->forward(be, in, tgt, r->B, r->T, (uint64_t)r->step, global_micro);
+        be->last_micro = m == r->accum - 1; /* lets the backend overlap its gradient collectives */
         be->backward(be, 1.0f / (float)(r->accum * r->world)); /* summed over ranks: the mean */
     }
     /* One all-reduce carries the loss and whether any rank was signalled, so all stop together. */

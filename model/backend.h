@@ -18,6 +18,10 @@ struct backend {
     gpt_config_t cfg;
     size_t n_params;
     void *impl;
+    /* Set by the training loop before each backward: 1 when it is the step's last micro-batch,
+     * so a data-parallel backend may start summing finished gradients across ranks during it
+     * (no further backward may follow before zero_grad). Backends that cannot overlap ignore it. */
+    int last_micro;
 
     /* Mean loss over B*T targets; the attention plan of layer l is keyed by (step, l, micro). */
     float (*forward)(backend_t *b, const int32_t *inputs, const int32_t *targets, int B, int T,

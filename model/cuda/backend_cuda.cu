@@ -1,34 +1,52 @@
 /* The CUDA backend: gpt_cuda (mixed-precision model on one GPU) behind the backend_t op table,
  * plus the optimizer side: gradient norm on the device, fused AdamW that refreshes the bf16
- * weight copies, and fp32 state transfers for checkpoints. */
+ * weight copies, and fp32 state transfers for checkpoints.
+ *
+ * Two optimizer paths: the single-GPU one below (full-size moments, no communication), and the
+ * data-parallel one of model/cuda/zero_cuda.h (NCCL, ZeRO-1 shards), taken when the backend is
+ * created with a dist_t (backend_cuda_create_dist: every rank launched by mpirun, one rank
+ * included). */
 #include "model/cuda/backend_cuda.h"
 
 #include <stdio.h>
 #include <string.h>
 
 #include "model/cuda/gpt_cuda.h"
+#include "model/cuda/zero_cuda.h"
 
-static gpt_cuda_t *impl(backend_t *b) { return (gpt_cuda_t *)b->impl; }
+typedef struct {
+    gpt_cuda_t *g;
+    zero_cuda_t *zero; /* NULL: single-GPU optimizer */
+} cuda_impl_t;
+
+static cuda_impl_t *cuda_of(backend_t *b) { return (cuda_impl_t *)b->impl; }
+static gpt_cuda_t *impl(backend_t *b) { return cuda_of(b)->g; }
 
 static float cuda_forward(backend_t *b, const int32_t *in, const int32_t *tgt, int B, int T,
                           uint64_t step, uint64_t micro) {
     return gpt_cuda_forward(impl(b), in, tgt, B, T, step, micro);
 }
 
-static void cuda_backward(backend_t *b, float scale) { gpt_cuda_backward(impl(b), scale); }
+static void cuda_backward(backend_t *b, float scale) {
+    if (cuda_of(b)->zero) zero_cuda_backward(cuda_of(b)->zero, scale, b->last_micro);
+    else gpt_cuda_backward(impl(b), scale);
+}
 
 static void cuda_zero_grad(backend_t *b) {
     gpt_cuda_t *g = impl(b);
+    if (cuda_of(b)->zero) return zero_cuda_zero_grad(cuda_of(b)->zero);
     CUDA_CHECK(cudaMemsetAsync(g->grads, 0, g->n_params * sizeof(float), g->stream));
 }
 
 static double cuda_grad_norm(backend_t *b) {
     gpt_cuda_t *g = impl(b);
+    if (cuda_of(b)->zero) return zero_cuda_grad_norm(cuda_of(b)->zero);
     return grad_norm_cuda(g->grads, g->n_params, g->norm_scratch, g->stream);
 }
 
 static void cuda_update(backend_t *b, const adamw_hparams_t *h, long t, float grad_scale) {
     gpt_cuda_t *g = impl(b);
+    if (cuda_of(b)->zero) return zero_cuda_update(cuda_of(b)->zero, h, t, grad_scale);
     /* One launch per run of consecutive tensors that share the decay flag. */
     int i = 0;
     while (i < g->n_tensors) {
@@ -54,21 +72,31 @@ static void copy_in(gpt_cuda_t *g, float *dst, const float *src) {
                                    g->stream));
 }
 
+/* With ZeRO every rank holds the full fp32 parameters (they are all-gathered in fp32) and only
+ * the moments are sharded: gathering them is the collective part. */
 static void cuda_read_state(backend_t *b, float *params, float *m, float *v) {
     gpt_cuda_t *g = impl(b);
+    zero_cuda_t *z = cuda_of(b)->zero;
     copy_out(g, params, g->params);
-    copy_out(g, m, g->m);
-    copy_out(g, v, g->v);
+    if (!z) {
+        copy_out(g, m, g->m);
+        copy_out(g, v, g->v);
+    }
     CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    if (z) zero_cuda_read_moments(z, m, v);
 }
 
 static void cuda_write_state(backend_t *b, const float *params, const float *m, const float *v) {
     gpt_cuda_t *g = impl(b);
+    zero_cuda_t *z = cuda_of(b)->zero;
     copy_in(g, g->params, params);
-    copy_in(g, g->m, m);
-    copy_in(g, g->v, v);
+    if (!z) {
+        copy_in(g, g->m, m);
+        copy_in(g, g->v, v);
+    }
     if (params) float_to_bf16_cuda(g->params_bf16, g->params, g->n_params, g->stream);
     CUDA_CHECK(cudaStreamSynchronize(g->stream));
+    if (z) zero_cuda_write_moments(z, m, v);
 }
 
 static void cuda_read_grads(backend_t *b, float *grads) {
@@ -96,17 +124,27 @@ static const attn_plan_t *cuda_plan(backend_t *b, int layer) {
 }
 
 static void cuda_destroy(backend_t *b) {
+    zero_cuda_free(cuda_of(b)->zero);
     gpt_cuda_free(impl(b));
+    free(cuda_of(b));
     free(b);
 }
 
-extern "C" backend_t *backend_cuda_create(const gpt_config_t *cfg, int B, int T) {
+/* dist NULL: the single-GPU path on the current device. Otherwise this rank's GPU is
+ * local_rank, and the optimizer is ZeRO-1 over NCCL. */
+static backend_t *create(const gpt_config_t *cfg, int B, int T, const dist_t *dist) {
     gpt_cuda_check_config(cfg); /* user errors first, before any CUDA call */
     int n_dev = 0;
     const cudaError_t err = cudaGetDeviceCount(&n_dev);
     if (err != cudaSuccess || n_dev == 0)
         fatal(EXIT_USAGE, "--device cuda: no usable CUDA device (%s)",
               err != cudaSuccess ? cudaGetErrorString(err) : "none found");
+    if (dist) {
+        if (dist->local_world > n_dev)
+            fatal(EXIT_USAGE, "--device cuda: %d ranks on this host but only %d CUDA device%s visible: launch at "
+                  "most one rank per GPU (mpirun -np %d)", dist->local_world, n_dev, n_dev == 1 ? "" : "s", n_dev);
+        CUDA_CHECK(cudaSetDevice(dist->local_rank));
+    }
     int dev = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
     cudaDeviceProp prop;
@@ -116,12 +154,18 @@ extern "C" backend_t *backend_cuda_create(const gpt_config_t *cfg, int B, int T)
               prop.name, prop.major, prop.minor);
 
     backend_t *b = (backend_t *)xcalloc(1, sizeof *b, "backend");
+    cuda_impl_t *c = (cuda_impl_t *)xcalloc(1, sizeof *c, "cuda backend");
     b->name = "cuda";
-    snprintf(b->device, sizeof b->device, "cuda: %s (bf16)", prop.name);
+    if (dist)
+        snprintf(b->device, sizeof b->device, "cuda: %s (bf16), GPU %d, NCCL ZeRO-1 over %d rank%s", prop.name, dev,
+                 dist->world, dist->world == 1 ? "" : "s");
+    else
+        snprintf(b->device, sizeof b->device, "cuda: %s (bf16)", prop.name);
     b->cfg = *cfg;
-    gpt_cuda_t *g = gpt_cuda_create(cfg, B, T);
-    b->n_params = g->n_params;
-    b->impl = g;
+    c->g = gpt_cuda_create(cfg, B, T);
+    if (dist) c->zero = zero_cuda_create(c->g, dist);
+    b->n_params = c->g->n_params;
+    b->impl = c;
     b->forward = cuda_forward;
     b->backward = cuda_backward;
     b->zero_grad = cuda_zero_grad;
@@ -136,6 +180,13 @@ extern "C" backend_t *backend_cuda_create(const gpt_config_t *cfg, int B, int T)
     return b;
 }
 
+extern "C" backend_t *backend_cuda_create(const gpt_config_t *cfg, int B, int T) { return create(cfg, B, T, NULL); }
+
+extern "C" backend_t *backend_cuda_create_dist(const gpt_config_t *cfg, int B, int T, const dist_t *dist) {
+    if (!dist) fatal(EXIT_RUNTIME, "backend_cuda_create_dist: dist is NULL (use backend_cuda_create)");
+    return create(cfg, B, T, dist);
+}
+
 extern "C" void backend_cuda_set_deterministic(backend_t *b, int deterministic) {
     if (strcmp(b->name, "cuda") != 0)
         fatal(EXIT_RUNTIME, "backend_cuda_set_deterministic: backend is %s, not cuda", b->name);
@@ -146,5 +197,8 @@ extern "C" size_t backend_cuda_device_bytes(backend_t *b) {
     if (strcmp(b->name, "cuda") != 0)
         fatal(EXIT_RUNTIME, "backend_cuda_device_bytes: backend is %s, not cuda", b->name);
     const gpt_cuda_t *g = impl(b);
+    const zero_cuda_t *z = cuda_of(b)->zero;
+    if (z) /* parameters and gradients in full, moments and summed gradients as shards */
+        return g->act_bytes + g->n_params * (2 * sizeof(float) + sizeof(bf16)) + zero_cuda_device_bytes(z);
     return g->act_bytes + g->n_params * (4 * sizeof(float) + sizeof(bf16));
 }

@@ -9,6 +9,14 @@ extern "C" {
 
 #include "model/backend.h"
 
+/* The data-parallel CUDA backend: this rank's GPU is dist->local_rank (EXIT_USAGE when the host
+ * runs more ranks than it has GPUs); gradients are reduce-scattered over NCCL and each rank
+ * keeps the AdamW moments of its shard only (ZeRO-1, model/cuda/zero_cuda.h). Collective: every
+ * rank of dist calls it. Works with one rank too (the NCCL path on one GPU). dist must outlive
+ * the backend. Setting backend_t.last_micro before the step's last backward overlaps the
+ * gradient reduce-scatter with that backward. */
+backend_t *backend_cuda_create_dist(const gpt_config_t *cfg, int B, int T, const dist_t *dist);
+
 /* deterministic != 0: every op of a step is bit-reproducible run to run on the same GPU. All
  * of the backend's own kernels and matmuls always are; this switch selects flash attention's
  * deterministic backward (dQ without atomics, somewhat slower). Default: off
