@@ -17,11 +17,20 @@ namespace {
 
 using namespace flash;
 
-/* The dense API's portable configurations for head dim 64 (attention/cuda/NOTES.md), so that
- * sparse and dense timings compare the same tile arithmetic. */
+/* The dense API's configurations for head dim 64 (attention/cuda/NOTES.md), so that sparse
+ * and dense timings compare the same tile arithmetic: portable mma.sync, and Hopper wgmma. The
+ * wgmma kernels gather rows with cp.async like the portable ones, so the plan's permutation
+ * works unchanged; forward and dK/dV tiles have the same shapes on both paths, dQ tiles differ. */
 typedef FwdTiles<64, 128, 64, 4> Fwd64;
 typedef BwdTiles<64, 128, 64, 8> Bwd64; /* BN = 128 keys, BM = 64 queries */
 typedef DqTiles<64, 64, 64, 4> Dq64;
+typedef Sm90FwdTiles<2, 64, 2> Sm90Fwd64;
+typedef Sm90BwdTiles<2> Sm90DkDv64; /* BN = 128 keys, BM = 64 queries */
+typedef Sm90DqTiles<2> Sm90Dq64;    /* BM = 128 queries, BN = 64 keys */
+
+int force_portable = 0;
+
+bool use_sm90(int D) { return D == 64 && !force_portable && sm90_available(); }
 
 void check_launch(const char *what, cudaError_t err) {
     if (err != cudaSuccess) fatal(EXIT_RUNTIME, "sparse_attn: %s: %s", what, cudaGetErrorString(err));
@@ -123,12 +132,23 @@ void zero_dropped_rows(const attn_plan_cuda_t *plan, const PlanPolicy &pol, int 
 
 } // namespace
 
+extern "C" void sparse_attn_force_portable(int on) { force_portable = on != 0; }
+
+extern "C" const char *sparse_attn_path(int D) { return use_sm90(D) ? "sm90 wgmma" : "mma.sync"; }
+
 extern "C" void sparse_attn_tile_shape(sparse_attn_pass_t pass, int D, int *block_m, int *block_n) {
     if (D != 64) fatal(EXIT_USAGE, "sparse_attn: head dim D = %d is not supported (64)", D);
+    const bool sm90 = use_sm90(D);
+    static_assert(Sm90Fwd64::BM == Fwd64::BM && Sm90Fwd64::BN == Fwd64::BN &&
+                      Sm90DkDv64::BM == Bwd64::BM && Sm90DkDv64::BN == Bwd64::BN,
+                  "forward and dK/dV tile lists serve both paths");
     switch (pass) {
     case SPARSE_ATTN_PASS_FORWARD: *block_m = Fwd64::BM; *block_n = Fwd64::BN; return;
     case SPARSE_ATTN_PASS_DKDV: *block_m = Bwd64::BM; *block_n = Bwd64::BN; return;
-    case SPARSE_ATTN_PASS_DQ: *block_m = Dq64::BM; *block_n = Dq64::BN; return;
+    case SPARSE_ATTN_PASS_DQ:
+        *block_m = sm90 ? Sm90Dq64::BM : Dq64::BM;
+        *block_n = sm90 ? Sm90Dq64::BN : Dq64::BN;
+        return;
     }
     fatal(EXIT_USAGE, "sparse_attn: unknown pass %d", (int)pass);
 }
@@ -150,7 +170,8 @@ extern "C" void sparse_attn_forward(const attn_plan_cuda_t *plan, const attn_til
     p.out = out;
     p.lse = lse;
     const PlanPolicy pol = make_plan_policy(plan->rows, fwd_tiles->lists);
-    check_launch("forward kernel", launch_fwd<Fwd64>(p, pol, dims->T, stream));
+    check_launch("forward kernel", use_sm90(dims->D) ? launch_fwd_sm90<Sm90Fwd64>(p, pol, dims->T, stream)
+                                                     : launch_fwd<Fwd64>(p, pol, dims->T, stream));
     zero_dropped_rows(plan, pol, 0, out, dims->o_stride, NULL, 0, lse, stream);
 }
 
@@ -198,14 +219,20 @@ extern "C" void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_ti
     /* The preprocess zeroes the whole dQ accumulator and the convert writes every row, so with
      * atomic dQ dropped queries get dq = 0 for free; the deterministic dQ pass writes work rows
      * only. Keys past k_len are never visited by the dK/dV pass. */
+    const bool sm90 = use_sm90(dims->D);
     check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
     if (deterministic) {
-        check_launch("backward dK/dV", launch_bwd_dkdv<Bwd64, PlanPolicy, false, true>(p, kv_pol, T, stream));
+        check_launch("backward dK/dV",
+                     sm90 ? launch_bwd_sm90<Sm90DkDv64, PlanPolicy, false>(p, kv_pol, T, stream)
+                          : launch_bwd_dkdv<Bwd64, PlanPolicy, false, true>(p, kv_pol, T, stream));
         const PlanPolicy q_pol = make_plan_policy(plan->rows, dq_tiles->lists);
-        check_launch("backward dQ", launch_bwd_dq<Dq64>(p, q_pol, T, stream));
+        check_launch("backward dQ", sm90 ? launch_bwd_dq_sm90<Sm90Dq64>(p, q_pol, T, stream)
+                                         : launch_bwd_dq<Dq64>(p, q_pol, T, stream));
         zero_dropped_rows(plan, q_pol, 0, dq, dims->q_stride, NULL, 0, NULL, stream);
     } else {
-        check_launch("backward dK/dV/dQ", launch_bwd_dkdv<Bwd64, PlanPolicy, true, true>(p, kv_pol, T, stream));
+        check_launch("backward dK/dV/dQ",
+                     sm90 ? launch_bwd_sm90<Sm90DkDv64, PlanPolicy, true>(p, kv_pol, T, stream)
+                          : launch_bwd_dkdv<Bwd64, PlanPolicy, true, true>(p, kv_pol, T, stream));
         check_launch("backward dQ convert", launch_bwd_convert_dq<64>(p, stream));
     }
     zero_dropped_rows(plan, kv_pol, 1, dk, dims->k_stride, dv, dims->v_stride, NULL, stream);

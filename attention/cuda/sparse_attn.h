@@ -1,6 +1,8 @@
 /* Sparse causal flash attention on the GPU (qk_sparse, hash_sparse; dense works too): the
- * portable mma.sync flash kernels (flash_fwd.cuh, flash_bwd.cuh) run over the work rows and
- * exact tile lists of a GPU attention plan (attention/plan_cuda.h) through flash::PlanPolicy.
+ * dense API's flash kernels run over the work rows and exact tile lists of a GPU attention plan
+ * (attention/plan_cuda.h) through flash::PlanPolicy: on Hopper the wgmma kernels
+ * (flash_fwd_sm90.cuh, flash_bwd_sm90.cuh), elsewhere (or after sparse_attn_force_portable(1))
+ * the portable mma.sync ones (flash_fwd.cuh, flash_bwd.cuh).
  *
  * Semantics are attention/attention.h's for the plan's mode: rows are read through the plan's
  * permutation and results land on their ORIGINAL rows. A query with no allowed key, and every
@@ -39,8 +41,15 @@ typedef enum {
     SPARSE_ATTN_PASS_DQ = 2       /* deterministic backward's dQ pass */
 } sparse_attn_pass_t;
 
-/* (block_m, block_n) the tile lists of `pass` must be built with, for head dim D. */
+/* (block_m, block_n) the tile lists of `pass` must be built with, for head dim D, on the path
+ * in force at the time of the call (the dQ pass's shape differs between the two paths). */
 void sparse_attn_tile_shape(sparse_attn_pass_t pass, int D, int *block_m, int *block_n);
+
+/* Tests and benchmarks: on != 0 runs the portable kernels even on Hopper. Tile lists built
+ * under one setting must be rebuilt for the other (the calls check the shapes). */
+void sparse_attn_force_portable(int on);
+/* "sm90 wgmma" or "mma.sync": the kernels a call with head dim D runs now. */
+const char *sparse_attn_path(int D);
 
 /* out [B][T][H][D] (o_stride), lse [B][H][T]. fwd_tiles: SPARSE_ATTN_PASS_FORWARD shape. */
 void sparse_attn_forward(const attn_plan_cuda_t *plan, const attn_tiles_cuda_t *fwd_tiles,

@@ -14,9 +14,11 @@
  *     sees: dk and dv exactly zero; no NaN anywhere. Outputs are poisoned with NaN first, so a
  *     row no kernel writes fails;
  *   - both backward modes (atomic dQ and deterministic); the deterministic one twice,
- *     bit-identical.
+ *     bit-identical;
+ *   - every case on the portable mma.sync kernels and, on Hopper, again on the wgmma kernels.
  * Timing (B*T = 65536, T = 16384, H = 12, D = 64): dense (default path and mma.sync) and the
- * sparse modes, forward and forward+backward, the sparse ones including their plan. */
+ * sparse modes on both paths, forward and forward+backward, the sparse ones including their
+ * plan. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -353,8 +355,15 @@ static void run_timing(void) {
     printf("| %-22s | %8s | %8.3f          | %8.3f          |\n", "dense mma.sync", "-", dense_fwd[1], dense_fb[1]);
     attn_params_t hash = {ATTN_HASH_SPARSE, 16, 0.f, 0};
     attn_params_t qk = {ATTN_QK_SPARSE, 1, 0.5f, 0};
-    bench_sparse("hash nb=16 (sep. keys)", &hash, &x, dense_fwd[1], dense_fb[1]);
-    bench_sparse("qk drop=0.5", &qk, &x, dense_fwd[1], dense_fb[1]);
+    for (int portable = 1; portable >= 0; portable--) {
+        sparse_attn_force_portable(portable);
+        char label[64];
+        snprintf(label, sizeof label, "hash nb=16 %s", portable ? "mma.sync" : sparse_attn_path(64));
+        bench_sparse(label, &hash, &x, dense_fwd[1], dense_fb[1]);
+        snprintf(label, sizeof label, "qk drop=0.5 %s", portable ? "mma.sync" : sparse_attn_path(64));
+        bench_sparse(label, &qk, &x, dense_fwd[1], dense_fb[1]);
+    }
+    sparse_attn_force_portable(0);
     for (int i = 0; i < 8; i++) CUDA_OK(cudaFree(*bufs[i]));
     CUDA_OK(cudaFree(x.lse));
     CUDA_OK(cudaFree(x.ws));
@@ -380,8 +389,13 @@ int main(int argc, char **argv) {
     };
     /* --time: the timing after the checks; --time-only: the timing alone. */
     const int time_only = argc > 1 && strcmp(argv[1], "--time-only") == 0;
-    if (!time_only)
+    /* The portable kernels first, then the default path if it differs (wgmma on Hopper). */
+    for (int portable = 1; portable >= 0 && !time_only; portable--) {
+        sparse_attn_force_portable(portable);
+        if (!portable && strcmp(sparse_attn_path(64), "mma.sync") == 0) break;
+        printf("=== sparse kernels: %s\n", sparse_attn_path(64));
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], 100 + 17 * i);
+    }
     if (time_only || (argc > 1 && strcmp(argv[1], "--time") == 0)) run_timing();
     return test_summary();
 }
