@@ -26,13 +26,13 @@ ldd "$R/train" | grep "not found" && echo "!!! $R/train misses libraries (above)
 
 for part in $parts; do
     case $part in
-    tests) # the GPU test binaries carried in $R/tests (those whose code changed since the last run)
-        for t in "$R"/tests/test_*; do
-            [ -x "$t" ] || continue
-            name=$(basename "$t")
-            timeout "${TESTS_S:-120}" "$t" >"$OUT/$name.log" 2>&1
+    tests) # GPU test binaries carried in $R/tests; TESTS lists NAME[:ARG] (default: all, no args)
+        for spec in ${TESTS:-$(ls "$R/tests")}; do
+            name=${spec%%:*}; arg=${spec#"$name"}; arg=${arg#:}
+            [ -x "$R/tests/$name" ] || { note "$name: not carried"; continue; }
+            timeout "${TESTS_S:-120}" "$R/tests/$name" $arg >"$OUT/$name.log" 2>&1
             rc=$?
-            note "$name: $(last_line "$OUT/$name.log") (exit $rc)"
+            note "$name $arg: $(grep -E '^[0-9]+ passed, [0-9]+ failed' "$OUT/$name.log" | tail -n 1) (exit $rc)"
         done ;;
     curve) # 200 tiny steps GPU vs CPU (the CPU run carried in $R/curve_cpu), determinism
         mkdir -p data/shards
