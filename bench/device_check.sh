@@ -40,7 +40,7 @@ for part in $parts; do
         TRAIN=$R/train CURVE_CPU_DIR=$R/curve_cpu timeout "${CURVE_S:-150}" \
             bash tests/gpu/test_tiny_curve.sh >"$OUT/curve.log" 2>&1
         note "tiny curve + determinism: $(last_line "$OUT/curve.log") (exit $?)" ;;
-    e2e) # GPT-2 small training steps: dense vs hash nb=16 vs qk 0.5, same process kind, same GPU
+    e2e) # GPT-2 small training steps: ours dense / hash nb=16 / qk 0.5, then compiled PyTorch dense
         for c in ${E2E_CONFIGS:-16384x2 8192x4}; do
             for m in dense hash_sparse:16 qk_sparse:0.5; do
                 timeout "${E2E_S:-60}" "$R/bench_step" --seq "${c%x*}" --batch "${c#*x}" --steps 5 \
@@ -48,15 +48,20 @@ for part in $parts; do
                     >>"$OUT/e2e.jsonl" 2>>"$OUT/e2e.err" || echo "bench_step $c $m failed" >>"$OUT/e2e.err"
             done
         done
+        # The baseline of the issue's end-to-end target: compiled PyTorch, dense (cuDNN SDPA).
+        [ "${E2E_TORCH:-1}" = 1 ] && timeout "${TORCH_S:-150}" python3 bench/e2e/torch_gpt.py --modes compile \
+            --configs "$(echo ${E2E_CONFIGS:-16384x2 8192x4} | tr ' ' ',')" --steps 5 --warmup 2 \
+            >>"$OUT/e2e.jsonl" 2>>"$OUT/e2e.err"
         python3 - "$OUT/e2e.jsonl" <<'PY' | tee "$OUT/e2e_table.txt"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-print(f"{'trainer':<22}{'seq x B':>10}{'ms/step':>9}{'tok/s':>9}{'vs our dense':>13}")
+print(f"{'trainer':<22}{'seq x B':>10}{'ms/step':>9}{'tok/s':>9}{'vs our dense':>13}{'vs torch.compile':>17}")
+def ratio(r, name):
+    ref = [x for x in rows if x["trainer"] == name and x["seq"] == r["seq"] and x["batch"] == r["batch"]]
+    return f"{r['tokens_per_s'] / ref[0]['tokens_per_s']:.2f}x" if ref else "-"
 for r in rows:
-    ref = [x for x in rows if x["trainer"] == "scfa-cuda" and x["seq"] == r["seq"] and x["batch"] == r["batch"]]
-    ratio = f"{r['tokens_per_s'] / ref[0]['tokens_per_s']:.2f}x" if ref else "-"
     print(f"{r['trainer']:<22}{str(r['seq']) + ' x ' + str(r['batch']):>10}{r['ms_per_step']:>9.1f}"
-          f"{r['tokens_per_s']:>9.0f}{ratio:>13}")
+          f"{r['tokens_per_s']:>9.0f}{ratio(r, 'scfa-cuda'):>13}{ratio(r, 'torch-compile'):>17}")
 PY
         note "e2e: $(wc -l <"$OUT/e2e.jsonl") runs, table in e2e_table.txt" ;;
     scfa) # kernel-level: ours vs cuDNN SDPA vs FlexAttention (bench/scfa.py)
