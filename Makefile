@@ -81,6 +81,26 @@ gpu-tests: $(GPU_TEST_BINS)
 test-gpu: all gpu-tests
 	bash tests/gpu/run_gpu.sh
 
+# libscfa: the attention kernels behind the C ABI of attention/api.h, for ctypes / PyTorch
+# (bench/scfa.py). Position-independent objects go to build/pic/. The host C files are built
+# without OpenMP, so the library needs no libgomp (the plan code it uses runs serially);
+# -Bsymbolic binds the library's own symbols (fatal, xmalloc, ...) to its own definitions.
+SCFA_CU_SRCS := attention/cuda/api.cu attention/cuda/sparse_attn.cu attention/cuda/flash_attn.cu \
+                attention/cuda/plan_cuda.cu
+SCFA_C_SRCS  := attention/plan.c attention/plan_cpu.c attention/plan_tiles.c runtime/error.c runtime/rng.c
+SCFA_OBJS    := $(patsubst %.cu,$(BUILD)/pic/cuda/%.o,$(SCFA_CU_SRCS)) \
+                $(patsubst %.c,$(BUILD)/pic/obj/%.o,$(SCFA_C_SRCS))
+$(BUILD)/pic/cuda/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -Xcompiler -fPIC -MMD -MP -c $< -o $@
+$(BUILD)/pic/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -fopenmp,$(CFLAGS)) -Wno-unknown-pragmas -fPIC -MMD -MP -c $< -o $@
+$(BUILD)/libscfa.so: $(SCFA_OBJS)
+	$(NVCC) -shared $(CUDA_ARCH) -Xlinker -Bsymbolic $^ -o $@
+.PHONY: libscfa
+libscfa: $(BUILD)/libscfa.so
+
 demo: all
 	bash scripts/demo.sh
 
