@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One batched GPU session (device time is scarce): runs, on the GPU machine, from the
 # repository root, with the binaries that bench/build_carry.sh built here into carry/run/:
-#   bash bench/device_check.sh [PART ...]     PART: tests curve e2e scfa (default: all, in order)
+#   bash bench/device_check.sh [PART ...]     PART: tests curve nccl e2e scfa (default: all, in order)
 # Logs go to $OUT (default ./device_out); a short table of what ran comes last. Each part runs
 # under its own time limit (seconds: TESTS_S, CURVE_S, E2E_S, SCFA_S) so that one slow part
 # cannot eat the others' time.
@@ -15,7 +15,7 @@ nccl_pip=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nc
 export LD_LIBRARY_PATH=$PWD/$R/lib:${nccl_pip:+$nccl_pip:}/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-parts=${*:-tests curve e2e scfa}
+parts=${*:-tests curve nccl e2e scfa}
 summary=()
 note() { summary+=("$1"); echo "== $1"; }
 last_line() { tail -n 1 "$1" 2>/dev/null; }
@@ -40,6 +40,23 @@ for part in $parts; do
         TRAIN=$R/train CURVE_CPU_DIR=$R/curve_cpu timeout "${CURVE_S:-150}" \
             bash tests/gpu/test_tiny_curve.sh >"$OUT/curve.log" 2>&1
         note "tiny curve + determinism: $(last_line "$OUT/curve.log") (exit $?)" ;;
+    nccl) # the trainer through mpirun -np 1 (MPI + NCCL + ZeRO-1 path) against the plain trainer
+        args=(--config configs/tiny.json --set model.n_head=1 --set train.max_steps=20 --device cuda
+              --set train.dtype=bf16 --set train.deterministic=true --set train.sample_every=0
+              --set train.eval_every=10 --set train.ckpt_every=0)
+        timeout 60 "$R/train" "${args[@]}" --out "$OUT/nccl_plain" >"$OUT/nccl_plain.out" 2>&1
+        timeout 90 mpirun -np 1 -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE "$R/train" "${args[@]}" \
+            --out "$OUT/nccl_mpi1" >"$OUT/nccl_mpi1.out" 2>&1
+        fields() { python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    o = json.loads(l)
+    if o.get("type") in ("step", "eval"): print(o["type"], o["step"], repr(o.get("loss")), repr(o.get("grad_norm")), repr(o.get("val_loss")))' "$1"; }
+        if [ -s "$OUT/nccl_mpi1/log.jsonl" ] && [ "$(fields "$OUT/nccl_plain/log.jsonl" | wc -l)" -eq 22 ] &&
+            diff <(fields "$OUT/nccl_plain/log.jsonl") <(fields "$OUT/nccl_mpi1/log.jsonl") >"$OUT/nccl_diff.txt"; then
+            note "mpirun -np 1 (NCCL ZeRO-1) vs plain trainer, 20 deterministic steps: identical losses, norms, val losses"
+        else
+            note "mpirun -np 1 vs plain trainer: DIFFERENT or failed (see nccl_*.out, nccl_diff.txt)"
+        fi ;;
     e2e) # GPT-2 small training steps: ours dense / hash nb=16 / qk 0.5, then compiled PyTorch dense
         for c in ${E2E_CONFIGS:-16384x2 8192x4}; do
             for m in dense hash_sparse:16 qk_sparse:0.5; do
@@ -68,7 +85,7 @@ PY
         timeout "${SCFA_S:-120}" python3 bench/scfa.py --lib "$R/libscfa.so" ${SCFA_ARGS:---quick} \
             --out "$OUT/scfa.json" >"$OUT/scfa.log" 2>&1
         note "scfa bench: exit $? (table at the end of scfa.log)" ;;
-    *) echo "unknown part $part (tests curve e2e scfa)"; exit 2 ;;
+    *) echo "unknown part $part (tests curve nccl e2e scfa)"; exit 2 ;;
     esac
 done
 
