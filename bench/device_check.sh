@@ -24,6 +24,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 git log -1 --format='commit %h %s' 2>/dev/null | tee "$OUT/commit.txt"
 ldd "$R/train" | grep "not found" && echo "!!! $R/train misses libraries (above)"
 
+mkdir -p data/shards # the demo shards the tiny runs read
+for f in "$R"/demo/*.bin.xz; do xz -dc "$f" >"data/shards/$(basename "${f%.xz}")"; done
+
 for part in $parts; do
     case $part in
     tests) # GPU test binaries carried in $R/tests; TESTS lists NAME[:ARG] (default: all, no args)
@@ -35,8 +38,6 @@ for part in $parts; do
             note "$name $arg: $(grep -E '^[0-9]+ passed, [0-9]+ failed' "$OUT/$name.log" | tail -n 1) (exit $rc)"
         done ;;
     curve) # 200 tiny steps GPU vs CPU (the CPU run carried in $R/curve_cpu), determinism
-        mkdir -p data/shards
-        for f in "$R"/demo/*.bin.xz; do xz -dc "$f" >"data/shards/$(basename "${f%.xz}")"; done
         TRAIN=$R/train CURVE_CPU_DIR=$R/curve_cpu timeout "${CURVE_S:-150}" \
             bash tests/gpu/test_tiny_curve.sh >"$OUT/curve.log" 2>&1
         note "tiny curve + determinism: $(last_line "$OUT/curve.log") (exit $?)" ;;
