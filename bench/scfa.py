@@ -382,6 +382,15 @@ def flex_setup():
             torch.compile(create_block_mask, dynamic=False))
 
 
+def add_speedups(row, dense):
+    """speedup_{fwd,fb}_vs_{cudnn,flex,flex_mask} = baseline time / our time, where measured."""
+    for ref, name in ((dense, "cudnn"), (row, "flex"), (row, "flex_mask")):
+        for pas in ("fwd", "fb"):
+            t_ref = ref.get(f"{pas}_ms" if name == "cudnn" else f"{name}_{pas}_ms")
+            if t_ref and row.get(f"ours_{pas}_ms"):
+                row[f"speedup_{pas}_vs_{name}"] = t_ref / row[f"ours_{pas}_ms"]
+
+
 def make_mask_mod(gq, gk):
     """Query i, key j of (b, h) interact iff their groups match and j <= i (attention.h)."""
     def mask_mod(b, h, q_idx, kv_idx):
@@ -438,60 +447,56 @@ class Bench:
         dense = row
         self.doc["rows"].append(row)
         self.save()
-        log(f"{shape} T={T} B={B} H={H} cudnn fwd {row.get('fwd_ms', float('nan')):.3f} "
-            f"fwd+bwd {row.get('fb_ms', float('nan')):.3f} ms")
+        nan = float("nan")
+        log(f"{shape} T={T} B={B} H={H} cudnn fwd {row.get('fwd_ms', nan):.3f} "
+            f"fwd+bwd {row.get('fb_ms', nan):.3f} ms")
 
-        if self.flex:
-            flex, cbm = self.flex
-            gq_buf, gk_buf = (torch.zeros(B, H, T, dtype=torch.int32, device="cuda") for _ in range(2))
-            mask_mod = make_mask_mod(gq_buf, gk_buf)  # one function per T: one compile per T
+        # Ours for every configuration first, then Flex (whose compiles take the longest), so
+        # that a run cut short still has ours and cuDNN for every point.
         configs = [("hash", nb) for nb in args.nbs] + [("qk", p) for p in args.drops]
+        pending = []  # (row, our output, groups) for the Flex phase
         for index, (kind, param) in enumerate(configs):
             row = dict(base, kind=kind, **({"nb": param} if kind == "hash" else {"drop": param}))
+            self.doc["rows"].append(row)
             key = self.lib.rng_key(1234, T, index, 0)
             try:
                 ctx = ScfaContext(self.lib, B, T, H, D, kind, n_buckets=param if kind == "hash" else 1,
                                   drop_prob=param if kind == "qk" else 0.0, shared_qk=args.shared_qk)
-            except ScfaError as e:
+                with ctx:
+                    ctx.build_plan(key, q, k)
+                    row.update(ctx.tile_counts())
+                    self.measure(row, "plan_ms", lambda: ctx.build_plan(key, q, k))
+                    self.measure(row, "ours_fwd_ms", lambda: scfa_attention(qg, kg, vg, ctx, key, args.deterministic))
+                    self.measure(row, "ours_fb_ms", lambda: torch.autograd.grad(
+                        scfa_attention(qg, kg, vg, ctx, key, args.deterministic), (qg, kg, vg), dout))
+                    if self.flex:
+                        with torch.no_grad():
+                            ours = scfa_attention(q, k, v, ctx, key)
+                        pending.append((row, ours, ctx.groups()))
+            except (ScfaError, ValueError) as e:
                 row["error"] = str(e)
                 self.doc["errors"].append(f"T={T} {kind} {param}: {e}")
                 log(f"  {kind} {param}: {e}")
-                self.doc["rows"].append(row)
                 continue
-            with ctx:
-                try:
-                    ctx.build_plan(key, q, k)
-                    row.update(ctx.tile_counts())
-                except (ScfaError, ValueError) as e:
-                    row["error"] = str(e)
-                    self.doc["errors"].append(f"T={T} {kind} {param}: {e}")
-                    log(f"  {kind} {param}: {e}")
-                    self.doc["rows"].append(row)
-                    continue
-                self.measure(row, "plan_ms", lambda: ctx.build_plan(key, q, k))
-                self.measure(row, "ours_fwd_ms", lambda: scfa_attention(qg, kg, vg, ctx, key, args.deterministic))
-                self.measure(row, "ours_fb_ms", lambda: torch.autograd.grad(
-                    scfa_attention(qg, kg, vg, ctx, key, args.deterministic), (qg, kg, vg), dout))
-                if self.flex:
-                    with torch.no_grad():
-                        ours = scfa_attention(q, k, v, ctx, key)
-                    gq, gk = ctx.groups()
-                    gq_buf.copy_(gq)
-                    gk_buf.copy_(gk)
-                    self.flex_point(row, ours, mask_mod, (tqg, tkg, tvg), tdout)
-            for ref, name in ((dense, "cudnn"), (row, "flex"), (row, "flex_mask")):
-                for pas in ("fwd", "fb"):
-                    t_ref = ref.get(f"{pas}_ms" if name == "cudnn" else f"{name}_{pas}_ms")
-                    if t_ref and row.get(f"ours_{pas}_ms"):
-                        row[f"speedup_{pas}_vs_{name}"] = t_ref / row[f"ours_{pas}_ms"]
-            self.doc["rows"].append(row)
+            add_speedups(row, dense)
             self.save()
-            log(f"  {kind} {param}: live {row.get('live_frac', float('nan')):.3f} of causal tiles; ours plan "
-                f"{row.get('plan_ms', float('nan')):.3f} fwd {row.get('ours_fwd_ms', float('nan')):.3f} "
-                f"fwd+bwd {row.get('ours_fb_ms', float('nan')):.3f} ms; flex fwd+bwd "
-                f"{row.get('flex_fb_ms', float('nan')):.3f}, with mask build "
-                f"{row.get('flex_mask_fb_ms', float('nan')):.3f} ms; out vs flex "
-                f"{row.get('err_vs_flex', float('nan')):.1e}")
+            log(f"  {kind} {param}: live {row['live_frac']:.3f} of causal tiles; ours plan "
+                f"{row.get('plan_ms', nan):.3f} fwd {row.get('ours_fwd_ms', nan):.3f} fwd+bwd "
+                f"{row.get('ours_fb_ms', nan):.3f} ms = {row.get('speedup_fb_vs_cudnn', nan):.2f}x cuDNN")
+        if self.flex:
+            gq_buf, gk_buf = (torch.zeros(B, H, T, dtype=torch.int32, device="cuda") for _ in range(2))
+            mask_mod = make_mask_mod(gq_buf, gk_buf)  # one function per T: one compile per T
+            for row, ours, (gq, gk) in pending:
+                gq_buf.copy_(gq)
+                gk_buf.copy_(gk)
+                self.flex_point(row, ours, mask_mod, (tqg, tkg, tvg), tdout)
+                add_speedups(row, dense)
+                self.save()
+                log(f"  {row['kind']} {row.get('nb', row.get('drop'))}: flex fwd+bwd "
+                    f"{row.get('flex_fb_ms', nan):.3f} ms, with mask build {row.get('flex_mask_fb_ms', nan):.3f}"
+                    f" ms; ours {row.get('speedup_fb_vs_flex', nan):.2f}x / "
+                    f"{row.get('speedup_fb_vs_flex_mask', nan):.2f}x faster; out vs flex "
+                    f"{row.get('err_vs_flex', nan):.1e}")
 
     def flex_point(self, row, ours, mask_mod, leaves, tdout):
         flex, cbm = self.flex
