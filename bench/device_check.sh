@@ -102,3 +102,7 @@ for f in e2e_table.txt; do [ -s "$OUT/$f" ] && cat "$OUT/$f"; done
 [ -s "$OUT/scfa.log" ] && tail -n 25 "$OUT/scfa.log"
 echo "---- summary"
 for s in "${summary[@]}"; do echo "$s"; done
+# The device tool brings back a limited number of files: everything goes back as one archive
+# (checkpoints left out), unpacked here with `tar xzf logs.tgz`.
+(cd "$OUT" && find . -type f ! -name '*.bin' ! -name logs.tgz -print0 |
+    tar czf logs.tgz --null -T - && find . -mindepth 1 ! -name logs.tgz -delete)
