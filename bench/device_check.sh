@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One batched GPU session (device time is scarce): runs, on the GPU machine, from the
 # repository root, with the binaries that bench/build_carry.sh built here into carry/run/:
-#   bash bench/device_check.sh [PART ...]     PART: tests curve nccl e2e scfa prof (default: all
-#                                             but prof, in this order)
+#   bash bench/device_check.sh [PART ...]     PART: tests curve nccl e2e scfa multi prof (default:
+#                                             tests curve nccl e2e scfa, in this order; multi
+#                                             needs several GPUs)
 # Logs go to $OUT (default ./device_out); a short table of what ran comes last. Each part runs
 # under its own time limit (seconds: TESTS_S, CURVE_S, E2E_S, SCFA_S) so that one slow part
 # cannot eat the others' time.
@@ -87,13 +88,20 @@ PY
         timeout "${SCFA_S:-120}" python3 bench/scfa.py --lib "$R/libscfa.so" ${SCFA_ARGS:---quick} \
             --out "$OUT/scfa.json" >"$OUT/scfa.log" 2>&1
         note "scfa bench: exit $? (table at the end of scfa.log)" ;;
+    multi) # several GPUs (issue 8): NCCL equality/resume/refusal, then data-parallel scaling
+        cp "$R/train" ./train
+        timeout "${MULTI_TEST_S:-300}" bash tests/gpu/test_nccl_2gpu.sh >"$OUT/nccl_2gpu.log" 2>&1
+        note "test_nccl_2gpu.sh: $(last_line "$OUT/nccl_2gpu.log") (exit $?)"
+        OUT=$OUT/scaling TRAIN=$R/train timeout "${SCALING_S:-400}" bash bench/scaling.sh \
+            >"$OUT/scaling.log" 2>&1
+        note "scaling: exit $?"; tail -n 12 "$OUT/scaling.log" ;;
     prof) # Nsight Compute on the first wgmma sparse forward (hash nb=16, T=16384) of the timing run
         timeout "${PROF_S:-60}" ncu --kernel-name-base demangled --kernel-name 'regex:flash_fwd_sm90_kernel.*PlanPolicy' \
             --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
             --section WarpStateStats --section MemoryWorkloadAnalysis \
             "$R/tests/test_sparse_attn" --time-only >"$OUT/ncu_sparse_fwd.txt" 2>&1
         note "ncu sparse forward: exit $? (ncu_sparse_fwd.txt)" ;;
-    *) echo "unknown part $part (tests curve nccl e2e scfa prof)"; exit 2 ;;
+    *) echo "unknown part $part (tests curve nccl e2e scfa multi prof)"; exit 2 ;;
     esac
 done
 
