@@ -42,7 +42,7 @@ for part in $parts; do
     curve) # 200 tiny steps GPU vs CPU (the CPU run carried in $R/curve_cpu), determinism
         TRAIN=$R/train CURVE_CPU_DIR=$R/curve_cpu timeout "${CURVE_S:-150}" \
             bash tests/gpu/test_tiny_curve.sh >"$OUT/curve.log" 2>&1
-        note "tiny curve + determinism: $(last_line "$OUT/curve.log") (exit $?)" ;;
+        rc=$?; note "tiny curve + determinism: $(last_line "$OUT/curve.log") (exit $rc)" ;;
     nccl) # the trainer through mpirun -np 1 (MPI + NCCL + ZeRO-1 path) against the plain trainer
         args=(--config configs/tiny.json --set model.n_head=1 --set train.max_steps=20 --device cuda
               --set train.dtype=bf16 --set train.deterministic=true --set train.sample_every=0
@@ -91,7 +91,7 @@ PY
     multi) # several GPUs (issue 8): NCCL equality/resume/refusal, then data-parallel scaling
         cp "$R/train" ./train
         timeout "${MULTI_TEST_S:-300}" bash tests/gpu/test_nccl_2gpu.sh >"$OUT/nccl_2gpu.log" 2>&1
-        note "test_nccl_2gpu.sh: $(last_line "$OUT/nccl_2gpu.log") (exit $?)"
+        rc=$?; note "test_nccl_2gpu.sh: $(last_line "$OUT/nccl_2gpu.log") (exit $rc)"
         OUT=$OUT/scaling TRAIN=$R/train timeout "${SCALING_S:-400}" bash bench/scaling.sh \
             >"$OUT/scaling.log" 2>&1
         note "scaling: exit $?"; tail -n 12 "$OUT/scaling.log" ;;
