@@ -30,10 +30,11 @@ template <int NWG_, int MIN_BLOCKS_ = 1, int STAGES_ = 2> struct Sm90BwdTiles {
     static constexpr int THREADS = 128 * NWG;
     static constexpr int ROW_BYTES = 128; /* every tile here has rows of 64 bf16 */
     /* K, V, 2 stages of Q and dO, dS^T [BN][BM] bf16, the dQ exchange [NWG][32][128] fp32
-     * (none with one warpgroup), lse and delta [2][BM], slack to align the base to 1024. */
+     * (none with one warpgroup), lse and delta [2][BM], the queries' mask info [2][BM] (a
+     * policy's RowInfo, <= 8 bytes), slack to align the base to 1024. */
     static constexpr int X_FLOATS = NWG > 1 ? NWG * 32 * 128 : 0;
-    static constexpr int SMEM_BYTES =
-        (2 * BN * D + 2 * STAGES * BM * D + BN * BM) * 2 + X_FLOATS * 4 + 2 * STAGES * BM * 4 + 1024;
+    static constexpr int SMEM_BYTES = (2 * BN * D + 2 * STAGES * BM * D + BN * BM) * 2 + X_FLOATS * 4 +
+                                      2 * STAGES * BM * 4 + STAGES * BM * 8 + 1024;
 };
 
 template <class Cfg, class Policy, bool ATOMIC_DQ>
@@ -58,6 +59,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     float *sX = reinterpret_cast<float *>(sDS + BN * BM); /* [NWG][32][128] */
     float *sLse = sX + Cfg::X_FLOATS;                     /* [2][BM], log2 domain */
     float *sDelta = sLse + ST * BM;
+    RowInfo *sQinfo = reinterpret_cast<RowInfo *>(sDelta + ST * BM); /* [ST][BM] */
+    static_assert(sizeof(RowInfo) <= 8, "SMEM_BYTES reserves 8 bytes of mask info per query");
     const uint32_t k_addr = smem_addr(sK), v_addr = smem_addr(sV), q_addr = smem_addr(sQ),
                    do_addr = smem_addr(sdO), ds_addr = smem_addr(sDS);
 
@@ -78,27 +81,57 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     load_tile_async<BN, D, THREADS>(sK, k_base, p.k_stride, k_len - k0, k_row_of);
     load_tile_async<BN, D, THREADS>(sV, v_base, p.v_stride, k_len - k0, k_row_of);
     const int n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
-    auto load_q = [&](int i, int stage) {
-        const int q0 = pol.query_tile(bh, kt, i, BM, BN) * BM;
-        auto row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
-        load_tile_async<BM, D, THREADS>(sQ + stage * BM * D, q_base, p.q_stride, q_len - q0, row_of);
-        load_tile_async<BM, D, THREADS>(sdO + stage * BM * D, do_base, p.o_stride, q_len - q0, row_of);
+    /* A query tile's indices (its place in the list, its rows, whether it is full, the memory
+     * row and mask info of query q0 + tid) are fetched one tile before its copies and stats
+     * loads are issued, as in the forward: sparse policies answer them by chains of dependent
+     * global loads that would stall the tile loop. */
+    struct QueryTile {
+        int qt, q0;
+        bool full;
+        TileRows<BM, D, THREADS> rows;
+        int stat_row; /* memory row of query q0 + tid (tid < BM), -1 past q_len */
+        RowInfo info; /* of query q0 + tid */
     };
-    auto fetch_stats = [&](int i, float &lse2, float &dl) {
-        const int r = pol.query_tile(bh, kt, i, BM, BN) * BM + tid;
+    auto qt_of = [&](int i) { return i < n_tiles ? pol.query_tile(bh, kt, i, BM, BN) : 0; };
+    auto fetch_query_tile = [&](int i, int qt) {
+        QueryTile t;
+        t.qt = qt;
+        t.q0 = qt * BM;
+        const bool live = i < n_tiles;
+        t.full = live && k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
+        fetch_tile_rows(t.rows, live ? q_len - t.q0 : 0, [&](int r) { return pol.q_row(bh, t.q0 + r); });
+        const bool mine = live && tid < BM && t.q0 + tid < q_len;
+        t.stat_row = mine ? pol.q_row(bh, t.q0 + tid) : -1;
+        t.info = mine ? pol.q_info(bh, t.q0 + tid) : RowInfo{};
+        return t;
+    };
+    auto load_q = [&](const QueryTile &t, int stage) {
+        load_tile_rows(sQ + stage * BM * D, q_base, p.q_stride, t.rows);
+        load_tile_rows(sdO + stage * BM * D, do_base, p.o_stride, t.rows);
+    };
+    /* Stats of query q0 + tid: lse (log2 domain) and delta; +inf / 0 past q_len. */
+    auto fetch_stats = [&](const QueryTile &t, float &lse2, float &dl) {
         lse2 = INFINITY;
         dl = 0.f;
-        if (r < q_len) {
-            const long at = (long)bh * p.T + pol.q_row(bh, r);
+        if (t.stat_row >= 0) {
+            const long at = (long)bh * p.T + t.stat_row;
             lse2 = lse_to_log2(p.lse[at]);
             dl = p.delta[at];
         }
     };
+    /* cur: tile i, nxt: tile i+1 (copies issued at the start of step i), after: tile i+2
+     * (fetched during step i), qt_ahead: the index of tile i+2, then i+3. */
+    QueryTile cur = fetch_query_tile(0, qt_of(0));
     if (n_tiles > 0) {
-        load_q(0, 0);
-        if (tid < BM) fetch_stats(0, sLse[tid], sDelta[tid]);
+        load_q(cur, 0);
+        if (tid < BM) {
+            fetch_stats(cur, sLse[tid], sDelta[tid]);
+            sQinfo[tid] = cur.info;
+        }
     }
     cp_async_commit();
+    QueryTile nxt = fetch_query_tile(1, qt_of(1));
+    int qt_ahead = qt_of(2);
 
     int key_row[2];
     RowInfo kinfo[2];
@@ -121,11 +154,16 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
         __syncthreads(); /* tile i visible; next_stage, sDS and sX free */
         float lse_next = 0.f, delta_next = 0.f;
         if (i + 1 < n_tiles) {
-            load_q(i + 1, next_stage);
-            if (tid < BM) fetch_stats(i + 1, lse_next, delta_next);
+            load_q(nxt, next_stage);
+            if (tid < BM) fetch_stats(nxt, lse_next, delta_next);
         }
         cp_async_commit();
-        const int qt = pol.query_tile(bh, kt, i, BM, BN), q0 = qt * BM;
+        const RowInfo info_next = nxt.info;
+        const QueryTile after = fetch_query_tile(i + 2, qt_ahead);
+        qt_ahead = qt_of(i + 3);
+        const int q0 = cur.q0;
+        const bool masked = !cur.full;
+        const RowInfo *tQinfo = sQinfo + stage * BM;
         const uint32_t qs_addr = q_addr + stage * BM * RB, dos_addr = do_addr + stage * BM * RB;
         const float *tLse = sLse + stage * BM, *tDelta = sDelta + stage * BM;
 
@@ -148,7 +186,6 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
             fence_regs_u32(da);
         }
 
-        const bool masked = !pol.tile_full(bh, qt, kt, BM, BN) || k0 + BN > k_len;
 #pragma unroll
         for (int nq = 0; nq < NQ; nq++)
 #pragma unroll
@@ -157,7 +194,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
                 float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[col]));
                 if (masked) {
                     const int qc = q0 + col;
-                    if (!(qc < q_len && key_row[hf] < k_len && pol.allowed(pol.q_info(bh, qc), kinfo[hf])))
+                    if (!(qc < q_len && key_row[hf] < k_len && pol.allowed(tQinfo[col], kinfo[hf])))
                         pe = 0.f;
                 }
                 st[4 * nq + e] = pe;
@@ -245,7 +282,10 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
         if (i + 1 < n_tiles && tid < BM) {
             sLse[next_stage * BM + tid] = lse_next;
             sDelta[next_stage * BM + tid] = delta_next;
+            sQinfo[next_stage * BM + tid] = info_next;
         }
+        cur = nxt;
+        nxt = after;
     }
     if (DEFER) {
         wgmma_wait<0>();
@@ -281,7 +321,8 @@ template <int NWG_, int MIN_BLOCKS_ = 1, int STAGES_ = 2> struct Sm90DqTiles {
     static constexpr int STAGES = STAGES_;
     static constexpr int THREADS = 128 * NWG;
     static constexpr int ROW_BYTES = 128;
-    static constexpr int SMEM_BYTES = (2 * BM * D + STAGES * 2 * BN * D) * 2 + 1024; /* Q, dO, (K, V) */
+    /* Q, dO, the (K, V) stages, the keys' mask info per stage (<= 8 bytes each), alignment. */
+    static constexpr int SMEM_BYTES = (2 * BM * D + STAGES * 2 * BN * D) * 2 + STAGES * BN * 8 + 1024;
 };
 
 /* dQ without atomics (deterministic), Hopper: warpgroup w owns 64 query rows and, per key tile
@@ -302,6 +343,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     bf16 *sQ = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023));
     bf16 *sdO = sQ + BM * D;
     bf16 *sK = sdO + BM * D; /* stage s: K at sK + s*2*BN*D, V BN*D further */
+    RowInfo *sKinfo = reinterpret_cast<RowInfo *>(sK + ST * 2 * BN * D); /* [ST][BN] */
+    static_assert(sizeof(RowInfo) <= 8, "SMEM_BYTES reserves 8 bytes of mask info per key");
     const uint32_t q_addr = smem_addr(sQ), do_addr = smem_addr(sdO), k_addr = smem_addr(sK);
 
     const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
@@ -321,15 +364,34 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     load_tile_async<BM, D, THREADS>(sQ, q_base, p.q_stride, q_len - q0, q_row_of);
     load_tile_async<BM, D, THREADS>(sdO, do_base, p.o_stride, q_len - q0, q_row_of);
     const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
-    auto load_kv = [&](int i) {
-        const int k0 = pol.key_tile(bh, qt, i, BM, BN) * BN;
-        auto row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
-        bf16 *stage = sK + (i % ST) * 2 * BN * D;
-        load_tile_async<BN, D, THREADS>(stage, k_base, p.k_stride, k_len - k0, row_of);
-        load_tile_async<BN, D, THREADS>(stage + BN * D, v_base, p.v_stride, k_len - k0, row_of);
+    /* Key tiles' indices are fetched a tile ahead, as in the forward (flash_fwd_sm90.cuh). */
+    struct KeyTile {
+        int k0;
+        bool full;
+        TileRows<BN, D, THREADS> rows;
+        RowInfo info; /* of key k0 + tid (tid < BN) */
     };
-    if (n_tiles > 0) load_kv(0);
+    auto kt_of = [&](int i) { return i < n_tiles ? pol.key_tile(bh, qt, i, BM, BN) : 0; };
+    auto fetch_key_tile = [&](int i, int kt) {
+        KeyTile t;
+        t.k0 = kt * BN;
+        const bool live = i < n_tiles;
+        t.full = live && t.k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
+        fetch_tile_rows(t.rows, live ? k_len - t.k0 : 0, [&](int c) { return pol.k_row(bh, t.k0 + c); });
+        t.info = live && tid < BN && t.k0 + tid < k_len ? pol.k_info(bh, t.k0 + tid) : RowInfo{};
+        return t;
+    };
+    auto load_kv = [&](int i, const KeyTile &t) {
+        bf16 *stage = sK + (i % ST) * 2 * BN * D;
+        load_tile_rows(stage, k_base, p.k_stride, t.rows);
+        load_tile_rows(stage + BN * D, v_base, p.v_stride, t.rows);
+        if (tid < BN) sKinfo[(i % ST) * BN + tid] = t.info;
+    };
+    KeyTile cur = fetch_key_tile(0, kt_of(0));
+    if (n_tiles > 0) load_kv(0, cur);
     cp_async_commit();
+    KeyTile nxt = fetch_key_tile(1, kt_of(1));
+    int kt_ahead = kt_of(2);
 
     RowInfo qinfo[2];
     float lse2[2], delta[2];
@@ -356,9 +418,12 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
         cp_async_wait<0>();
         fence_proxy_async();
         __syncthreads();
-        if (i + 1 < n_tiles) load_kv(i + 1);
+        if (i + 1 < n_tiles) load_kv(i + 1, nxt);
         cp_async_commit();
-        const int kt = pol.key_tile(bh, qt, i, BM, BN), k0 = kt * BN;
+        const KeyTile after = fetch_key_tile(i + 2, kt_ahead);
+        kt_ahead = kt_of(i + 3);
+        const int k0 = cur.k0;
+        const RowInfo *tKinfo = sKinfo + (i % ST) * BN;
         const uint32_t ks_addr = k_addr + (i % ST) * 2 * BN * RB, vs_addr = ks_addr + BN * RB;
 
         float s[32], dp[32];
@@ -378,7 +443,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
             fence_regs_u32(da);
         }
 
-        const bool masked = !pol.tile_full(bh, qt, kt, BM, BN) || k0 + BN > k_len;
+        const bool masked = !cur.full;
 #pragma unroll
         for (int nt = 0; nt < BN / 8; nt++)
 #pragma unroll
@@ -388,7 +453,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
                 RowInfo ki{};
                 if (masked) {
                     in_range = c < k_len;
-                    if (in_range) ki = pol.k_info(bh, c);
+                    if (in_range) ki = tKinfo[c - k0];
                 }
 #pragma unroll
                 for (int hf = 0; hf < 2; hf++) {
@@ -412,6 +477,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
             fence_regs(dq);
             fence_regs_u32(da);
         }
+        cur = nxt;
+        nxt = after;
     }
     if (DEFER) {
         wgmma_wait<0>();

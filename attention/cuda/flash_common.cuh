@@ -107,6 +107,45 @@ __device__ __forceinline__ void load_tile_async(bf16 *tile, const bf16 *base, lo
     }
 }
 
+/* The same copy split in two, so that a sparse policy's row lookups (global loads of the
+ * plan's permutation) can be issued a tile ahead of the copies that need them: fetch_tile_rows
+ * reads the global row of each chunk this thread will copy, load_tile_rows issues the copies.
+ * Chunk i of this thread is id = i * THREADS + threadIdx.x, as in load_tile_async. */
+template <int ROWS, int D, int THREADS> struct TileRows {
+    static constexpr int CHUNKS = D / 8, TOTAL = ROWS * CHUNKS;
+    static constexpr int N = (TOTAL + THREADS - 1) / THREADS;
+    int row[N]; /* global row of chunk i, 0 when past n_valid */
+    int n_valid;
+};
+
+template <int ROWS, int D, int THREADS, class RowOf>
+__device__ __forceinline__ void fetch_tile_rows(TileRows<ROWS, D, THREADS> &t, int n_valid,
+                                                RowOf row_of) {
+    typedef TileRows<ROWS, D, THREADS> TR;
+    t.n_valid = n_valid;
+#pragma unroll
+    for (int i = 0; i < TR::N; i++) {
+        const int id = i * THREADS + (int)threadIdx.x, r = id / TR::CHUNKS;
+        t.row[i] = (id < TR::TOTAL && r < n_valid) ? row_of(r) : 0;
+    }
+}
+
+template <int ROWS, int D, int THREADS>
+__device__ __forceinline__ void load_tile_rows(bf16 *tile, const bf16 *base, long stride,
+                                               const TileRows<ROWS, D, THREADS> &t) {
+    typedef TileRows<ROWS, D, THREADS> TR;
+    const uint32_t tile_addr = smem_addr(tile);
+#pragma unroll
+    for (int i = 0; i < TR::N; i++) {
+        const int id = i * THREADS + (int)threadIdx.x;
+        if (TR::TOTAL % THREADS != 0 && id >= TR::TOTAL) break;
+        const int r = id / TR::CHUNKS, c = id % TR::CHUNKS;
+        const bool valid = r < t.n_valid;
+        cp_async_16(tile_addr + 2u * (uint32_t)SwizzledTile<D>::offset(r, c),
+                    base + (long)t.row[i] * stride + c * 8, valid);
+    }
+}
+
 } // namespace flash
 
 #endif

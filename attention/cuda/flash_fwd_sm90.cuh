@@ -29,7 +29,9 @@ template <int NWG_, int BN_, int MIN_BLOCKS_ = 1> struct Sm90FwdTiles {
     /* Key tile j lives in stage j % 3 (K then V): iteration j reads K_j and V_{j-1} while
      * tile j+1 is being loaded. */
     static constexpr int STAGES = 3;
-    static constexpr int SMEM_BYTES = (BM * D + STAGES * 2 * BN * D) * 2 + 1024; /* +align */
+    /* Q, the K/V stages, the mask info of each stage's keys (a policy's RowInfo, <= 8 bytes),
+     * slack to align the base to 1024. */
+    static constexpr int SMEM_BYTES = (BM * D + STAGES * 2 * BN * D) * 2 + STAGES * BN * 8 + 1024;
     static_assert(BN == 64 || BN == 128, "wgmma N of S");
 };
 
@@ -44,7 +46,12 @@ __device__ __forceinline__ void wgmma_s_tile(float *s, uint64_t da, uint64_t db,
 /* Software pipeline of one warpgroup (FlashAttention-3's intra-warpgroup overlap):
  *   issue S_j = Q K_j^T and O += P_{j-1} V_{j-1}; wait for S_j only; mask and softmax S_j
  *   (exp on the multi-function units) while the tensor cores still run P_{j-1} V_{j-1};
- *   wait; rescale O by the new max; P_j becomes the next P. */
+ *   wait; rescale O by the new max; P_j becomes the next P.
+ * What a key tile needs from the policy's global tables (its index in the list, its rows,
+ * whether it is full, its keys' mask info) is fetched one tile before its copies are issued:
+ * with a sparse policy these are chains of dependent global loads (list -> permutation), which
+ * would otherwise stall every warp at each tile before its products could be issued. The mask
+ * info then travels with the tile in shared memory. */
 template <class Cfg, class Policy>
 __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     flash_fwd_sm90_kernel(FlashParams p, Policy pol) {
@@ -59,6 +66,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     const uint32_t raw_addr = smem_addr(smem_raw);
     bf16 *sQ = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023));
     bf16 *sKV = sQ + BM * D; /* stage s: K at sKV + s*STAGE_ELEMS, V BN*D further */
+    RowInfo *sKinfo = reinterpret_cast<RowInfo *>(sKV + 3 * STAGE_ELEMS); /* [3][BN] */
+    static_assert(sizeof(RowInfo) <= 8, "SMEM_BYTES reserves 8 bytes of mask info per key");
     const uint32_t q_addr = smem_addr(sQ), kv_addr = smem_addr(sKV);
 
     const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
@@ -77,15 +86,35 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     load_tile_async<BM, D, THREADS>(sQ, q_base, p.q_stride, q_len - q0,
                                     [&](int r) { return pol.q_row(bh, q0 + r); });
     const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
-    auto load_kv = [&](int i) {
-        const int k0 = pol.key_tile(bh, qt, i, BM, BN) * BN;
-        auto row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
-        bf16 *stage = sKV + (i % 3) * STAGE_ELEMS;
-        load_tile_async<BN, D, THREADS>(stage, k_base, p.k_stride, k_len - k0, row_of);
-        load_tile_async<BN, D, THREADS>(stage + BN * D, v_base, p.v_stride, k_len - k0, row_of);
+    struct KeyTile {
+        int k0;
+        bool full; /* no pair of the tile needs the mask */
+        TileRows<BN, D, THREADS> rows;
+        RowInfo info; /* of key k0 + tid (tid < BN) */
     };
-    if (n_tiles > 0) load_kv(0);
+    auto kt_of = [&](int i) { return i < n_tiles ? pol.key_tile(bh, qt, i, BM, BN) : 0; };
+    auto fetch_key_tile = [&](int i, int kt) {
+        KeyTile t;
+        t.k0 = kt * BN;
+        const bool live = i < n_tiles;
+        t.full = live && t.k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
+        fetch_tile_rows(t.rows, live ? k_len - t.k0 : 0, [&](int c) { return pol.k_row(bh, t.k0 + c); });
+        t.info = live && tid < BN && t.k0 + tid < k_len ? pol.k_info(bh, t.k0 + tid) : RowInfo{};
+        return t;
+    };
+    auto load_kv = [&](int i, const KeyTile &t) {
+        bf16 *stage = sKV + (i % 3) * STAGE_ELEMS;
+        load_tile_rows(stage, k_base, p.k_stride, t.rows);
+        load_tile_rows(stage + BN * D, v_base, p.v_stride, t.rows);
+        if (tid < BN) sKinfo[(i % 3) * BN + tid] = t.info;
+    };
+    /* cur: tile i (being computed), nxt: tile i+1 (its copies issued at the start of step i),
+     * after: tile i+2 (fetched during step i), kt_ahead: the index of tile i+2, then i+3. */
+    KeyTile cur = fetch_key_tile(0, kt_of(0));
+    if (n_tiles > 0) load_kv(0, cur);
     cp_async_commit();
+    KeyTile nxt = fetch_key_tile(1, kt_of(1)), after;
+    int kt_ahead = kt_of(2);
 
     RowInfo qinfo[2];
 #pragma unroll
@@ -102,13 +131,19 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     uint32_t p_cur[KN * 4], p_next[KN * 4];
 
     /* Waits for tile i, then starts loading tile i+1 (its stage was last read two steps ago,
-     * and the barrier proves every warp is past that step). */
+     * and the barrier proves every warp is past that step) and fetches tile i+2's indices. */
     auto next_tile = [&](int i) {
         cp_async_wait<0>();
         fence_proxy_async();
         __syncthreads();
-        if (i + 1 < n_tiles) load_kv(i + 1);
+        if (i + 1 < n_tiles) load_kv(i + 1, nxt);
         cp_async_commit();
+        after = fetch_key_tile(i + 2, kt_ahead);
+        kt_ahead = kt_of(i + 3);
+    };
+    auto rotate = [&]() {
+        cur = nxt;
+        nxt = after;
     };
     auto issue_s = [&](int i) {
         const uint32_t k_addr = kv_addr + (i % 3) * STAGE_BYTES;
@@ -127,15 +162,16 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     /* Mask S of tile i, update max and sum, P (bf16 A fragments) into p_next, alpha = the
      * factor O must be rescaled by. Rows fully masked so far use max 0 (no -inf - -inf). */
     auto softmax = [&](int i) {
-        const int kt = pol.key_tile(bh, qt, i, BM, BN), k0 = kt * BN;
-        if (!pol.tile_full(bh, qt, kt, BM, BN) || k0 + BN > k_len) {
+        const int k0 = cur.k0;
+        const RowInfo *kinfo = sKinfo + (i % 3) * BN;
+        if (!cur.full) {
 #pragma unroll
             for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     const int c = k0 + nt * 8 + 2 * tq + e;
                     const bool in_range = c < k_len;
-                    const RowInfo ki = in_range ? pol.k_info(bh, c) : RowInfo{};
+                    const RowInfo ki = in_range ? kinfo[c - k0] : RowInfo{};
 #pragma unroll
                     for (int hf = 0; hf < 2; hf++)
                         if (!(in_range && pol.allowed(qinfo[hf], ki))) s[4 * nt + 2 * hf + e] = -INFINITY;
@@ -176,6 +212,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
         wgmma_wait<0>();
         fence_regs(s);
         softmax(0);
+        rotate();
     }
     for (int i = 1; i < n_tiles; i++) {
 #pragma unroll
@@ -187,6 +224,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
         wgmma_wait<1>(); /* S_i done; P_{i-1} V_{i-1} may still run during the softmax */
         fence_regs(s);
         softmax(i);
+        rotate();
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs_u32(p_cur);
