@@ -324,7 +324,7 @@ extern "C" int scfa_backward(scfa_ctx_t *c, const void *q, long q_stride, const 
         c->dkdv_tiles_built = 1;
     }
     const attn_tiles_cuda_t *dq_tiles = NULL;
-    if (deterministic) {
+    if (sparse_attn_backward_split(c->D, deterministic)) {
         if (!c->dq_tiles_allocated) {
             int bm, bn;
             sparse_attn_tile_shape(SPARSE_ATTN_PASS_DQ, c->D, &bm, &bn);

@@ -136,6 +136,10 @@ extern "C" void sparse_attn_force_portable(int on) { force_portable = on != 0; }
 
 extern "C" const char *sparse_attn_path(int D) { return use_sm90(D) ? "sm90 wgmma" : "mma.sync"; }
 
+extern "C" int sparse_attn_backward_split(int D, int deterministic) {
+    return deterministic || use_sm90(D);
+}
+
 extern "C" void sparse_attn_tile_shape(sparse_attn_pass_t pass, int D, int *block_m, int *block_n) {
     if (D != 64) fatal(EXIT_USAGE, "sparse_attn: head dim D = %d is not supported (64)", D);
     const bool sm90 = use_sm90(D);

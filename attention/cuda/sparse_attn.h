@@ -51,6 +51,11 @@ void sparse_attn_force_portable(int on);
 /* "sm90 wgmma" or "mma.sync": the kernels a call with head dim D runs now. */
 const char *sparse_attn_path(int D);
 
+/* Whether sparse_attn_backward should be given dQ tile lists (the split dQ pass, no atomics) for
+ * head dim D on the path in force: always when deterministic, and on Hopper always, where the
+ * split pass is the faster one (one float2 atomic per dQ element and live tile otherwise). */
+int sparse_attn_backward_split(int D, int deterministic);
+
 /* out [B][T][H][D] (o_stride), lse [B][H][T]. fwd_tiles: SPARSE_ATTN_PASS_FORWARD shape. */
 void sparse_attn_forward(const attn_plan_cuda_t *plan, const attn_tiles_cuda_t *fwd_tiles,
                          const flash_attn_dims_t *dims, const flash_bf16_t *q,

@@ -102,8 +102,9 @@ void attn_layer_cuda_backward(attn_layer_cuda_t *a, const flash_attn_dims_t *dim
         return;
     }
     const attn_tiles_cuda_t *kv = tiles_for(a, SPARSE_ATTN_PASS_DKDV, stream);
-    const attn_tiles_cuda_t *dq_tiles =
-        deterministic ? tiles_for(a, SPARSE_ATTN_PASS_DQ, stream) : NULL;
+    const attn_tiles_cuda_t *dq_tiles = sparse_attn_backward_split(a->D, deterministic)
+                                            ? tiles_for(a, SPARSE_ATTN_PASS_DQ, stream)
+                                            : NULL;
     sparse_attn_backward(&a->plan, kv, dq_tiles, dims, q, k, v, out, lse, dout, dq, dk, dv,
                          workspace, stream);
 }

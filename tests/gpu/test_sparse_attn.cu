@@ -293,36 +293,49 @@ template <class F> static float time_ms(F what, int iters) {
     return ms / iters;
 }
 
-static void bench_sparse(const char *label, const attn_params_t *p, bench_bufs_t *x, float dense_fwd, float dense_fb) {
+/* One sparse configuration, timed stage by stage (ms per call, each stage alone on prebuilt
+ * inputs) and as the whole fwd+bwd including the plan and every tile list, with the backward's
+ * dQ either split into its own pass or added by atomics in the dK/dV pass. */
+static void bench_sparse(const char *label, const attn_params_t *p, int shared_k, bench_bufs_t *x,
+                         float dense_fwd, float dense_fb) {
     const flash_attn_dims_t *d = &x->dims;
     attn_plan_cuda_t plan;
     attn_plan_cuda_init(&plan, p, d->B, d->T, d->H, d->D);
-    attn_tiles_cuda_t fwd_tiles, kv_tiles;
-    int bm, bn;
-    sparse_attn_tile_shape(SPARSE_ATTN_PASS_FORWARD, d->D, &bm, &bn);
-    attn_tiles_cuda_init(&fwd_tiles, &plan, bm, bn);
-    sparse_attn_tile_shape(SPARSE_ATTN_PASS_DKDV, d->D, &bm, &bn);
-    attn_tiles_cuda_init(&kv_tiles, &plan, bm, bn);
+    attn_tiles_cuda_t tiles[3];
+    const sparse_attn_pass_t passes[3] = {SPARSE_ATTN_PASS_FORWARD, SPARSE_ATTN_PASS_DKDV, SPARSE_ATTN_PASS_DQ};
+    for (int i = 0; i < 3; i++) {
+        int bm, bn;
+        sparse_attn_tile_shape(passes[i], d->D, &bm, &bn);
+        attn_tiles_cuda_init(&tiles[i], &plan, bm, bn);
+    }
     const uint64_t key = rng_key(11, RNG_DOMAIN_ATTN, 1, 0, 0);
     const long st = (long)d->H * d->D;
-    auto plan_fwd = [&]() {
-        attn_plan_cuda_build(&plan, key, x->q, st, p->mode == ATTN_HASH_SPARSE ? x->k : NULL, st, 0);
-        attn_tiles_cuda_build(&fwd_tiles, &plan, 0);
+    const __nv_bfloat16 *keys = p->mode == ATTN_HASH_SPARSE && !shared_k ? x->k : NULL;
+    auto plan_only = [&]() { attn_plan_cuda_build(&plan, key, x->q, st, keys, st, 0); };
+    auto build = [&](int i) { attn_tiles_cuda_build(&tiles[i], &plan, 0); };
+    auto fwd = [&]() { sparse_attn_forward(&plan, &tiles[0], d, x->q, x->k, x->v, x->out, x->lse, 0); };
+    auto bwd = [&](int split) {
+        sparse_attn_backward(&plan, &tiles[1], split ? &tiles[2] : NULL, d, x->q, x->k, x->v, x->out,
+                             x->lse, x->dout, x->dq, x->dk, x->dv, x->ws, 0);
     };
-    auto fwd = [&]() { sparse_attn_forward(&plan, &fwd_tiles, d, x->q, x->k, x->v, x->out, x->lse, 0); };
-    auto bwd = [&]() {
-        sparse_attn_backward(&plan, &kv_tiles, NULL, d, x->q, x->k, x->v, x->out, x->lse, x->dout,
-                             x->dq, x->dk, x->dv, x->ws, 0);
-    };
-    const float t_plan = time_ms(plan_fwd, 5);
-    const float t_fwd = time_ms([&]() { plan_fwd(); fwd(); }, 5);
-    const float t_fb = time_ms([&]() { plan_fwd(); attn_tiles_cuda_build(&kv_tiles, &plan, 0); fwd(); bwd(); }, 5);
-    const int64_t live = attn_tiles_cuda_live_count(&fwd_tiles, 0);
-    const double all = (double)d->B * d->H * fwd_tiles.lists.n_q_tiles * fwd_tiles.lists.n_k_tiles;
-    printf("| %-22s | %8.3f | %8.3f (%4.2fx) | %8.3f (%4.2fx) | live fwd tiles %.3f of all |\n", label, t_plan,
-           t_fwd, dense_fwd / t_fwd, t_fb, dense_fb / t_fb, live / all);
-    attn_tiles_cuda_free(&fwd_tiles);
-    attn_tiles_cuda_free(&kv_tiles);
+    plan_only();
+    for (int i = 0; i < 3; i++) build(i);
+    fwd();
+    const float t_plan = time_ms(plan_only, 5);
+    float t_tiles[3];
+    for (int i = 0; i < 3; i++) t_tiles[i] = time_ms([&]() { build(i); }, 5);
+    const float t_fwd = time_ms(fwd, 5);
+    const float t_bwd_atomic = time_ms([&]() { bwd(0); }, 5);
+    const float t_bwd_split = time_ms([&]() { bwd(1); }, 5);
+    const float t_fb_atomic = time_ms([&]() { plan_only(); build(0); build(1); fwd(); bwd(0); }, 5);
+    const float t_fb_split = time_ms([&]() { plan_only(); build(0); build(1); build(2); fwd(); bwd(1); }, 5);
+    const int64_t live = attn_tiles_cuda_live_count(&tiles[0], 0);
+    const double all = (double)d->B * d->H * tiles[0].lists.n_q_tiles * tiles[0].lists.n_k_tiles;
+    printf("| %-26s | %6.3f | %5.3f %5.3f %5.3f | %6.3f | %6.3f | %6.3f | %6.3f | %6.3f (%5.2fx) | %5.3f |\n",
+           label, t_plan, t_tiles[0], t_tiles[1], t_tiles[2], t_fwd, t_bwd_atomic, t_bwd_split, t_fb_atomic,
+           t_fb_split, dense_fb / t_fb_split, live / all);
+    (void)dense_fwd;
+    for (int i = 0; i < 3; i++) attn_tiles_cuda_free(&tiles[i]);
     attn_plan_cuda_free(&plan);
 }
 
@@ -337,7 +350,9 @@ static void run_timing(void) {
         fill_kernel<<<(unsigned)((n + 255) / 256), 256>>>(*bufs[i], n, 1000 + i);
     }
     CUDA_OK(cudaMalloc(&x.lse, (size_t)B * H * T * sizeof(float)));
-    CUDA_OK(cudaMalloc(&x.ws, flash_attn_backward_workspace_bytes(&x.dims, 0)));
+    const size_t ws_dense = flash_attn_backward_workspace_bytes(&x.dims, 0);
+    const size_t ws_sparse = sparse_attn_backward_workspace_bytes(&x.dims, 0);
+    CUDA_OK(cudaMalloc(&x.ws, ws_dense > ws_sparse ? ws_dense : ws_sparse));
     CUDA_OK(cudaDeviceSynchronize());
     float dense_fwd[2], dense_fb[2];
     for (int portable = 0; portable < 2; portable++) {
@@ -349,19 +364,27 @@ static void run_timing(void) {
         }, 5);
     }
     flash_attn_force_portable(0);
-    printf("\nTiming B=%d T=%d H=%d D=%d (ms per call; sparse includes its plan; x = speed-up over dense mma.sync)\n", B, T, H, D);
-    printf("| %-22s | %8s | %-17s | %-17s |\n", "kernel", "plan", "fwd", "fwd+bwd");
-    printf("| %-22s | %8s | %8.3f          | %8.3f          |\n", "dense sm90 (default)", "-", dense_fwd[0], dense_fb[0]);
-    printf("| %-22s | %8s | %8.3f          | %8.3f          |\n", "dense mma.sync", "-", dense_fwd[1], dense_fb[1]);
-    attn_params_t hash = {ATTN_HASH_SPARSE, 16, 0.f, 0};
-    attn_params_t qk = {ATTN_QK_SPARSE, 1, 0.5f, 0};
+    printf("\nTiming B=%d T=%d H=%d D=%d, ms per call. Dense: sm90 fwd %.3f, fwd+bwd %.3f; mma.sync fwd %.3f, "
+           "fwd+bwd %.3f.\nSparse stages alone: plan (assign + sort), tile lists (fwd, dK/dV, dQ), fwd kernel, "
+           "bwd kernels with atomic or split dQ; then fwd+bwd with everything, and its speed-up over dense "
+           "sm90; live = live fwd tiles / all tiles\n", B, T, H, D, dense_fwd[0], dense_fb[0], dense_fwd[1], dense_fb[1]);
+    printf("| %-26s | %6s | %-17s | %6s | %6s | %6s | %6s | %-15s | %5s |\n", "kernel", "plan", "tiles f/kv/dq",
+           "fwd", "bwd at", "bwd sp", "all at", "all split", "live");
+    struct { const char *name; attn_params_t p; int shared_k; } cfgs[] = {
+        {"hash nb=16", {ATTN_HASH_SPARSE, 16, 0.f, 0}, 0},
+        {"hash nb=16 shared k", {ATTN_HASH_SPARSE, 16, 0.f, 0}, 1},
+        {"hash nb=64", {ATTN_HASH_SPARSE, 64, 0.f, 0}, 0},
+        {"qk drop=0.5", {ATTN_QK_SPARSE, 1, 0.5f, 0}, 0},
+        {"qk drop=0.7", {ATTN_QK_SPARSE, 1, 0.7f, 0}, 0},
+    };
     for (int portable = 1; portable >= 0; portable--) {
         sparse_attn_force_portable(portable);
-        char label[64];
-        snprintf(label, sizeof label, "hash nb=16 %s", portable ? "mma.sync" : sparse_attn_path(64));
-        bench_sparse(label, &hash, &x, dense_fwd[1], dense_fb[1]);
-        snprintf(label, sizeof label, "qk drop=0.5 %s", portable ? "mma.sync" : sparse_attn_path(64));
-        bench_sparse(label, &qk, &x, dense_fwd[1], dense_fb[1]);
+        for (size_t c = 0; c < sizeof cfgs / sizeof cfgs[0]; c++) {
+            if (portable && c != 0 && c != 3) continue; /* the portable path: two rows for reference */
+            char label[64];
+            snprintf(label, sizeof label, "%s %s", cfgs[c].name, portable ? "mma.sync" : sparse_attn_path(64));
+            bench_sparse(label, &cfgs[c].p, cfgs[c].shared_k, &x, dense_fwd[0], dense_fb[0]);
+        }
     }
     sparse_attn_force_portable(0);
     for (int i = 0; i < 8; i++) CUDA_OK(cudaFree(*bufs[i]));
