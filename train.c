@@ -41,9 +41,17 @@ typedef struct {
 
 static volatile sig_atomic_t g_stop_signal = 0;
 
+/* Said on stderr when a signal arrives (formatted ahead: a handler may only write()). A rank
+ * stuck in a collective whose peer died never reaches the end of its step, so this line is
+ * its only word before the launcher kills it. */
+static char g_signal_note[160] = "signal received: stopping after this step (a second signal stops at once)\n";
+static size_t g_signal_note_len = 74;
+
 static void on_signal(int sig) {
     g_stop_signal = sig;
     signal(sig, SIG_DFL); /* a second signal kills at once */
+    ssize_t unused = write(STDERR_FILENO, g_signal_note, g_signal_note_len);
+    (void)unused;
 }
 
 static void usage(FILE *f) {
@@ -297,6 +305,9 @@ static void setup(run_t *r, const options_t *o) {
     r->gcfg = gpt_config_from(&r->cfg);
     r->world = r->dist.world;
     r->rank = r->dist.rank;
+    snprintf(g_signal_note, sizeof g_signal_note,
+             "rank %d: signal received: stopping after this step (a second signal stops at once)\n", r->rank);
+    g_signal_note_len = strlen(g_signal_note);
     char *resolved = config_to_json(&r->cfg);
     dist_check_same(&r->dist, "the resolved config", resolved);
     free(resolved);
@@ -451,6 +462,12 @@ static void train_loop(run_t *r) {
             cJSON_AddNumberToObject(o, "tokens_per_s", round(tok_s));
             cJSON_AddNumberToObject(o, "ms", round(dt * 1e4) / 10);
             cJSON_AddNumberToObject(o, "elapsed_s", round(r->elapsed_s * 1e3) / 1e3);
+            double comm_ms = -1, exposed_ms = -1;
+            if (r->be->comm_times) r->be->comm_times(r->be, &comm_ms, &exposed_ms);
+            if (comm_ms >= 0) { /* rank 0's view; every rank runs the same collectives */
+                cJSON_AddNumberToObject(o, "comm_ms", round(comm_ms * 1e3) / 1e3);
+                cJSON_AddNumberToObject(o, "comm_exposed_ms", round(exposed_ms * 1e3) / 1e3);
+            }
             runlog_write(&r->log, o);
         }
         char eta[32];

@@ -45,6 +45,10 @@ struct backend {
     void (*logits_row)(backend_t *b, int bi, int t, float *out);
     /* Host copy of the attention plan layer l used in the last forward. */
     const attn_plan_t *(*plan)(backend_t *b, int layer);
+    /* Data-parallel backends whose collectives can be timed (NULL otherwise): milliseconds the
+     * last step spent in gradient/parameter collectives, and the part of it the step waited for
+     * (not hidden behind the backward or the update); negative when not measured. */
+    void (*comm_times)(backend_t *b, double *comm_ms, double *exposed_ms);
     void (*destroy)(backend_t *b);
 };
 

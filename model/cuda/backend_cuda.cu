@@ -44,6 +44,10 @@ static double cuda_grad_norm(backend_t *b) {
     return grad_norm_cuda(g->grads, g->n_params, g->norm_scratch, g->stream);
 }
 
+static void cuda_comm_times(backend_t *b, double *comm_ms, double *exposed_ms) {
+    zero_cuda_comm_times(cuda_of(b)->zero, comm_ms, exposed_ms);
+}
+
 static void cuda_update(backend_t *b, const adamw_hparams_t *h, long t, float grad_scale) {
     gpt_cuda_t *g = impl(b);
     if (cuda_of(b)->zero) return zero_cuda_update(cuda_of(b)->zero, h, t, grad_scale);
@@ -164,6 +168,7 @@ static backend_t *create(const gpt_config_t *cfg, int B, int T, const dist_t *di
     b->cfg = *cfg;
     c->g = gpt_cuda_create(cfg, B, T);
     if (dist) c->zero = zero_cuda_create(c->g, dist);
+    if (dist) b->comm_times = cuda_comm_times;
     b->n_params = c->g->n_params;
     b->impl = c;
     b->forward = cuda_forward;

@@ -134,6 +134,12 @@ struct zero_cuda {
     int armed;   /* the running backward is the step's last: reduce buckets as they finish */
     int reduced; /* every bucket queued and grad_shard handed to the norm / update */
     int overlapped; /* buckets queued from inside the last backward (tests, diagnostics) */
+    /* Timing of the step's collectives (CUDA events, read after the update's synchronisation):
+     * each bucket's reduce-scatter and all-gather on comm_stream, the end of the last backward
+     * and of the last AdamW launch on the compute stream. */
+    cudaEvent_t ev_rs[ZERO_MAX_BUCKETS][2], ev_ag[ZERO_MAX_BUCKETS][2], ev_bwd_end, ev_adam_end;
+    int timed;                     /* this step recorded every event above */
+    double comm_ms, exposed_ms;    /* of the last completed step */
 };
 
 /* comm_stream waits for the work queued on g->stream so far. */
@@ -157,6 +163,7 @@ static void check_async_error(zero_cuda_t *z) {
 }
 
 static void reduce_scatter_bucket(zero_cuda_t *z, int bi) {
+    CUDA_CHECK(cudaEventRecord(z->ev_rs[bi][0], z->comm_stream));
     const zero_bucket_t *b = &z->layout.buckets[bi];
     const size_t len = b->hi - b->lo, padded = b->slice * (size_t)z->world;
     const float *send = z->g->grads + b->lo;
@@ -167,6 +174,7 @@ static void reduce_scatter_bucket(zero_cuda_t *z, int bi) {
     }
     NCCL_CHECK(ncclReduceScatter(send, z->grad_shard + b->shard_pos, b->slice, ncclFloat, ncclSum, z->comm,
                                  z->comm_stream));
+    CUDA_CHECK(cudaEventRecord(z->ev_rs[bi][1], z->comm_stream));
 }
 
 /* Queues the reduce-scatter of every bucket at or above the frontier not queued yet. */
@@ -198,6 +206,7 @@ static void finish_reduce(zero_cuda_t *z) {
 
 /* In-place all-gather of bucket bi's fp32 masters, then its bf16 copies from them. */
 static void all_gather_bucket(zero_cuda_t *z, int bi) {
+    CUDA_CHECK(cudaEventRecord(z->ev_ag[bi][0], z->comm_stream));
     const zero_bucket_t *b = &z->layout.buckets[bi];
     float *p = z->g->params;
     const size_t len = b->hi - b->lo, begin = zero_slice_begin(b, z->rank);
@@ -215,6 +224,32 @@ static void all_gather_bucket(zero_cuda_t *z, int bi) {
     }
     /* With one rank AdamW already wrote every bf16 copy (the same rounding of the same value). */
     if (z->world > 1) float_to_bf16_cuda(z->g->params_bf16 + b->lo, p + b->lo, len, z->comm_stream);
+    CUDA_CHECK(cudaEventRecord(z->ev_ag[bi][1], z->comm_stream));
+}
+
+static double elapsed_ms(cudaEvent_t from, cudaEvent_t to) {
+    float ms = 0.f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, from, to));
+    return ms;
+}
+
+/* After the update's synchronisation: communication time of the step (every collective's span
+ * on comm_stream; the reduce-scatters of one step run one after another there, so spans do not
+ * overlap) and the part of it the compute stream had to wait for: reduce-scatters still running
+ * after the last backward finished, all-gathers still running after the last AdamW. */
+static void read_comm_times(zero_cuda_t *z) {
+    if (!z->timed) return;
+    const int n = z->layout.n_buckets;
+    double comm = 0, rs_end = 0, ag_end = 0; /* ends relative to ev_bwd_end / ev_adam_end */
+    for (int bi = 0; bi < n; bi++) {
+        comm += elapsed_ms(z->ev_rs[bi][0], z->ev_rs[bi][1]) + elapsed_ms(z->ev_ag[bi][0], z->ev_ag[bi][1]);
+        const double r = elapsed_ms(z->ev_bwd_end, z->ev_rs[bi][1]), a = elapsed_ms(z->ev_adam_end, z->ev_ag[bi][1]);
+        if (r > rs_end) rs_end = r;
+        if (a > ag_end) ag_end = a;
+    }
+    z->comm_ms = comm;
+    z->exposed_ms = rs_end + ag_end;
+    z->timed = 0;
 }
 
 zero_cuda_t *zero_cuda_create(gpt_cuda_t *g, const dist_t *dist) {
@@ -246,6 +281,14 @@ zero_cuda_t *zero_cuda_create(gpt_cuda_t *g, const dist_t *dist) {
     CUDA_CHECK(cudaStreamCreateWithPriority(&z->comm_stream, cudaStreamNonBlocking, greatest));
     CUDA_CHECK(cudaEventCreateWithFlags(&z->compute_done, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventCreateWithFlags(&z->comm_done, cudaEventDisableTiming));
+    for (int i = 0; i < ZERO_MAX_BUCKETS; i++)
+        for (int e = 0; e < 2; e++) {
+            CUDA_CHECK(cudaEventCreate(&z->ev_rs[i][e]));
+            CUDA_CHECK(cudaEventCreate(&z->ev_ag[i][e]));
+        }
+    CUDA_CHECK(cudaEventCreate(&z->ev_bwd_end));
+    CUDA_CHECK(cudaEventCreate(&z->ev_adam_end));
+    z->comm_ms = z->exposed_ms = -1;
 
     const size_t sbytes = z->layout.shard_len * sizeof(float);
     CUDA_CHECK(cudaMalloc((void **)&z->grad_shard, sbytes));
@@ -287,6 +330,13 @@ void zero_cuda_free(zero_cuda_t *z) {
     CUDA_CHECK(cudaFree(z->staging));
     CUDA_CHECK(cudaEventDestroy(z->compute_done));
     CUDA_CHECK(cudaEventDestroy(z->comm_done));
+    for (int i = 0; i < ZERO_MAX_BUCKETS; i++)
+        for (int e = 0; e < 2; e++) {
+            CUDA_CHECK(cudaEventDestroy(z->ev_rs[i][e]));
+            CUDA_CHECK(cudaEventDestroy(z->ev_ag[i][e]));
+        }
+    CUDA_CHECK(cudaEventDestroy(z->ev_bwd_end));
+    CUDA_CHECK(cudaEventDestroy(z->ev_adam_end));
     CUDA_CHECK(cudaStreamDestroy(z->comm_stream));
     free(z->runs);
     free(z);
@@ -308,6 +358,8 @@ void zero_cuda_backward(zero_cuda_t *z, float scale, int last_micro) {
     z->armed = last_micro != 0;
     z->frontier = z->g->n_params;
     gpt_cuda_backward(z->g, scale);
+    if (z->armed) CUDA_CHECK(cudaEventRecord(z->ev_bwd_end, z->g->stream));
+    z->timed = z->armed;
     z->armed = 0;
     z->overlapped = z->layout.n_buckets - 1 - z->next_bucket;
 }
@@ -333,12 +385,19 @@ void zero_cuda_update(zero_cuda_t *z, const adamw_hparams_t *h, long t, float gr
             adamw_cuda(g->params + u->flat, g->params_bf16 + u->flat, z->grad_shard + u->shard, z->m + u->shard,
                        z->v + u->shard, u->len, u->decay, h, t, grad_scale, g->stream);
         }
+        if (bi == z->layout.n_buckets - 1) CUDA_CHECK(cudaEventRecord(z->ev_adam_end, g->stream));
         comm_after_compute(z); /* this bucket's slice is updated */
         all_gather_bucket(z, bi);
     }
     compute_after_comm(z);
     CUDA_CHECK(cudaStreamSynchronize(g->stream));
     check_async_error(z);
+    read_comm_times(z);
+}
+
+void zero_cuda_comm_times(const zero_cuda_t *z, double *comm_ms, double *exposed_ms) {
+    *comm_ms = z->comm_ms;
+    *exposed_ms = z->exposed_ms;
 }
 
 static void sync_both(zero_cuda_t *z) {

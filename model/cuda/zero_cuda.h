@@ -99,6 +99,11 @@ const zero_layout_t *zero_cuda_layout(const zero_cuda_t *z);
 /* Buckets whose reduce-scatter the last backward queued before it returned (all of them when
  * it was the step's last micro-batch and gpt_cuda reported its gradient ranges). */
 int zero_cuda_overlapped_buckets(const zero_cuda_t *z);
+/* The last step's collectives (CUDA event times, milliseconds): comm = the reduce-scatters' and
+ * all-gathers' time on the communication stream; exposed = the part the compute stream waited
+ * for (reduce-scatters running past the end of the last backward, all-gathers past the last
+ * AdamW). -1 before the first step whose last micro-batch was marked (zero_cuda_backward). */
+void zero_cuda_comm_times(const zero_cuda_t *z, double *comm_ms, double *exposed_ms);
 /* Device bytes of the shard buffers and the staging buffer. */
 size_t zero_cuda_device_bytes(const zero_cuda_t *z);
 
