@@ -50,21 +50,27 @@ done
 python3 - "$OUT" $ns <<'EOF'
 import json, os, statistics, sys
 out, ns = sys.argv[1], [int(x) for x in sys.argv[2:]]
-def tok_s(path):
+def steps(path):
     try:
-        steps = [json.loads(l) for l in open(path) if '"type":"step"' in l]
+        return [json.loads(l) for l in open(path) if '"type":"step"' in l][3:]
     except OSError:
-        return None
-    v = [s["tokens_per_s"] for s in steps[3:]]
+        return []
+def med(rows, key):
+    v = [s[key] for s in rows if key in s]
     return statistics.median(v) if v else None
 names = sorted({d.rsplit("-np", 1)[0] for d in os.listdir(out) if "-np" in d and os.path.isdir(os.path.join(out, d))})
-print(f"{'config':<12}{'GPUs':>5}{'tokens/s':>12}{'per GPU':>11}{'efficiency':>12}")
+print("tokens/s: median over the steps after the first 3; efficiency = (tokens/s per GPU on N) / (tokens/s on 1);")
+print("comm = rank 0's NCCL reduce-scatter + all-gather time per step, exposed = the part the step waited for")
+print(f"{'config':<12}{'GPUs':>5}{'ms/step':>9}{'tokens/s':>11}{'per GPU':>10}{'efficiency':>12}{'comm ms':>9}{'exposed':>9}")
 for name in names:
-    base = tok_s(os.path.join(out, f"{name}-np1", "log.jsonl"))
+    base = med(steps(os.path.join(out, f"{name}-np1", "log.jsonl")), "tokens_per_s")
     for n in ns:
-        t = tok_s(os.path.join(out, f"{name}-np{n}", "log.jsonl"))
+        rows = steps(os.path.join(out, f"{name}-np{n}", "log.jsonl"))
+        t = med(rows, "tokens_per_s")
         if t is None:
-            print(f"{name:<12}{n:>5}{'failed':>12}"); continue
+            print(f"{name:<12}{n:>5}{'failed':>11}"); continue
         eff = f"{t / n / base:.3f}" if base else "-"
-        print(f"{name:<12}{n:>5}{t:>12.0f}{t / n:>11.0f}{eff:>12}")
+        c, e = med(rows, "comm_ms"), med(rows, "comm_exposed_ms")
+        fmt = lambda x: f"{x:9.2f}" if x is not None else f"{'-':>9}"  # noqa: E731
+        print(f"{name:<12}{n:>5}{med(rows, 'ms'):9.1f}{t:>11.0f}{t / n:>10.0f}{eff:>12}{fmt(c)}{fmt(e)}")
 EOF

@@ -23,36 +23,9 @@ cat > "$W/cfg.json" <<EOF
            "eval_tokens": 256, "ckpt_every": 4, "keep_ckpts": 3, "seed": 11}}
 EOF
 
-# Compares two logs: step losses and eval losses within rtol, same number of lines of each type.
-compare_logs() { python3 - "$1" "$2" "$3" <<'PY'
-import json, sys
-def load(p):
-    return [json.loads(l) for l in open(p) if '"type":"step"' in l or '"type":"eval"' in l]
-a, b, rtol = load(sys.argv[1]), load(sys.argv[2]), float(sys.argv[3])
-if len(a) != len(b): sys.exit(f"{len(a)} vs {len(b)} lines")
-worst = 0.0
-for x, y in zip(a, b):
-    for k in ("loss", "val_loss", "grad_norm"):
-        if k in x:
-            worst = max(worst, abs(x[k] - y[k]) / abs(y[k]))
-print(f"max relative difference {worst:.2e}")
-sys.exit(0 if worst <= rtol else 1)
-PY
-}
-
-# Relative L2 difference of the parameters of two checkpoints.
-compare_ckpt() { python3 - "$1" "$2" "$3" <<'PY'
-import struct, sys, math
-def params(p):
-    raw = open(p, "rb").read()
-    n, = struct.unpack_from("<Q", raw, 32); L, = struct.unpack_from("<Q", raw, 112)
-    return struct.unpack_from(f"<{n}f", raw, 120 + L)
-a, b = params(sys.argv[1]), params(sys.argv[2])
-num = math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b))); den = math.sqrt(sum(y * y for y in b))
-print(f"parameter relative L2 difference {num / den:.2e}")
-sys.exit(0 if len(a) == len(b) and num / den <= float(sys.argv[3]) else 1)
-PY
-}
+# Logs and checkpoints are compared by tests/compare_runs.py (shared with the GPU tests).
+compare_logs() { python3 tests/compare_runs.py logs "$@"; }
+compare_ckpt() { python3 tests/compare_runs.py ckpt "$@"; }
 
 ./train --config "$W/cfg.json" --out "$W/one" > "$W/one.out" 2>&1; rc=$?
 check '[ $rc -eq 0 ]' "1-rank run (rc=$rc): $(tail -3 "$W/one.out")"
