@@ -22,7 +22,7 @@ cp train "$R/train"
 objs=$(find model attention -name '*.cu' | sed 's|^\(.*\)\.cu$|build/cuda/\1.o|')
 make --no-print-directory build/cuda/bench/e2e/bench_step.o $objs
 $NVCC $FLAGS build/cuda/bench/e2e/bench_step.o $objs build/libcore.a -o "$R/bench_step" -Xcompiler -fopenmp $LIBS
-if [ -f build/libscfa.so ] || make --no-print-directory libscfa; then cp build/libscfa.so "$R/"; fi
+make --no-print-directory libscfa && cp build/libscfa.so "$R/"
 
 # Shared libraries outside glibc, the compiler runtime, CUDA and NCCL (those the device has).
 for bin in "$R/train" "$R/bench_step" "$R"/tests/*; do

@@ -84,10 +84,17 @@ for r in rows:
           f"{r['tokens_per_s']:>9.0f}{ratio(r, 'scfa-cuda'):>13}{ratio(r, 'torch-compile'):>17}")
 PY
         note "e2e: $(wc -l <"$OUT/e2e.jsonl") runs, table in e2e_table.txt" ;;
-    scfa) # kernel-level: ours vs cuDNN SDPA vs FlexAttention (bench/scfa.py)
-        timeout "${SCFA_S:-120}" python3 bench/scfa.py --lib "$R/libscfa.so" ${SCFA_ARGS:---quick} \
-            --out "$OUT/scfa.json" >"$OUT/scfa.log" 2>&1
-        note "scfa bench: exit $? (table at the end of scfa.log)" ;;
+    scfa) # kernel-level: ours vs cuDNN SDPA vs FlexAttention (bench/scfa.py); SCFA_ARGS holds
+          # one or more argument sets separated by '|', run one after another (scfa_K.json/log),
+          # each under SCFA_S seconds
+        IFS='|' read -r -a scfa_sets <<<"${SCFA_ARGS:---quick}"
+        k=0
+        for set_args in "${scfa_sets[@]}"; do
+            k=$((k + 1))
+            timeout "${SCFA_S:-120}" python3 bench/scfa.py --lib "$R/libscfa.so" $set_args \
+                --out "$OUT/scfa_$k.json" >"$OUT/scfa_$k.log" 2>&1
+            note "scfa bench $k ($set_args): exit $? (table at the end of scfa_$k.log)"
+        done ;;
     multi) # several GPUs (issue 8): NCCL equality/resume/refusal, then data-parallel scaling
         cp "$R/train" ./train
         timeout "${MULTI_TEST_S:-300}" bash tests/gpu/test_nccl_2gpu.sh >"$OUT/nccl_2gpu.log" 2>&1
@@ -107,7 +114,7 @@ done
 
 echo
 for f in e2e_table.txt; do [ -s "$OUT/$f" ] && cat "$OUT/$f"; done
-[ -s "$OUT/scfa.log" ] && tail -n 25 "$OUT/scfa.log"
+for f in "$OUT"/scfa_*.log; do [ -s "$f" ] && { echo "-- $f"; sed -n '/^ms, median/,$p' "$f" | head -n 40; }; done
 echo "---- summary"
 for s in "${summary[@]}"; do echo "$s"; done
 # The device tool brings back a limited number of files: everything goes back as one archive

@@ -173,8 +173,10 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
                     const bool in_range = c < k_len;
                     const RowInfo ki = in_range ? kinfo[c - k0] : RowInfo{};
 #pragma unroll
-                    for (int hf = 0; hf < 2; hf++)
-                        if (!(in_range && pol.allowed(qinfo[hf], ki))) s[4 * nt + 2 * hf + e] = -INFINITY;
+                    for (int hf = 0; hf < 2; hf++) { /* a select, not a branch (plan_policy.cuh) */
+                        const bool ok = in_range & pol.allowed(qinfo[hf], ki);
+                        s[4 * nt + 2 * hf + e] = ok ? s[4 * nt + 2 * hf + e] : -INFINITY;
+                    }
                 }
         }
 #pragma unroll

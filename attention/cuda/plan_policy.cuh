@@ -47,8 +47,10 @@ struct PlanPolicy {
         const long at = (long)bh * T + c;
         return {pos_k[at], group_k[at]};
     }
+    /* Bitwise, not short-circuit: a branch here makes ptxas serialize the forward's in-flight
+     * P.V wgmma against the masking (its C7513 warning), slowing every masked tile. */
     __device__ __forceinline__ bool allowed(RowInfo q, RowInfo k) const {
-        return q.group == k.group && k.pos <= q.pos - exclude_self;
+        return (q.group == k.group) & (k.pos <= q.pos - exclude_self);
     }
 
     __device__ __forceinline__ int num_key_tiles(int bh, int qt, int, int) const {
