@@ -3,14 +3,14 @@
  * what the CPU reference (attn_plan_build + attn_row_order_build + attn_tile_lists_build)
  * computes from the same inputs:
  *   - keep masks are drawn on the GPU with the integer formula of attention/attention.h;
- *   - hash rotations are drawn on the HOST by attn_plan_build's own code (rng_normal is
- *     host-only) and uploaded; buckets are computed on the GPU in fp32, and wherever the top
- *     two projections are closer than the fp32 error bound, recomputed in double in the CPU's
- *     summation order, so they equal the CPU's buckets for inputs exactly representable in
- *     bf16 (the GPU inputs are bf16);
+ *   - hash rotations are drawn on the GPU with the host's formula and operation order (equal
+ *     to the host's floats but for a last-bit difference of CUDA's double log/cos against the C
+ *     library's landing on a float rounding boundary, ~1e-8 per value); buckets are computed on
+ *     the GPU in fp32, and wherever the top two projections are closer than the fp32 error
+ *     bound, recomputed in double in the CPU's summation order, so they equal the CPU's buckets
+ *     for inputs exactly representable in bf16 (the GPU inputs are bf16);
  *   - rows are grouped by a stable counting sort (n_groups <= 64), tile lists are exact.
- * Stages run asynchronously on `stream`; the host draw of the rotations waits only for the
- * previous upload of this plan.
+ * Stages run asynchronously on `stream`; none waits for the host.
  *
  * q and k are bf16 [B][T][H][D] with row stride q_stride / k_stride (elements; e.g. 3*H*D for a
  * fused QKV projection): element (b, t, h, d) at x[(b*T + t)*stride + h*D + d]. Hashing needs
@@ -43,10 +43,6 @@ typedef struct {
     attn_row_order_t rows;        /* device pointers */
 
     /* Internal. */
-    attn_plan_t host_draw;        /* B = T = 1 plan whose build draws the rotations */
-    float *host_draw_input;       /* its q: [H][D] zeros, read only for its one bucket */
-    float *rotations_staging;     /* pinned copy of the host draw */
-    cudaEvent_t staging_free;     /* recorded after each upload from rotations_staging */
     int32_t *own_bucket_k, *own_order_k, *own_pos_k, *own_group_k, *own_group_start_k;
     int32_t *histogram;           /* [2][BH][n_chunks][n_groups] */
     int n_chunks;
@@ -62,10 +58,10 @@ void attn_plan_cuda_free(attn_plan_cuda_t *plan);
 void attn_plan_cuda_build(attn_plan_cuda_t *plan, uint64_t key, const void *q, long q_stride,
                           const void *k, long k_stride, cudaStream_t stream);
 
-/* Stage 1 (hash_sparse, nb > 1): draws the rotations on the host and uploads them. */
-void attn_plan_cuda_upload_rotations(attn_plan_cuda_t *plan, uint64_t key, cudaStream_t stream);
+/* Stage 1 (hash_sparse, nb > 1): draws the rotations (device array `rotations`). */
+void attn_plan_cuda_draw_rotations(attn_plan_cuda_t *plan, uint64_t key, cudaStream_t stream);
 
-/* Stage 2: keep masks (qk_sparse) or buckets from the uploaded rotations (hash_sparse); sets
+/* Stage 2: keep masks (qk_sparse) or buckets from the drawn rotations (hash_sparse); sets
  * shared_keys. */
 void attn_plan_cuda_assign(attn_plan_cuda_t *plan, uint64_t key, const void *q, long q_stride,
                            const void *k, long k_stride, cudaStream_t stream);

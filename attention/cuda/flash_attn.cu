@@ -27,7 +27,7 @@ typedef DqTiles<128, 64, 32, 4> Dq128;
  * (run 3: faster than every atomic variant), so it is deterministic in both modes. */
 typedef Sm90FwdTiles<2, 64, 2> Sm90Fwd64;
 typedef Sm90BwdTiles<2> Sm90DkDv64;
-typedef Sm90DqTiles<2> Sm90Dq64;
+typedef Sm90DqTiles<2, 2> Sm90Dq64; /* 2 CTAs/SM: <= 128 registers (attention/cuda/NOTES.md) */
 
 void check_stride(const char *what, long stride, const flash_attn_dims_t *d) {
     if (stride < (long)d->H * d->D || stride % 8 != 0)

@@ -1,6 +1,5 @@
-/* Host side of the GPU attention plan (attention/plan_cuda.h): allocation, the host draw of the
- * hash rotations, and the launches of the stages in plan_hash.cuh, plan_sort.cuh and
- * plan_tile_kernels.cuh. */
+/* Host side of the GPU attention plan (attention/plan_cuda.h): allocation and the launches of the
+ * stages in plan_hash.cuh, plan_sort.cuh and plan_tile_kernels.cuh. */
 #include <string.h>
 
 #include <cub/device/device_radix_sort.cuh>
@@ -39,9 +38,10 @@ static int plan_n_groups(const attn_params_t *p) {
 extern "C" void attn_plan_cuda_init(attn_plan_cuda_t *plan, const attn_params_t *p, int B, int T,
                                     int H, int D) {
     memset(plan, 0, sizeof *plan);
-    /* A host plan of one position draws the rotations with attn_plan_build's own code; its
-     * init also validates the parameters and sizes. */
-    attn_plan_init(&plan->host_draw, p, 1, 1, H, D);
+    /* The host plan's init validates the parameters and sizes (one position: cheap). */
+    attn_plan_t check;
+    attn_plan_init(&check, p, 1, 1, H, D);
+    attn_plan_free(&check);
     if ((long)B * T * H > INT32_MAX)
         fatal(EXIT_USAGE, "attention plan (GPU): B*T*H = %ld rows is too large", (long)B * T * H);
     plan->p = *p;
@@ -61,11 +61,8 @@ extern "C" void attn_plan_cuda_init(attn_plan_cuda_t *plan, const attn_params_t 
         if (p->n_buckets > 1) {
             const size_t n_rot = (size_t)H * D * (p->n_buckets / 2);
             plan->rotations = device_alloc<float>(n_rot);
-            PLAN_CUDA_OK(cudaMallocHost((void **)&plan->rotations_staging, n_rot * sizeof(float)));
-            plan->host_draw_input = (float *)xcalloc((size_t)H * D, sizeof(float), "hash draw input");
         }
     }
-    PLAN_CUDA_OK(cudaEventCreateWithFlags(&plan->staging_free, cudaEventDisableTiming));
     attn_row_order_t *rw = &plan->rows;
     rw->BH = BH;
     rw->T = T;
@@ -95,24 +92,18 @@ extern "C" void attn_plan_cuda_free(attn_plan_cuda_t *plan) {
                       plan->own_group_k, plan->own_group_start_k, plan->histogram};
     for (size_t i = 0; i < sizeof device / sizeof device[0]; i++)
         if (device[i]) PLAN_CUDA_OK(cudaFree(device[i]));
-    if (plan->rotations_staging) PLAN_CUDA_OK(cudaFreeHost(plan->rotations_staging));
-    if (plan->staging_free) PLAN_CUDA_OK(cudaEventDestroy(plan->staging_free));
-    free(plan->host_draw_input);
-    attn_plan_free(&plan->host_draw);
     memset(plan, 0, sizeof *plan);
 }
 
-extern "C" void attn_plan_cuda_upload_rotations(attn_plan_cuda_t *plan, uint64_t key,
-                                                cudaStream_t stream) {
+extern "C" void attn_plan_cuda_draw_rotations(attn_plan_cuda_t *plan, uint64_t key,
+                                              cudaStream_t stream) {
     if (plan->p.mode != ATTN_HASH_SPARSE || plan->p.n_buckets == 1) return;
-    attn_plan_build(&plan->host_draw, key, plan->host_draw_input, NULL);
-    const size_t bytes = (size_t)plan->H * plan->D * (plan->p.n_buckets / 2) * sizeof(float);
-    /* The previous upload may still be reading the staging buffer. */
-    PLAN_CUDA_OK(cudaEventSynchronize(plan->staging_free));
-    memcpy(plan->rotations_staging, plan->host_draw.rotations, bytes);
-    PLAN_CUDA_OK(cudaMemcpyAsync(plan->rotations, plan->rotations_staging, bytes,
-                                 cudaMemcpyHostToDevice, stream));
-    PLAN_CUDA_OK(cudaEventRecord(plan->staging_free, stream));
+    const int half = plan->p.n_buckets / 2, n = plan->H * plan->D * half, columns = plan->H * half;
+    plan::draw_normals_kernel<<<(n + 255) / 256, 256, 0, stream>>>(key, n, plan->rotations);
+    PLAN_CUDA_OK(cudaGetLastError());
+    plan::normalise_columns_kernel<<<(columns + 127) / 128, 128, 0, stream>>>(plan->H, plan->D, half,
+                                                                              plan->rotations);
+    PLAN_CUDA_OK(cudaGetLastError());
 }
 
 static void check_hash_input(const attn_plan_cuda_t *plan, const char *name, const void *x,
@@ -221,7 +212,7 @@ extern "C" void attn_plan_cuda_sort(attn_plan_cuda_t *plan, cudaStream_t stream)
 extern "C" void attn_plan_cuda_build(attn_plan_cuda_t *plan, uint64_t key, const void *q,
                                      long q_stride, const void *k, long k_stride,
                                      cudaStream_t stream) {
-    attn_plan_cuda_upload_rotations(plan, key, stream);
+    attn_plan_cuda_draw_rotations(plan, key, stream);
     attn_plan_cuda_assign(plan, key, q, q_stride, k, k_stride, stream);
     attn_plan_cuda_sort(plan, stream);
 }

@@ -26,6 +26,40 @@ namespace plan {
 
 typedef __nv_bfloat16 bf16;
 
+/* Hash rotations on the device, as attention/plan.c's build_rotations draws them on the host:
+ * R[h][d][c] = n(h, d, c) / ||n(h, ., c)||, n = rng_normal at counter (h*D + d)*half + c, the
+ * norm summed over d in increasing order in double. The same IEEE operations in the same order
+ * (no contracted multiply-adds: __dmul_rn / __dadd_rn), so the floats equal the host's except
+ * where CUDA's double log or cos differs from the C library's in the last bit right at a float
+ * rounding boundary (about 1 value in 10^8; tests/gpu/test_plan_cuda compares every one).
+ * One thread per element draws; one thread per column normalises. */
+__device__ __forceinline__ float normal_as_host(uint64_t key, uint64_t counter) {
+    /* runtime/rng.c: u1 in (0, 1], sqrt(-2 log u1) cos(2 pi u2), rounded to float. */
+    const double u1 = __ddiv_rn(__dadd_rn((double)rng_u24(key, 2 * counter), 1.0), 16777216.0);
+    const double u2 = __ddiv_rn((double)rng_u24(key, 2 * counter + 1), 16777216.0);
+    return __double2float_rn(__dmul_rn(__dsqrt_rn(__dmul_rn(-2.0, log(u1))), cos(__dmul_rn(6.283185307179586, u2))));
+}
+
+__global__ void draw_normals_kernel(uint64_t key, int n, float *rot) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) rot[i] = normal_as_host(key, (uint64_t)i); /* element i = (h*D + d)*half + c */
+}
+
+__global__ void normalise_columns_kernel(int H, int D, int half, float *rot) {
+    const int id = blockIdx.x * blockDim.x + threadIdx.x;
+    if (id >= H * half) return;
+    const int h = id / half, c = id % half;
+    float *col = rot + (size_t)h * D * half + c; /* stride half */
+    double norm2 = 0.0;
+    for (int d = 0; d < D; d++) {
+        const double x = col[(size_t)d * half];
+        norm2 = __dadd_rn(norm2, __dmul_rn(x, x));
+    }
+    /* A zero column needs D exact-zero normals; guarded as on the host. */
+    const double inv = norm2 > 0.0 ? __ddiv_rn(1.0, __dsqrt_rn(norm2)) : 0.0;
+    for (int d = 0; d < D; d++) col[(size_t)d * half] = __double2float_rn(__dmul_rn((double)col[(size_t)d * half], inv));
+}
+
 /* keep[n] for row n = (b*H + h)*T + t, counters 2n (queries) and 2n + 1 (keys). */
 __global__ void keep_mask_kernel(uint64_t key, uint32_t threshold, long rows, uint8_t *keep_q,
                                  uint8_t *keep_k) {

@@ -5,9 +5,8 @@
  *   assign  (keep masks, or fp32 hashing of q [and k] with the double fallback),
  *   sort    (counting sort of query and key rows of every (b, h)),
  *   tiles   (tile summaries, exact lists both directions, longest-first orders) for one shape,
- *   gpu     the three together, between device events (the host draw of the rotations is
- *           excluded: it runs on the host, ahead of the GPU),
- *   host    the host draw + upload of the rotations alone (wall clock),
+ *   gpu     the three together, between device events (the rotation draw excluded),
+ *   host    the rotation draw (two small kernels) alone, launch to completion (wall clock),
  *   wall    attn_plan_cuda_build + attn_tiles_cuda_build + stream sync (wall clock),
  * and the live fraction: live (query tile, key tile) pairs over the pairs a dense causal kernel
  * visits for the same tile shape. Floors: reading q once is B*T*H*D*2 bytes (101 MB, about
@@ -85,7 +84,7 @@ static Result run(const char *name, attn_params_t p, int shared_keys, int bm, in
         const uint64_t key = rng_key(1, RNG_DOMAIN_ATTN, it, 0, 0);
         CUDA_OK(cudaStreamSynchronize(s));
         auto t0 = std::chrono::steady_clock::now();
-        attn_plan_cuda_upload_rotations(&plan, key, s);
+        attn_plan_cuda_draw_rotations(&plan, key, s);
         CUDA_OK(cudaStreamSynchronize(s));
         auto t1 = std::chrono::steady_clock::now();
         CUDA_OK(cudaEventRecord(ev[0], s));
@@ -96,7 +95,7 @@ static Result run(const char *name, attn_params_t p, int shared_keys, int bm, in
         attn_tiles_cuda_build(&tiles, &plan, s);
         CUDA_OK(cudaEventRecord(ev[3], s));
         CUDA_OK(cudaStreamSynchronize(s));
-        /* The whole call as a trainer makes it, host draw included. */
+        /* The whole call as a trainer makes it. */
         auto t2 = std::chrono::steady_clock::now();
         attn_plan_cuda_build(&plan, key, q, stride, k, stride, s);
         attn_tiles_cuda_build(&tiles, &plan, s);

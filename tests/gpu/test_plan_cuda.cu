@@ -340,7 +340,41 @@ static void run_case(const plan_case_t *c, uint64_t seed) {
     free(k);
 }
 
+/* The device draw of the rotations against the host's (attn_plan_build) over many keys: the
+ * floats must agree except, rarely, by one unit in the last place (CUDA's double log/cos may
+ * differ from the C library's in the last bit; plan_hash.cuh). */
+static void check_rotation_draw(void) {
+    const int H = 16, D = 128, nb = 64, keys = 40, half = nb / 2;
+    const attn_params_t p = {ATTN_HASH_SPARSE, nb, 0.0f, 0};
+    const size_t n = (size_t)H * D * half;
+    attn_plan_t host;
+    attn_plan_init(&host, &p, 1, 1, H, D);
+    attn_plan_cuda_t dev;
+    attn_plan_cuda_init(&dev, &p, 1, 1, H, D);
+    float *zeros = (float *)calloc((size_t)H * D, sizeof(float)), *got = (float *)malloc(n * sizeof(float));
+    long differ = 0, worse = 0;
+    for (int k = 0; k < keys; k++) {
+        const uint64_t key = rng_key(77, RNG_DOMAIN_ATTN, (uint64_t)k, 3, 1);
+        attn_plan_build(&host, key, zeros, NULL);
+        attn_plan_cuda_draw_rotations(&dev, key, 0);
+        CUDA_OK(cudaMemcpy(got, dev.rotations, n * sizeof(float), cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < n; i++) {
+            if (got[i] == host.rotations[i]) continue;
+            differ++;
+            if (nextafterf(got[i], host.rotations[i]) != host.rotations[i]) worse++;
+        }
+    }
+    printf("rotation draw: %ld of %ld device floats differ from the host's (%ld by more than 1 ulp)\n", differ,
+           (long)(n * keys), worse);
+    CHECK(worse == 0 && differ <= 2, "device rotation draw: %ld floats differ, %ld by more than 1 ulp", differ, worse);
+    free(zeros);
+    free(got);
+    attn_plan_free(&host);
+    attn_plan_cuda_free(&dev);
+}
+
 int main(void) {
+    check_rotation_draw();
     static const int hash_nb[] = {1, 2, 8, 16, 64};
     static const float drops[] = {0.0f, 0.3f, 0.5f, 0.7f, 1.0f};
     /* {B, T, H, D, stride in units: 0 = H*D, 2 = 2*H*D + 8, 3 = 3*H*D} */
