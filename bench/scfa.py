@@ -453,10 +453,11 @@ class Bench:
 
         # Ours for every configuration first, then Flex (whose compiles take the longest), so
         # that a run cut short still has ours and cuDNN for every point.
-        configs = [("hash", nb) for nb in args.nbs] + [("qk", p) for p in args.drops]
+        configs = ([("dense", None)] if args.with_dense else []) + [("hash", nb) for nb in args.nbs] + \
+            [("qk", p) for p in args.drops]
         pending = []  # (row, our output, groups) for the Flex phase
         for index, (kind, param) in enumerate(configs):
-            row = dict(base, kind=kind, **({"nb": param} if kind == "hash" else {"drop": param}))
+            row = dict(base, kind=kind, **({"nb": param} if kind == "hash" else {"drop": param} if kind == "qk" else {}))
             self.doc["rows"].append(row)
             key = self.lib.rng_key(1234, T, index, 0)
             try:
@@ -469,7 +470,7 @@ class Bench:
                     self.measure(row, "ours_fwd_ms", lambda: scfa_attention(qg, kg, vg, ctx, key, args.deterministic))
                     self.measure(row, "ours_fb_ms", lambda: torch.autograd.grad(
                         scfa_attention(qg, kg, vg, ctx, key, args.deterministic), (qg, kg, vg), dout))
-                    if self.flex:
+                    if self.flex and kind != "dense":
                         with torch.no_grad():
                             ours = scfa_attention(q, k, v, ctx, key)
                         pending.append((row, ours, ctx.groups()))
@@ -538,7 +539,7 @@ def print_table(rows):
             dense[(r["shape"], r["T"])] = r
             continue
         d = dense.get((r["shape"], r["T"]), {})
-        mode = f"hash {r['nb']}" if r["kind"] == "hash" else f"qk {r['drop']}"
+        mode = f"hash {r['nb']}" if r["kind"] == "hash" else f"qk {r['drop']}" if r["kind"] == "qk" else "ours dense"
         g = lambda key: r.get(key, nan)  # noqa: E731
         print(f"{r['shape']:>6} {r['T']:>6} {mode:>9} {g('live_frac'):5.3f} | {g('plan_ms'):6.3f} "
               f"{g('ours_fwd_ms'):6.3f} {g('ours_fb_ms'):7.3f} | {d.get('fb_ms', nan):7.3f} "
@@ -569,6 +570,7 @@ def main():
     ap.add_argument("--no-check", action="store_true", help="skip the correctness check")
     ap.add_argument("--check-only", action="store_true")
     ap.add_argument("--deterministic", action="store_true", help="our deterministic backward")
+    ap.add_argument("--with-dense", action="store_true", help="also time our dense kernels (plan-free)")
     ap.add_argument("--shared-qk", action="store_true", help="hash: keys take the queries' buckets")
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--reps", type=int)
