@@ -91,9 +91,9 @@ int scfa_forward(scfa_ctx_t *ctx, const void *q, long q_stride, const void *k, l
                  void *stream);
 
 /* Overwrites dq, dk, dv (strides of q, k, v) from the forward's out and lse and dout
- * (o_stride). deterministic != 0: dQ in its own pass, bit-identical across runs; otherwise the
- * sparse modes accumulate dQ with fp32 atomics (faster there); dense attention on Hopper always
- * takes its own dQ pass. Device workspace is allocated by the first
+ * (o_stride). deterministic != 0: dQ in its own pass, bit-identical across runs. On Hopper dQ
+ * always has its own pass (the faster choice there); elsewhere, without deterministic, dQ is
+ * accumulated with fp32 atomics. Device workspace is allocated by the first
  * call (synchronising the device once). */
 int scfa_backward(scfa_ctx_t *ctx, const void *q, long q_stride, const void *k, long k_stride,
                   const void *v, long v_stride, const void *out, long o_stride, const float *lse,

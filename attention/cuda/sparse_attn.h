@@ -52,8 +52,9 @@ void sparse_attn_force_portable(int on);
 const char *sparse_attn_path(int D);
 
 /* Whether sparse_attn_backward should be given dQ tile lists (the split dQ pass, no atomics) for
- * head dim D on the path in force: when deterministic; otherwise the dK/dV pass adds dQ with
- * atomics, which measured faster on both paths (H100, attention/cuda/NOTES.md). */
+ * head dim D on the path in force: when deterministic, and always on Hopper, where the split is
+ * the faster; the portable path otherwise adds dQ with atomics in the dK/dV pass (faster there;
+ * H100 measurements in attention/cuda/NOTES.md). */
 int sparse_attn_backward_split(int D, int deterministic);
 
 /* out [B][T][H][D] (o_stride), lse [B][H][T]. fwd_tiles: SPARSE_ATTN_PASS_FORWARD shape. */
