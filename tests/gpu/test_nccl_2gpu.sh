@@ -74,8 +74,11 @@ check 'compare_ckpt "$W/one/ckpt_00000008.bin" "$W/two_r/ckpt_00000008.bin" 5e-3
 
 # More ranks than GPUs on this host: refused with a message, no hang.
 many=$((n_gpu + 1))
-out=$(timeout 300 $MPIRUN $many ./train --config "$W/cfg.json" --out "$W/many" --device cuda 2>&1); rc=$?
-check '[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "ranks on this host" <<<"$out"' "$many ranks on $n_gpu GPUs refused (rc=$rc): $(tail -3 <<<"$out")"
+# (The total batch must divide among the ranks, or the config check refuses the launch first.)
+out=$(timeout 300 $MPIRUN $many ./train --config "$W/cfg.json" --set train.total_batch_tokens=$((many * 128)) \
+    --out "$W/many" --device cuda 2>&1); rc=$?
+check '[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "ranks on this host" <<<"$out"' \
+    "$many ranks on $n_gpu GPUs refused (rc=$rc): $(grep -v -- '^---' <<<"$out" | head -5)"
 
 # The 2-rank step log carries the collectives' timing (comm_ms >= exposed >= 0).
 comm_fields_ok() { python3 - "$1" <<'PY'
@@ -112,7 +115,7 @@ start=$(date +%s)
 $MPIRUN 2 ./train --config "$W/long.json" --out "$W/kill" --device cuda > "$W/kill.out" 2>&1 &
 mpipid=$!
 for _ in $(seq 1 600); do
-    [ "$(grep -c '"type":"step"' "$W/kill/log.jsonl" 2>/dev/null)" -ge 70 ] && break; sleep 0.1
+    n=$(grep -c '"type":"step"' "$W/kill/log.jsonl" 2>/dev/null); [ "${n:-0}" -ge 70 ] && break; sleep 0.1
 done
 victim=$(pgrep -f "train --config $W/long.json" | tail -n 1)
 kill -KILL "$victim" 2>/dev/null
