@@ -468,6 +468,8 @@ static void train_loop(run_t *r) {
                 cJSON_AddNumberToObject(o, "comm_ms", round(comm_ms * 1e3) / 1e3);
                 cJSON_AddNumberToObject(o, "comm_exposed_ms", round(exposed_ms * 1e3) / 1e3);
             }
+            const double live = r->be->attn_live ? r->be->attn_live(r->be) : -1.0;
+            if (live >= 0) cJSON_AddNumberToObject(o, "attn_live", round(live * 1e4) / 1e4);
             runlog_write(&r->log, o);
         }
         char eta[32];

@@ -49,6 +49,10 @@ struct backend {
      * last step spent in gradient/parameter collectives, and the part of it the step waited for
      * (not hidden behind the backward or the update); negative when not measured. */
     void (*comm_times)(backend_t *b, double *comm_ms, double *exposed_ms);
+    /* Sparse-attention work of the last training forward: the fraction of causal tile pairs
+     * the kernels visited, averaged over sparse layers; negative when all layers are dense.
+     * NULL when the backend does not measure it. */
+    double (*attn_live)(backend_t *b);
     void (*destroy)(backend_t *b);
 };
 

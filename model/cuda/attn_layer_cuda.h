@@ -48,6 +48,11 @@ void attn_layer_cuda_backward(attn_layer_cuda_t *a, const flash_attn_dims_t *dim
                               flash_bf16_t *dq, flash_bf16_t *dk, flash_bf16_t *dv,
                               void *workspace, int deterministic, cudaStream_t stream);
 
+/* Fraction of the causal (query tile, key tile) pairs that the last forward's tile lists
+ * visit, over all (b, h): the work the sparse kernels do relative to dense causal attention
+ * at the same tiling. -1 for dense layers or before any forward. Waits for the stream. */
+double attn_layer_cuda_live_fraction(attn_layer_cuda_t *a, cudaStream_t stream);
+
 /* The plan of the last forward copied to the host (waits for the stream). */
 const attn_plan_t *attn_layer_cuda_host_plan(attn_layer_cuda_t *a, cudaStream_t stream);
 

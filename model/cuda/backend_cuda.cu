@@ -123,6 +123,8 @@ static void cuda_logits_row(backend_t *b, int bi, int t, float *out) {
     CUDA_CHECK(cudaStreamSynchronize(g->stream));
 }
 
+static double cuda_attn_live(backend_t *b) { return gpt_cuda_attn_live(impl(b)); }
+
 static const attn_plan_t *cuda_plan(backend_t *b, int layer) {
     return gpt_cuda_host_plan(impl(b), layer);
 }
@@ -181,6 +183,7 @@ static backend_t *create(const gpt_config_t *cfg, int B, int T, const dist_t *di
     b->read_grads = cuda_read_grads;
     b->logits_row = cuda_logits_row;
     b->plan = cuda_plan;
+    b->attn_live = cuda_attn_live;
     b->destroy = cuda_destroy;
     return b;
 }

@@ -294,6 +294,19 @@ const attn_plan_t *gpt_cuda_host_plan(gpt_cuda_t *g, int layer) {
     return attn_layer_cuda_host_plan(&g->attn[g->attn_set][layer], g->stream);
 }
 
+double gpt_cuda_attn_live(gpt_cuda_t *g) {
+    double sum = 0.0;
+    int n = 0;
+    for (int l = 0; l < g->L; l++) {
+        const double f = attn_layer_cuda_live_fraction(&g->attn[0][l], g->stream);
+        if (f >= 0.0) {
+            sum += f;
+            n++;
+        }
+    }
+    return n ? sum / n : -1.0;
+}
+
 float gpt_cuda_forward(gpt_cuda_t *g, const int32_t *inputs, const int32_t *targets, int B, int T,
                        uint64_t step, uint64_t micro) {
     if (B < 1 || B > g->Bmax || T < 1 || T > g->Tmax)

@@ -117,6 +117,9 @@ float gpt_cuda_forward(gpt_cuda_t *g, const int32_t *inputs, const int32_t *targ
                        int T, uint64_t step, uint64_t micro);
 /* The plan layer l used in the last forward, copied to the host (keep masks / buckets). */
 const attn_plan_t *gpt_cuda_host_plan(gpt_cuda_t *g, int layer);
+/* Mean over sparse layers of the live-tile fraction of the last training forward
+ * (attn_layer_cuda_live_fraction); -1 when every layer is dense. Waits for the stream. */
+double gpt_cuda_attn_live(gpt_cuda_t *g);
 /* grads += scale * dloss/dparams of the last forward (which must have had targets). */
 void gpt_cuda_backward(gpt_cuda_t *g, float scale);
 
