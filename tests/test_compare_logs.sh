@@ -38,7 +38,8 @@ with open(f"{d}/log.jsonl", "w") as f:
         m = ms * 5 if s == 1 else ms + (10 if s % 2 else -10)
         f.write(json.dumps({"type": "step", "step": s, "loss": 5.0, "lr": 1e-3, "grad_norm": 1.0,
                             "tokens": s * 4 * seq, "tokens_per_s": round(4 * seq / m * 1000),
-                            "ms": m, "elapsed_s": s * ms / 1000}) + "\n")
+                            "ms": m, "elapsed_s": s * ms / 1000,
+                            **({} if mode == "dense" else {"attn_live": 0.9 if s <= 0.9 * last else 0.25})}) + "\n")
         if s in ev:
             t, p = ev[s]
             f.write(json.dumps({"type": "eval", "step": s, "val_loss": 1.0, "val_ppl": p,
@@ -61,28 +62,31 @@ out=$(scripts/compare_logs --out-dir "$W/cmp" "$R/dense" "$R/hash16" "$R/qk50" "
 check '[ $rc -eq 0 ]' "compare_logs on good runs exits 0 (got $rc: $(cat "$W/err"))"
 # cell N (1-based, after the leading '|') of the table row of run NAME
 cell() { echo "$out" | grep "^| $1 " | head -n 1 | awk -F'|' -v n="$2" '{ gsub(/^ +| +$/, "", $(n + 1)); print $(n + 1) }'; }
-# columns: 1 run, 2 attention, 3 steps, 4 final ppl, 5 ppl vs dense, 6 tok/s, 7 ms, 8 time, 9 speed-up, 10 step speed-up
-check '[ "$(cell hash16 9)" = 2.00x ]' "hash16 equal-perplexity speed-up 2.00x (got '$(cell hash16 9)')"
-check '[ "$(cell hash16 10)" = 2.00x ]' "hash16 step-time speed-up 2.00x (got '$(cell hash16 10)')"
-check '[ "$(cell hash16 8)" = "20.0 s" ]' "hash16 reaches dense ppl at 20.0 s (got '$(cell hash16 8)')"
+# columns: 1 run, 2 attention, 3 steps, 4 final ppl, 5 ppl vs dense, 6 tok/s, 7 ms, 8 attn live,
+# 9 time, 10 speed-up, 11 step speed-up
+check '[ "$(cell hash16 10)" = 2.00x ]' "hash16 equal-perplexity speed-up 2.00x (got '$(cell hash16 10)')"
+check '[ "$(cell hash16 11)" = 2.00x ]' "hash16 step-time speed-up 2.00x (got '$(cell hash16 11)')"
+check '[ "$(cell hash16 9)" = "20.0 s" ]' "hash16 reaches dense ppl at 20.0 s (got '$(cell hash16 9)')"
 check '[ "$(cell hash16 7)" = 500.0 ]' "hash16 median ms/step 500.0 (got '$(cell hash16 7)')"
 # tokens/s per step: one slow first step, 19 at 510 ms (64,251), 20 at 490 ms (66,873): the
 # median of 40 is the mean of the middle two, (64,251 + 66,873) / 2
 check '[ "$(cell hash16 6)" = 65,562 ]' "hash16 median tokens/s 65,562 (got '$(cell hash16 6)')"
 check '[ "$(cell hash16 2)" = "hash nb=16 (shared_qk, exclude_self)" ]' "hash16 attention column (got '$(cell hash16 2)')"
-check '[ "$(cell qk50 8)" = "14.0 s" ]' "qk50 interpolated time 14.0 s (got '$(cell qk50 8)')"
-check '[ "$(cell qk50 9)" = 2.86x ]' "qk50 speed-up 40/14 = 2.86x (got '$(cell qk50 9)')"
-check '[ "$(cell qk50 10)" = 1.00x ]' "qk50 step-time speed-up 1.00x (got '$(cell qk50 10)')"
+check '[ "$(cell qk50 9)" = "14.0 s" ]' "qk50 interpolated time 14.0 s (got '$(cell qk50 9)')"
+check '[ "$(cell qk50 10)" = 2.86x ]' "qk50 speed-up 40/14 = 2.86x (got '$(cell qk50 10)')"
+check '[ "$(cell qk50 11)" = 1.00x ]' "qk50 step-time speed-up 1.00x (got '$(cell qk50 11)')"
 check '[ "$(cell qk50 5)" = "-9.09%" ]' "qk50 ppl vs dense -9.09% (got '$(cell qk50 5)')"
-check '[ "$(cell qk70 8)" = "not reached" ]' "qk70 never reaches dense ppl (got '$(cell qk70 8)')"
-check '[ "$(cell qk70 9)" = - ]' "qk70 has no equal-perplexity speed-up (got '$(cell qk70 9)')"
-check '[ "$(cell qk70 10)" = 1.25x ]' "qk70 step-time speed-up 1000/800 = 1.25x (got '$(cell qk70 10)')"
+check '[ "$(cell qk70 9)" = "not reached" ]' "qk70 never reaches dense ppl (got '$(cell qk70 9)')"
+check '[ "$(cell qk70 10)" = - ]' "qk70 has no equal-perplexity speed-up (got '$(cell qk70 10)')"
+check '[ "$(cell qk70 11)" = 1.25x ]' "qk70 step-time speed-up 1000/800 = 1.25x (got '$(cell qk70 11)')"
 check '[ "$(cell qk70 3)" = 30/40 ]' "qk70 steps column 30/40 (got '$(cell qk70 3)')"
 check 'echo "$out" | grep -q "note: qk70 stopped at step 30 of 40"' "note on the unfinished run"
 check '[ "$(cell "dense (dense baseline)" 4)" = 22.00 ]' "dense final ppl 22.00 (got '$(cell "dense (dense baseline)" 4)')"
-check '[ "$(cell "dense (dense baseline)" 9)" = 1.00x ]' "dense speed-up over itself 1.00x"
+check '[ "$(cell "dense (dense baseline)" 10)" = 1.00x ]' "dense speed-up over itself 1.00x"
+check '[ "$(cell "dense (dense baseline)" 8)" = - ]' "no attn live column for a dense run"
+check '[ "$(cell hash16 8)" = 0.250 ]' "hash16 attn live: mean of the last 10% of steps (got '$(cell hash16 8)')"
 check 'echo "$out" | grep -q "note: no dense run at seq 16384"' "note for the group without dense"
-check '[ "$(cell hash8_16k 9)" = - ] && [ "$(cell hash8_16k 10)" = - ] && [ "$(cell hash8_16k 4)" = 50.00 ]' \
+check '[ "$(cell hash8_16k 10)" = - ] && [ "$(cell hash8_16k 11)" = - ] && [ "$(cell hash8_16k 4)" = 50.00 ]' \
       "no speed-up values without dense, final ppl still shown"
 check '[ "$(echo "$out" | grep -c "^### seq")" -eq 2 ]' "one table per seq length"
 for s in 8192 16384; do
