@@ -89,6 +89,10 @@ check 'echo "$out" | grep -q "note: no dense run at seq 16384"' "note for the gr
 check '[ "$(cell hash8_16k 10)" = - ] && [ "$(cell hash8_16k 11)" = - ] && [ "$(cell hash8_16k 4)" = 50.00 ]' \
       "no speed-up values without dense, final ppl still shown"
 check '[ "$(echo "$out" | grep -c "^### seq")" -eq 2 ]' "one table per seq length"
+cp -r "$R/hash16" "$W/hash16_gz" && gzip "$W/hash16_gz/log.jsonl"
+gz=$(scripts/compare_logs --no-plots "$R/dense" "$W/hash16_gz" 2>&1)
+check 'echo "$gz" | grep "^| hash16_gz " | grep -q "| 2.00x | 2.00x |"' "a gzipped log.jsonl.gz reads as the plain log"
+
 for s in 8192 16384; do
     check '[ "$(head -c 8 "$W/cmp/val_ppl_seq$s.png" | od -An -tx1 | tr -d " \n")" = 89504e470d0a1a0a ]' "PNG written for seq $s"
 done
