@@ -5,7 +5,7 @@ set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PKGS="build-essential make gcc libcjson-dev libpcre2-dev zlib1g-dev openmpi-bin libopenmpi-dev
-      xz-utils perl ca-certificates"
+      xz-utils perl ca-certificates python3-matplotlib"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 # Tools are checked by command, not by package: a machine may already carry them from another

@@ -98,6 +98,21 @@ for s in 8192 16384; do
 done
 check '[ -s "$W/cmp/summary.md" ]' "summary.md written"
 
+# --ppl-levels: dense reaches 40 at its first eval (10 s) and 30 at 20 s. hash16: half the time.
+# qk50: 35 at 5 s <= 40 -> 5 s (2.00x); crosses 30 between (5 s, 35) and (10 s, 26): t = 5 + 5/9 * 5
+# = 7.78 s -> 20 / 7.78 = 2.57x. qk70: 40 at 16 s (0.62x), never 30. No run reaches 21.5.
+lv=$(scripts/compare_logs --no-plots --ppl-levels 40,30,21.5 "$R/dense" "$R/hash16" "$R/qk50" "$R/qk70" 2>&1); rc=$?
+lvrow() { echo "$lv" | grep "^| $1 " | tail -n 1; }
+check '[ $rc -eq 0 ] && [ "$(lvrow "dense (seconds)")" = "| dense (seconds) | 10.0 s | 20.0 s | - |" ]' \
+    "levels table: dense's times (got '$(lvrow "dense (seconds)")', rc $rc)"
+check '[ "$(lvrow hash16)" = "| hash16 | 2.00x | 2.00x | - |" ]' "levels table: hash16 2.00x at every level (got '$(lvrow hash16)')"
+check '[ "$(lvrow qk50)" = "| qk50 | 2.00x | 2.57x | - |" ]' "levels table: qk50 interpolated (got '$(lvrow qk50)')"
+check '[ "$(lvrow qk70)" = "| qk70 | 0.62x | - | - |" ]' "levels table: qk70 reaches 40 at 16 s (10/16), never 30 (got '$(lvrow qk70)')"
+scripts/compare_logs --no-plots --ppl-levels 30,-2 "$R/dense" > /dev/null 2> "$W/err"; rc=$?
+check '[ $rc -eq 2 ] && grep -q "ppl-levels.*positive" "$W/err"' "--ppl-levels with a negative level -> exit 2 (got $rc)"
+scripts/compare_logs --no-plots --ppl-levels 30,abc "$R/dense" > /dev/null 2> "$W/err"; rc=$?
+check '[ $rc -eq 2 ] && grep -q "ppl-levels.*not a comma-separated list" "$W/err"' "--ppl-levels with a word -> exit 2 (got $rc)"
+
 # ---- errors: exit 2 and a message naming the file / line
 expect_error() { # MESSAGE_PART ARGS...
     local want=$1; shift
