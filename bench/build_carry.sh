@@ -24,12 +24,7 @@ make --no-print-directory build/cuda/bench/e2e/bench_step.o $objs
 $NVCC $FLAGS build/cuda/bench/e2e/bench_step.o $objs build/libcore.a -o "$R/bench_step" -Xcompiler -fopenmp $LIBS
 make --no-print-directory libscfa && cp build/libscfa.so "$R/"
 
-# Shared libraries outside glibc, the compiler runtime, CUDA and NCCL (those the device has).
-for bin in "$R/train" "$R/bench_step" "$R"/tests/*; do
-    ldd "$bin" | awk '$3 ~ /^\// {print $3}' |
-        grep -Ev '/(libc|libm|libpthread|libdl|librt|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so|cuda|cublas|nccl' |
-        while read -r lib; do cp -Lu "$lib" "$R/lib/"; done
-done
+bash scripts/carry_libs.sh "$R/lib" "$R/train" "$R/bench_step" "$R"/tests/*
 for f in data/shards/demo_*.bin; do
     x=carry/demo_xz/$(basename "$f").xz # made once: xz is slow on 2 cores
     [ -s "$x" ] && [ "$x" -nt "$f" ] || { mkdir -p carry/demo_xz; xz -T2 -c "$f" >"$x"; }

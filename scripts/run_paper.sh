@@ -24,9 +24,10 @@
 #   --dry             print what would run, run nothing
 # Exit status: 0 when every run finished, 1 when one failed or timed out, 2 on bad arguments.
 #
-# On the GPU machine (no network, files only through a 64 MiB carry; docs/RESULTS.md):
-#   export LD_LIBRARY_PATH=$PWD/carry/run/lib:/usr/local/cuda/lib64
-#   bash scripts/run_paper.sh --unpack carry/corpus_part1 --train carry/run/train --out "$OUT" \
+# On the GPU machine (no network, files only through a 64 MiB carry; docs/RESULTS.md), after
+# scripts/paper_carry.sh here:
+#   export LD_LIBRARY_PATH=$PWD/carry/paper/lib:/usr/local/cuda/lib64
+#   bash scripts/run_paper.sh --unpack carry/corpus_part1 --train carry/paper/train --out "$OUT" \
 #        --tar configs/paper/scaled/8k_dense.json
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -81,7 +82,7 @@ check_machine() {
     if [ ! -x "$train" ]; then
         problems+=("trainer $train not found or not executable (--train BIN or TRAIN=...)")
     elif missing=$(ldd "$train" 2>/dev/null | grep "not found"); then
-        problems+=("$train misses shared libraries (set LD_LIBRARY_PATH, e.g. carry/run/lib): $(echo $missing)")
+        problems+=("$train misses shared libraries (set LD_LIBRARY_PATH, e.g. carry/paper/lib): $(echo $missing)")
     fi
     compgen -G "${data}_train_*.bin" > /dev/null || problems+=("no shards ${data}_train_*.bin (--data PREFIX; see docs/DATA.md)")
     compgen -G "${data}_val_*.bin" > /dev/null || problems+=("no shards ${data}_val_*.bin")

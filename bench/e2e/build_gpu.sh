@@ -32,12 +32,10 @@ if [ "$what" = all ] || [ "$what" = bench ]; then
     link bench/e2e/bench_step.cu carry/bench_step
     link bench/e2e/bench_ops.cu carry/bench_ops
 fi
-# Copy the shared libraries the device image may lack (MPI and its helpers, cJSON, PCRE2):
-# everything ldd resolves outside glibc, the compiler runtime and CUDA.
+# The shared libraries the device image may lack (MPI and its helpers, cJSON, PCRE2).
+bins=()
 for bin in carry/test_model_cuda carry/test_model_cuda_step carry/bench_step carry/bench_ops; do
-    [ -x "$bin" ] || continue
-    ldd "$bin" | awk '$3 ~ /^\// {print $3}' |
-        grep -Ev '/(libc|libm|libpthread|libdl|librt|libstdc\+\+|libgcc_s|libgomp|ld-linux[^/]*)\.so|cuda|cublas' |
-        while read -r lib; do cp -Lu "$lib" carry/lib/; done || true
+    [ -x "$bin" ] && bins+=("$bin")
 done
+[ ${#bins[@]} -eq 0 ] || bash scripts/carry_libs.sh carry/lib "${bins[@]}"
 ls -la carry carry/lib
