@@ -152,6 +152,11 @@ if [ -x ./train ]; then
         n=$((n + 1))
     done
     check '[ $n -eq 28 ]' "28 paper configs (14 full + 14 scaled), found $n"
+    for f in configs/paper/extra/*.json; do # controls beside the scaled runs (docs/RESULTS.md)
+        msg=$(./train --config "$f" --device cpu --set train.dtype=fp32 --set "data.train=$W/none_*.bin" 2>&1); rc=$?
+        check '[ $rc -eq 2 ] && echo "$msg" | grep -qF "data.train = \"$W/none_*.bin\": no file matches"' \
+              "$f is accepted by the trainer's config reader (got $rc: $msg)"
+    done
     printf '{"model": {"seq_len": 8192}, "train": {"max_stepz": 3}}' > "$W/badkey.json"
     msg=$(./train --config "$W/badkey.json" --device cpu --set train.dtype=fp32 --set "data.train=$W/none_*.bin" 2>&1)
     check 'echo "$msg" | grep -q "unknown key"' "the config check can fail: an unknown key is reported first"
