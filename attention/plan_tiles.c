@@ -177,3 +177,25 @@ void attn_tile_lists_free(attn_tile_lists_t *l) {
     free(l->live_tiles);
     memset(l, 0, sizeof *l);
 }
+
+int64_t attn_causal_tile_pairs(int T, int block_m, int block_n) {
+    int64_t pairs = 0;
+    for (int q_lo = 0; q_lo < T; q_lo += block_m) {
+        const int last_row = (q_lo + block_m < T ? q_lo + block_m : T) - 1;
+        pairs += last_row / block_n + 1;
+    }
+    return pairs;
+}
+
+double attn_plan_live_fraction(const attn_plan_t *plan) {
+    if (plan->p.mode == ATTN_DENSE) return -1.0;
+    attn_row_order_t rows;
+    attn_tile_lists_t lists;
+    attn_row_order_build(&rows, plan);
+    attn_tile_lists_build(&lists, &rows, ATTN_FWD_BLOCK_M, ATTN_FWD_BLOCK_N);
+    const double live = (double)lists.live_tiles[0];
+    attn_tile_lists_free(&lists);
+    attn_row_order_free(&rows);
+    return live / ((double)attn_causal_tile_pairs(plan->T, ATTN_FWD_BLOCK_M, ATTN_FWD_BLOCK_N) *
+                   plan->B * plan->H);
+}

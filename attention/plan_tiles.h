@@ -122,6 +122,20 @@ void attn_tile_lists_free(attn_tile_lists_t *lists);
 /* Tile summaries of one side (queries: block = block_m; keys: block_n) for all bh. */
 void attn_tile_infos(const attn_row_order_t *rows, int keys, int block, attn_tile_info_t *info);
 
+/* The sparse forward's tile shape on every GPU path (attention/cuda/sparse_attn.cu checks it at
+ * compile time). attn_live, the step log's measure of sparse work, counts tiles of this shape
+ * on both backends, so CPU and GPU runs report the same number for the same plan. */
+#define ATTN_FWD_BLOCK_M 128
+#define ATTN_FWD_BLOCK_N 64
+
+/* Tile pairs (qt, kt) of one bh that dense causal attention visits: key tiles at or before each
+ * query tile's last row. */
+int64_t attn_causal_tile_pairs(int T, int block_m, int block_n);
+
+/* Live forward tile pairs of a built plan over its dense causal tile pairs, all (b, h) pooled;
+ * -1 for a dense plan. */
+double attn_plan_live_fraction(const attn_plan_t *plan);
+
 /* Stable counting sort of n indices by count descending (ties keep increasing index):
  * order[i] = index. counts in [0, max_count]. */
 void attn_order_by_count_desc(const int32_t *counts, int n, int max_count, int32_t *order);

@@ -238,7 +238,68 @@ static void test_bad_tile_size(void) {
     attn_plan_free(&plan);
 }
 
+/* attn_live's ingredients: the causal tile-pair count against brute force, and the plan's live
+ * fraction against a count over sorted tile pairs with attn_allowed (no tile lists involved). */
+static void test_live_fraction(void) {
+    static const int Ts[] = {1, 63, 64, 65, 127, 128, 129, 300, 1000};
+    static const int tiles[][2] = {{ATTN_FWD_BLOCK_M, ATTN_FWD_BLOCK_N}, {64, 128}, {7, 5}};
+    for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++)
+        for (int t = 0; t < 3; t++) {
+            const int T = Ts[i], bm = tiles[t][0], bn = tiles[t][1];
+            int64_t brute = 0;
+            for (int q_lo = 0; q_lo < T; q_lo += bm)
+                for (int k_lo = 0; k_lo < T; k_lo += bn)
+                    brute += k_lo <= (q_lo + bm < T ? q_lo + bm : T) - 1;
+            CHECK(attn_causal_tile_pairs(T, bm, bn) == brute, "causal tile pairs T=%d %dx%d: %lld, brute %lld",
+                  T, bm, bn, (long long)attn_causal_tile_pairs(T, bm, bn), (long long)brute);
+        }
+    const int B = 2, T = 300, H = 3, D = 8, bm = ATTN_FWD_BLOCK_M, bn = ATTN_FWD_BLOCK_N;
+    const attn_params_t params[] = {
+        {ATTN_HASH_SPARSE, 1, 0.0f, 0},  /* one bucket, self included: dense, fraction 1 */
+        {ATTN_QK_SPARSE, 1, 1.0f, 0},    /* everything dropped: 0 */
+        {ATTN_HASH_SPARSE, 8, 0.0f, 1},  /* random buckets: strictly between */
+        {ATTN_QK_SPARSE, 1, 0.5f, 0},
+    };
+    const double expect[] = {1.0, 0.0, -1.0, -1.0}; /* -1: only the brute-force count */
+    float *q = random_tensor((size_t)B * T * H * D, 7), *k = random_tensor((size_t)B * T * H * D, 8);
+    for (int c = 0; c < 4; c++) {
+        attn_plan_t plan;
+        attn_plan_init(&plan, &params[c], B, T, H, D);
+        attn_plan_build(&plan, rng_key(5, RNG_DOMAIN_ATTN, 1, 0, 0), q, k);
+        attn_row_order_t rows;
+        attn_row_order_build(&rows, &plan);
+        int64_t live = 0;
+        for (int bh = 0; bh < B * H; bh++) {
+            const int32_t *oq = rows.order_q + (size_t)bh * T, *ok = rows.order_k + (size_t)bh * T;
+            for (int q_lo = 0; q_lo < T; q_lo += bm)
+                for (int k_lo = 0; k_lo < T; k_lo += bn) {
+                    int any = 0;
+                    for (int r = q_lo; r < q_lo + bm && r < T && !any; r++)
+                        for (int c2 = k_lo; c2 < k_lo + bn && c2 < T && !any; c2++)
+                            any = rows.pos_q[(size_t)bh * T + r] >= 0 && rows.pos_k[(size_t)bh * T + c2] < T &&
+                                  attn_allowed(&plan, bh / H, bh % H, oq[r], ok[c2]);
+                    live += any;
+                }
+        }
+        const double want = (double)live / ((double)attn_causal_tile_pairs(T, bm, bn) * B * H);
+        const double got = attn_plan_live_fraction(&plan);
+        CHECK(got == want, "live fraction case %d: %.6f, brute force %.6f", c, got, want);
+        if (expect[c] >= 0) CHECK(got == expect[c], "live fraction case %d: %.6f, expected %.1f", c, got, expect[c]);
+        else CHECK(got > 0.0 && got < 1.0, "live fraction case %d: %.6f not strictly inside (0, 1)", c, got);
+        attn_row_order_free(&rows);
+        attn_plan_free(&plan);
+    }
+    attn_plan_t dense;
+    const attn_params_t dp = {ATTN_DENSE, 1, 0.0f, 0};
+    attn_plan_init(&dense, &dp, B, T, H, D);
+    CHECK(attn_plan_live_fraction(&dense) == -1.0, "a dense plan has no live fraction");
+    attn_plan_free(&dense);
+    free(q);
+    free(k);
+}
+
 int main(void) {
+    test_live_fraction();
     test_order_by_count();
     test_bad_tile_size();
     test_all_modes();

@@ -149,6 +149,8 @@ extern "C" void sparse_attn_tile_shape(sparse_attn_pass_t pass, int D, int *bloc
     static_assert(Sm90Fwd64::BM == Fwd64::BM && Sm90Fwd64::BN == Fwd64::BN &&
                       Sm90DkDv64::BM == Bwd64::BM && Sm90DkDv64::BN == Bwd64::BN,
                   "forward and dK/dV tile lists serve both paths");
+    static_assert(Fwd64::BM == ATTN_FWD_BLOCK_M && Fwd64::BN == ATTN_FWD_BLOCK_N,
+                  "attn_live (attention/plan_tiles.h) counts forward tiles");
     switch (pass) {
     case SPARSE_ATTN_PASS_FORWARD: *block_m = Fwd64::BM; *block_n = Fwd64::BN; return;
     case SPARSE_ATTN_PASS_DKDV: *block_m = Bwd64::BM; *block_n = Bwd64::BN; return;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "model/backend.h"
+#include "attention/plan_tiles.h"
 #include "model/cpu/gpt_cpu.h"
 #include "runtime/error.h"
 
@@ -121,6 +122,19 @@ static void cpu_logits_row(backend_t *b, int bi, int t, float *out) {
 
 static const attn_plan_t *cpu_plan(backend_t *b, int layer) { return gpt_cpu_plan(impl(b)->model, layer); }
 
+/* Mean over sparse layers of the last forward's live tile fraction (as the CUDA backend). */
+static double cpu_attn_live(backend_t *b) {
+    double sum = 0.0;
+    int n = 0;
+    for (int l = 0; l < b->cfg.n_layer; l++) {
+        const attn_plan_t *plan = gpt_cpu_plan(impl(b)->model, l);
+        if (plan->p.mode == ATTN_DENSE || plan->B == 0) continue;
+        sum += attn_plan_live_fraction(plan);
+        n++;
+    }
+    return n ? sum / n : -1.0;
+}
+
 static void cpu_destroy(backend_t *b) {
     cpu_impl_t *c = impl(b);
     gpt_cpu_free(c->model);
@@ -166,6 +180,7 @@ backend_t *backend_cpu_create(const gpt_config_t *cfg, int B, int T, const dist_
     b->read_grads = cpu_read_grads;
     b->logits_row = cpu_logits_row;
     b->plan = cpu_plan;
+    b->attn_live = cpu_attn_live;
     b->destroy = cpu_destroy;
     return b;
 }

@@ -113,12 +113,7 @@ double attn_layer_cuda_live_fraction(attn_layer_cuda_t *a, cudaStream_t stream) 
     if (!is_sparse(a) || a->tiles_built[SPARSE_ATTN_PASS_FORWARD] <= 0) return -1.0;
     const attn_tiles_cuda_t *t = &a->tiles[SPARSE_ATTN_PASS_FORWARD];
     const attn_tile_lists_t *l = &t->lists;
-    int64_t causal = 0; /* key tiles at or before each query tile's last row */
-    for (int qt = 0; qt < l->n_q_tiles; qt++) {
-        const int last_row = ((qt + 1) * l->block_m < a->T ? (qt + 1) * l->block_m : a->T) - 1;
-        const int k_tiles = last_row / l->block_n + 1;
-        causal += k_tiles < l->n_k_tiles ? k_tiles : l->n_k_tiles;
-    }
+    const int64_t causal = attn_causal_tile_pairs(a->T, l->block_m, l->block_n);
     return (double)attn_tiles_cuda_live_count(t, stream) / ((double)causal * l->BH);
 }
 
