@@ -118,6 +118,7 @@ static gpt_config_t gpt_config_from(const config_t *c) {
     g.attn.n_buckets = c->attention.n_buckets;
     g.attn.drop_prob = (float)c->attention.drop_prob;
     g.attn.exclude_self = c->attention.exclude_self;
+    g.attn.hash_center = c->attention.hash_center;
     g.shared_qk = c->attention.shared_qk;
     for (int i = 0; i < c->attention.n_dense_layers; i++) g.dense_layer_mask |= 1ull << c->attention.dense_layers[i];
     g.seed = (uint64_t)c->train.seed;
@@ -298,6 +299,9 @@ static void setup(run_t *r, const options_t *o) {
     if (!r->use_cuda && strcmp(r->cfg.train.dtype, "fp32") != 0)
         fatal(EXIT_USAGE, "train.dtype = \"%s\" is not supported by the cpu backend: use --set train.dtype=fp32",
               r->cfg.train.dtype);
+    if (r->use_cuda && r->cfg.attention.hash_center)
+        fatal(EXIT_USAGE, "attention.hash_center is implemented on the cpu backend only (the GPU plan does not "
+              "centre rows yet): use --device cpu, or --set attention.hash_center=false");
     if (r->use_cuda && strcmp(r->cfg.train.dtype, "bf16") != 0)
         fatal(EXIT_USAGE, "train.dtype = \"%s\" is not supported by the cuda backend (bf16 compute, fp32 master "
               "weights): use --set train.dtype=bf16", r->cfg.train.dtype);

@@ -21,6 +21,12 @@
  *                to unit length over d; bucket(x) = argmax over [x.R, -x.R] (first maximum),
  *                so buckets lie in [0, nb). nb == 1 puts every row in bucket 0 (no R).
  *                With shared keys (k == NULL in attn_plan_build) bucket_k = bucket_q.
+ *                hash_center: row t of each (b, h) is hashed as x_t - m_t, m_t the mean of
+ *                x_0..x_t of that (b, h) (queries and keys each on their own rows). The rows
+ *                of a head share a large common direction once training starts, which puts
+ *                most of them in one bucket (docs/RESULTS.md); subtracting the running mean
+ *                removes it, and m_t sees no row after t, so no future token moves a bucket.
+ *                CPU backend only for now (the CUDA backend refuses it at start-up).
  */
 #ifndef ATTENTION_ATTENTION_H
 #define ATTENTION_ATTENTION_H
@@ -36,6 +42,7 @@ typedef struct {
     int n_buckets;    /* hash_sparse: 1, or even in [2, 64] */
     float drop_prob;  /* qk_sparse: in [0, 1] */
     int exclude_self; /* strict causality j < i */
+    int hash_center;  /* hash_sparse: hash x_t - mean(x_0..x_t) instead of x_t (see above) */
 } attn_params_t;
 
 typedef struct {

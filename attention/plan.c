@@ -50,6 +50,8 @@ static void check_params(const attn_params_t *p, int B, int T, int H, int D) {
         break;
     default: fatal(EXIT_USAGE, "attention.mode: unknown mode %d", (int)p->mode);
     }
+    if (p->hash_center && p->mode != ATTN_HASH_SPARSE)
+        fatal(EXIT_USAGE, "attention.hash_center applies to hash_sparse only (mode %s)", attn_mode_name(p->mode));
 }
 
 void attn_plan_init(attn_plan_t *plan, const attn_params_t *p, int B, int T, int H, int D) {
@@ -134,17 +136,30 @@ static int32_t hash_bucket(const float *x, const float *rot_h, int D, int half) 
     return best;
 }
 
-/* x: [B][T][H][D]; buckets: [B][H][T]. */
+/* x: [B][T][H][D]; buckets: [B][H][T]. With hash_center, row t is hashed minus the mean of
+ * rows 0..t (running sums in double, one (b, h) per thread: independent of thread count). */
 static void assign_buckets(const attn_plan_t *plan, const float *x, int32_t *buckets) {
     const int B = plan->B, T = plan->T, H = plan->H, D = plan->D, half = plan->p.n_buckets / 2;
+    const int center = plan->p.hash_center;
     #pragma omp parallel for schedule(static)
     for (int bh = 0; bh < B * H; bh++) {
         int b = bh / H, h = bh % H;
         const float *rot_h = plan->rotations + (size_t)h * D * half;
+        double *sum = center ? xcalloc((size_t)D, sizeof(double), "hash centre sums") : NULL;
+        float *centred = center ? xmalloc((size_t)D * sizeof(float), "hash centred row") : NULL;
         for (int t = 0; t < T; t++) {
             const float *row = x + (((size_t)b * T + t) * H + h) * D;
+            if (center) {
+                for (int d = 0; d < D; d++) {
+                    sum[d] += row[d];
+                    centred[d] = (float)(row[d] - sum[d] / (t + 1));
+                }
+                row = centred;
+            }
             buckets[(size_t)bh * T + t] = hash_bucket(row, rot_h, D, half);
         }
+        free(sum);
+        free(centred);
     }
 }
 

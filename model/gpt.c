@@ -93,6 +93,7 @@ attn_params_t gpt_layer_attn(const gpt_config_t *cfg, int layer) {
         p.mode = ATTN_DENSE;
         p.n_buckets = 1;
         p.drop_prob = 0.0f;
+        p.hash_center = 0;
     }
     return p;
 }

@@ -35,6 +35,7 @@ static const field_t FIELDS[] = {
     {"attention.drop_prob", F_FLOAT, OFF(attention.drop_prob), 0, 1, NULL},
     {"attention.shared_qk", F_BOOL, OFF(attention.shared_qk), 0, 1, NULL},
     {"attention.exclude_self", F_BOOL, OFF(attention.exclude_self), 0, 1, NULL},
+    {"attention.hash_center", F_BOOL, OFF(attention.hash_center), 0, 1, NULL},
     {"attention.dense_layers", F_INT_LIST, OFF(attention.dense_layers), 0, 63, NULL},
     {"data.train", F_STRING, OFF(data.train), 0, 0, NULL},
     {"data.val", F_STRING, OFF(data.val), 0, 0, NULL},
@@ -278,6 +279,9 @@ void config_validate(const config_t *c, const char *origin) {
     if (nb != 1 && nb % 2 != 0)
         fatal(EXIT_USAGE, "%s: attention.n_buckets = %d must be 1 or even (buckets are argmax over [xR, -xR])",
               origin, nb);
+    if (c->attention.hash_center && strcmp(c->attention.mode, "hash_sparse") != 0)
+        fatal(EXIT_USAGE, "%s: attention.hash_center applies to attention.mode hash_sparse, not \"%s\"", origin,
+              c->attention.mode);
     for (int i = 0; i < c->attention.n_dense_layers; i++)
         if (c->attention.dense_layers[i] >= c->model.n_layer)
             fatal(EXIT_USAGE, "%s: attention.dense_layers contains %d but model.n_layer is %d", origin,

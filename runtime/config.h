@@ -21,6 +21,7 @@ typedef struct {
         int n_buckets;
         double drop_prob;
         int shared_qk, exclude_self;
+        int hash_center; /* hash_sparse: hash rows minus the running mean of the rows before them */
         int dense_layers[CONFIG_MAX_LIST]; /* layers that stay dense whatever the mode */
         int n_dense_layers;
     } attention;

@@ -119,6 +119,95 @@ static void test_hash_formula(void) {
     free(q), free(k);
 }
 
+/* hash_center: (1) the formula, recomputed here (row minus the double mean of rows 0..t, rounded
+ * to float, then argmax over [c.R, -c.R]); (2) rows sharing a large common direction (as trained
+ * queries do) fall in one bucket without it and spread with it; (3) causal: changing rows after
+ * t0 changes no bucket at or before t0 (and does change later ones). */
+static int largest_bucket_share_pct(const int32_t *buckets, int T, int nb, int *used) {
+    int count[ATTN_MAX_BUCKETS] = {0}, most = 0;
+    *used = 0;
+    for (int t = 0; t < T; t++) count[buckets[t]]++;
+    for (int g = 0; g < nb; g++) {
+        most = count[g] > most ? count[g] : most;
+        *used += count[g] > 0;
+    }
+    return 100 * most / T;
+}
+
+static void test_hash_center(void) {
+    const int B = 1, T = 301, H = 2, D = 16, nb = 8, half = nb / 2;
+    const size_t n = (size_t)B * T * H * D;
+    /* x = mu_h + 0.05 noise: a common direction per head, as in a trained model */
+    float *mu = random_tensor((size_t)H * D, 31, 1.0f), *x = random_tensor(n, 32, 0.05f);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < H; h++)
+            for (int d = 0; d < D; d++) x[((size_t)t * H + h) * D + d] += mu[h * D + d];
+    attn_params_t plain = hash(nb), centred = hash(nb);
+    centred.hash_center = 1;
+    attn_plan_t pp, pc;
+    attn_plan_init(&pp, &plain, B, T, H, D);
+    attn_plan_init(&pc, &centred, B, T, H, D);
+    uint64_t key = rng_key(4, RNG_DOMAIN_ATTN, 2, 1, 0);
+    attn_plan_build(&pp, key, x, NULL);
+    attn_plan_build(&pc, key, x, NULL);
+    int bad = 0;
+    for (int h = 0; h < H; h++) {
+        double sum[16] = {0};
+        for (int t = 0; t < T; t++) {
+            float c[16];
+            for (int d = 0; d < D; d++) {
+                sum[d] += x[((size_t)t * H + h) * D + d];
+                c[d] = (float)(x[((size_t)t * H + h) * D + d] - sum[d] / (t + 1));
+            }
+            double cand[ATTN_MAX_BUCKETS];
+            for (int j = 0; j < half; j++) {
+                double dot = 0.0;
+                for (int d = 0; d < D; d++) dot += (double)c[d] * pc.rotations[((size_t)h * D + d) * half + j];
+                cand[j] = dot;
+                cand[j + half] = -dot;
+            }
+            int best = 0;
+            for (int j = 1; j < nb; j++)
+                if (cand[j] > cand[best]) best = j;
+            bad += pc.bucket_q[(size_t)h * T + t] != best || pc.bucket_k[(size_t)h * T + t] != best;
+        }
+    }
+    CHECK(bad == 0, "hash_center: %d buckets differ from the running-mean formula", bad);
+    for (int h = 0; h < H; h++) {
+        int used_p, used_c;
+        int share_p = largest_bucket_share_pct(pp.bucket_q + (size_t)h * T, T, nb, &used_p);
+        int share_c = largest_bucket_share_pct(pc.bucket_q + (size_t)h * T, T, nb, &used_c);
+        printf("hash_center, head %d: largest bucket %d%% of rows plain, %d%% centred (%d of %d used)\n", h, share_p,
+               share_c, used_c, nb);
+        CHECK(share_p >= 75, "head %d: rows around a common direction should share a bucket without "
+              "centring (largest bucket %d%%)", h, share_p);
+        CHECK(share_c <= 40 && used_c >= nb / 2, "head %d: centred buckets should spread (largest %d%%, %d used)",
+              h, share_c, used_c);
+    }
+    /* causality */
+    const int t0 = 150;
+    float *y = xmalloc(n * sizeof(float), "test tensor");
+    memcpy(y, x, n * sizeof(float));
+    for (size_t i = (size_t)(t0 + 1) * H * D; i < n; i++) y[i] = -3.0f * y[i] + 0.5f;
+    attn_plan_t py;
+    attn_plan_init(&py, &centred, B, T, H, D);
+    attn_plan_build(&py, key, y, NULL);
+    int past_changed = 0, future_changed = 0;
+    for (int h = 0; h < H; h++)
+        for (int t = 0; t < T; t++) {
+            int changed = py.bucket_q[(size_t)h * T + t] != pc.bucket_q[(size_t)h * T + t];
+            if (t <= t0) past_changed += changed;
+            else future_changed += changed;
+        }
+    CHECK(past_changed == 0, "hash_center leaks: %d buckets at or before t0 moved when later rows changed",
+          past_changed);
+    CHECK(future_changed > 0, "hash_center: changing rows after t0 moved none of their buckets");
+    attn_plan_free(&pp);
+    attn_plan_free(&pc);
+    attn_plan_free(&py);
+    free(mu), free(x), free(y);
+}
+
 /* Ties go to the first maximum: x = 0 gives all-zero projections, so bucket 0. */
 static void test_hash_ties(void) {
     const int T = 3, H = 2, D = 8;
@@ -401,6 +490,7 @@ int main(void) {
     test_mode_names();
     test_keep_mask_formula();
     test_hash_formula();
+    test_hash_center();
     test_hash_ties();
     test_determinism_and_key_sensitivity();
     test_drop_statistics();

@@ -435,5 +435,8 @@ int main(void) {
     gpt_config_t mixed = tiny_config(ATTN_HASH_SPARSE, 1, 1, 1);
     mixed.dense_layer_mask = 1u; /* layer 0 dense, layer 1 hashed */
     gradcheck(7, "hash nb4 shared_qk excl, layer 0 dense", mixed);
+    gpt_config_t centred = tiny_config(ATTN_HASH_SPARSE, 1, 1, 0);
+    centred.attn.hash_center = 1; /* buckets of the centred rows; the gradient ignores the hash */
+    gradcheck(8, "hash nb4 shared_qk excl, hash_center", centred);
     return test_summary();
 }

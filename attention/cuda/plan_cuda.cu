@@ -44,6 +44,8 @@ extern "C" void attn_plan_cuda_init(attn_plan_cuda_t *plan, const attn_params_t 
     attn_plan_free(&check);
     if ((long)B * T * H > INT32_MAX)
         fatal(EXIT_USAGE, "attention plan (GPU): B*T*H = %ld rows is too large", (long)B * T * H);
+    if (p->hash_center)
+        fatal(EXIT_USAGE, "attention plan (GPU): hash_center is implemented on the CPU only");
     plan->p = *p;
     plan->B = B;
     plan->T = T;
