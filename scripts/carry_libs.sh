@@ -10,11 +10,12 @@ dest=$1; shift
 mkdir -p "$dest"
 for bin in "$@"; do
     [ -f "$bin" ] || { echo "carry_libs: $bin: no such file" >&2; exit 2; }
-    if ldd "$bin" | grep -q "not found"; then
-        echo "carry_libs: $bin: ldd finds no $(ldd "$bin" | awk '/not found/ {print $1}' | tr '\n' ' ')" >&2
+    deps=$(ldd "$bin")
+    if grep -q "not found" <<<"$deps"; then
+        echo "carry_libs: $bin: ldd finds no $(awk '/not found/ {print $1}' <<<"$deps" | tr '\n' ' ')" >&2
         exit 1
     fi
-    ldd "$bin" | awk '$3 ~ /^\// {print $3}' |
+    awk '$3 ~ /^\// {print $3}' <<<"$deps" |
         { grep -Ev '/(libc|libm|libpthread|libdl|librt|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so|cuda|cublas|nccl' || true; } |
         while read -r lib; do cp -Lu "$lib" "$dest/"; done
 done

@@ -67,6 +67,23 @@ static void test_keep_mask_formula(void) {
 
 /* Rotations and buckets equal the header's formula: normalised columns of rng_normal draws,
  * bucket = first argmax of [x.R, -x.R]. */
+/* The bucket of row x in head h by the header's formula: argmax over [x.R, -x.R], first
+ * maximum, dot products in double (recomputed here, not calling the plan's code). */
+static int expected_bucket(const float *x, const attn_plan_t *pl, int h) {
+    const int D = pl->D, nb = pl->p.n_buckets, half = nb / 2;
+    double cand[ATTN_MAX_BUCKETS];
+    for (int c = 0; c < half; c++) {
+        double s = 0.0;
+        for (int d = 0; d < D; d++) s += (double)x[d] * pl->rotations[((size_t)h * D + d) * half + c];
+        cand[c] = s;
+        cand[c + half] = -s;
+    }
+    int best = 0;
+    for (int n = 1; n < nb; n++)
+        if (cand[n] > cand[best]) best = n;
+    return best;
+}
+
 static void test_hash_formula(void) {
     const int B = 2, T = 29, H = 3, D = 16, nb = 8, half = nb / 2;
     attn_params_t p = hash(nb);
@@ -96,21 +113,9 @@ static void test_hash_formula(void) {
         const int32_t *buckets = side == 0 ? pl.bucket_q : pl.bucket_k;
         for (int b = 0; b < B; b++)
             for (int t = 0; t < T; t++)
-                for (int h = 0; h < H; h++) {
-                    double cand[ATTN_MAX_BUCKETS];
-                    for (int c = 0; c < half; c++) {
-                        double s = 0.0;
-                        for (int d = 0; d < D; d++)
-                            s += (double)x[(((size_t)b * T + t) * H + h) * D + d] *
-                                 pl.rotations[((size_t)h * D + d) * half + c];
-                        cand[c] = s;
-                        cand[c + half] = -s;
-                    }
-                    int best = 0;
-                    for (int n = 1; n < nb; n++)
-                        if (cand[n] > cand[best]) best = n;
-                    bucket_bad += buckets[((size_t)b * H + h) * T + t] != best;
-                }
+                for (int h = 0; h < H; h++)
+                    bucket_bad += buckets[((size_t)b * H + h) * T + t] !=
+                                  expected_bucket(x + (((size_t)b * T + t) * H + h) * D, &pl, h);
     }
     CHECK(rot_bad == 0, "%d rotation entries differ from the normalised rng_normal draws (tol 1e-7)", rot_bad);
     CHECK(norm_bad == 0, "%d rotation columns are not unit length (tol 1e-6)", norm_bad);
@@ -135,7 +140,7 @@ static int largest_bucket_share_pct(const int32_t *buckets, int T, int nb, int *
 }
 
 static void test_hash_center(void) {
-    const int B = 1, T = 301, H = 2, D = 16, nb = 8, half = nb / 2;
+    const int B = 1, T = 301, H = 2, D = 16, nb = 8;
     const size_t n = (size_t)B * T * H * D;
     /* x = mu_h + 0.05 noise: a common direction per head, as in a trained model */
     float *mu = random_tensor((size_t)H * D, 31, 1.0f), *x = random_tensor(n, 32, 0.05f);
@@ -159,16 +164,7 @@ static void test_hash_center(void) {
                 sum[d] += x[((size_t)t * H + h) * D + d];
                 c[d] = (float)(x[((size_t)t * H + h) * D + d] - sum[d] / (t + 1));
             }
-            double cand[ATTN_MAX_BUCKETS];
-            for (int j = 0; j < half; j++) {
-                double dot = 0.0;
-                for (int d = 0; d < D; d++) dot += (double)c[d] * pc.rotations[((size_t)h * D + d) * half + j];
-                cand[j] = dot;
-                cand[j + half] = -dot;
-            }
-            int best = 0;
-            for (int j = 1; j < nb; j++)
-                if (cand[j] > cand[best]) best = j;
+            const int best = expected_bucket(c, &pc, h);
             bad += pc.bucket_q[(size_t)h * T + t] != best || pc.bucket_k[(size_t)h * T + t] != best;
         }
     }

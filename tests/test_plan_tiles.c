@@ -171,15 +171,15 @@ static void test_all_modes(void) {
     for (int i = 0; i < 5; i++)
         for (int shared = 0; shared < 2; shared++) {
             snprintf(names[n], sizeof names[n], "hash nb=%d %s", hash_nb[i], shared ? "shared" : "k");
-            cases[n] = (mode_case_t){names[n], {ATTN_HASH_SPARSE, hash_nb[i], 0.0f, 0}, shared};
+            cases[n] = (mode_case_t){names[n], {ATTN_HASH_SPARSE, hash_nb[i], 0.0f, 0, 0}, shared};
             n++;
         }
     for (int i = 0; i < 5; i++) {
         snprintf(names[n], sizeof names[n], "qk drop=%.1f", (double)drops[i]);
-        cases[n] = (mode_case_t){names[n], {ATTN_QK_SPARSE, 1, drops[i], 0}, 0};
+        cases[n] = (mode_case_t){names[n], {ATTN_QK_SPARSE, 1, drops[i], 0, 0}, 0};
         n++;
     }
-    cases[n++] = (mode_case_t){"dense", {ATTN_DENSE, 1, 0.0f, 0}, 0};
+    cases[n++] = (mode_case_t){"dense", {ATTN_DENSE, 1, 0.0f, 0, 0}, 0};
     /* {B, T, H} and tile shapes: T = 1; T below, between and above the tile sizes. */
     static const int sizes[][3] = {{1, 1, 1}, {2, 37, 2}, {1, 300, 3}, {1, 577, 1}};
     static const int tiles[][2] = {{128, 64}, {64, 128}, {16, 48}, {7, 5}};
@@ -217,7 +217,7 @@ static void test_order_by_count(void) {
 
 /* Tile sizes below 1 are a usage error with a message, not a crash. */
 static void test_bad_tile_size(void) {
-    attn_params_t p = {ATTN_DENSE, 1, 0.0f, 0};
+    attn_params_t p = {ATTN_DENSE, 1, 0.0f, 0, 0};
     attn_plan_t plan;
     attn_plan_init(&plan, &p, 1, 5, 1, 8);
     attn_row_order_t rows;
@@ -255,10 +255,10 @@ static void test_live_fraction(void) {
         }
     const int B = 2, T = 300, H = 3, D = 8, bm = ATTN_FWD_BLOCK_M, bn = ATTN_FWD_BLOCK_N;
     const attn_params_t params[] = {
-        {ATTN_HASH_SPARSE, 1, 0.0f, 0},  /* one bucket, self included: dense, fraction 1 */
-        {ATTN_QK_SPARSE, 1, 1.0f, 0},    /* everything dropped: 0 */
-        {ATTN_HASH_SPARSE, 8, 0.0f, 1},  /* random buckets: strictly between */
-        {ATTN_QK_SPARSE, 1, 0.5f, 0},
+        {ATTN_HASH_SPARSE, 1, 0.0f, 0, 0},  /* one bucket, self included: dense, fraction 1 */
+        {ATTN_QK_SPARSE, 1, 1.0f, 0, 0},    /* everything dropped: 0 */
+        {ATTN_HASH_SPARSE, 8, 0.0f, 1, 0},  /* random buckets: strictly between */
+        {ATTN_QK_SPARSE, 1, 0.5f, 0, 0},
     };
     const double expect[] = {1.0, 0.0, -1.0, -1.0}; /* -1: only the brute-force count */
     float *q = random_tensor((size_t)B * T * H * D, 7), *k = random_tensor((size_t)B * T * H * D, 8);
@@ -290,7 +290,7 @@ static void test_live_fraction(void) {
         attn_plan_free(&plan);
     }
     attn_plan_t dense;
-    const attn_params_t dp = {ATTN_DENSE, 1, 0.0f, 0};
+    const attn_params_t dp = {ATTN_DENSE, 1, 0.0f, 0, 0};
     attn_plan_init(&dense, &dp, B, T, H, D);
     CHECK(attn_plan_live_fraction(&dense) == -1.0, "a dense plan has no live fraction");
     attn_plan_free(&dense);

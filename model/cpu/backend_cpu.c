@@ -128,7 +128,7 @@ static double cpu_attn_live(backend_t *b) {
     int n = 0;
     for (int l = 0; l < b->cfg.n_layer; l++) {
         const attn_plan_t *plan = gpt_cpu_plan(impl(b)->model, l);
-        if (plan->p.mode == ATTN_DENSE || plan->B == 0) continue;
+        if (plan->p.mode == ATTN_DENSE) continue;
         sum += attn_plan_live_fraction(plan);
         n++;
     }
