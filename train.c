@@ -299,9 +299,6 @@ static void setup(run_t *r, const options_t *o) {
     if (!r->use_cuda && strcmp(r->cfg.train.dtype, "fp32") != 0)
         fatal(EXIT_USAGE, "train.dtype = \"%s\" is not supported by the cpu backend: use --set train.dtype=fp32",
               r->cfg.train.dtype);
-    if (r->use_cuda && r->cfg.attention.hash_center)
-        fatal(EXIT_USAGE, "attention.hash_center is implemented on the cpu backend only (the GPU plan does not "
-              "centre rows yet): use --device cpu, or --set attention.hash_center=false");
     if (r->use_cuda && strcmp(r->cfg.train.dtype, "bf16") != 0)
         fatal(EXIT_USAGE, "train.dtype = \"%s\" is not supported by the cuda backend (bf16 compute, fp32 master "
               "weights): use --set train.dtype=bf16", r->cfg.train.dtype);

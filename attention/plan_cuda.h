@@ -8,7 +8,9 @@
  *     library's landing on a float rounding boundary, ~1e-8 per value); buckets are computed on
  *     the GPU in fp32, and wherever the top two projections are closer than the fp32 error
  *     bound, recomputed in double in the CPU's summation order, so they equal the CPU's buckets
- *     for inputs exactly representable in bf16 (the GPU inputs are bf16);
+ *     for inputs exactly representable in bf16 (the GPU inputs are bf16); with hash_center the
+ *     rows are first centred in fp32 with the CPU's running double sums, in its order
+ *     (plan_hash.cuh), and hashed from those floats;
  *   - rows are grouped by a stable counting sort (n_groups <= 64), tile lists are exact.
  * Stages run asynchronously on `stream`; none waits for the host.
  *
@@ -40,6 +42,7 @@ typedef struct {
     uint8_t *keep_q, *keep_k;     /* qk_sparse, else NULL */
     int32_t *bucket_q, *bucket_k; /* hash_sparse, else NULL */
     float *rotations;             /* [H][D][nb/2], hash_sparse with nb > 1, else NULL */
+    float *centred;               /* [B][T][H][D] rows minus their running mean (hash_center) */
     attn_row_order_t rows;        /* device pointers */
 
     /* Internal. */

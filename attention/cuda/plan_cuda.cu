@@ -44,8 +44,6 @@ extern "C" void attn_plan_cuda_init(attn_plan_cuda_t *plan, const attn_params_t 
     attn_plan_free(&check);
     if ((long)B * T * H > INT32_MAX)
         fatal(EXIT_USAGE, "attention plan (GPU): B*T*H = %ld rows is too large", (long)B * T * H);
-    if (p->hash_center)
-        fatal(EXIT_USAGE, "attention plan (GPU): hash_center is implemented on the CPU only");
     plan->p = *p;
     plan->B = B;
     plan->T = T;
@@ -63,6 +61,7 @@ extern "C" void attn_plan_cuda_init(attn_plan_cuda_t *plan, const attn_params_t 
         if (p->n_buckets > 1) {
             const size_t n_rot = (size_t)H * D * (p->n_buckets / 2);
             plan->rotations = device_alloc<float>(n_rot);
+            if (p->hash_center) plan->centred = device_alloc<float>(rows * D);
         }
     }
     attn_row_order_t *rw = &plan->rows;
@@ -89,7 +88,7 @@ extern "C" void attn_plan_cuda_init(attn_plan_cuda_t *plan, const attn_params_t 
 
 extern "C" void attn_plan_cuda_free(attn_plan_cuda_t *plan) {
     void *device[] = {plan->keep_q, plan->keep_k, plan->bucket_q, plan->own_bucket_k,
-                      plan->rotations, plan->rows.order_q, plan->rows.pos_q, plan->rows.group_q,
+                      plan->rotations, plan->centred, plan->rows.order_q, plan->rows.pos_q, plan->rows.group_q,
                       plan->rows.group_start_q, plan->own_order_k, plan->own_pos_k,
                       plan->own_group_k, plan->own_group_start_k, plan->histogram};
     for (size_t i = 0; i < sizeof device / sizeof device[0]; i++)
@@ -118,34 +117,49 @@ static void check_hash_input(const attn_plan_cuda_t *plan, const char *name, con
               "a multiple of 8 and at least H*D = %d (stride %ld)", name, plan->H * plan->D, stride);
 }
 
-template <int D, int HALF_MAX>
-static void launch_hash(const attn_plan_cuda_t *plan, const void *x, long stride, int32_t *bucket,
+template <class In, int D, int HALF_MAX>
+static void launch_hash(const attn_plan_cuda_t *plan, const In *x, long stride, int32_t *bucket,
                         cudaStream_t stream) {
-    /* Staged rows (ROWS * (D + 8) * 2 bytes) plus R stay under the 48 KB of static shared
-     * memory: 256 rows of D = 64, 64 rows of D = 128. */
-    constexpr int THREADS = D == 64 ? 128 : 64, RPT = D == 64 ? 2 : 1, ROWS = THREADS * RPT;
+    /* Staged rows (ROWS * (D * sizeof(In) + 16) bytes) plus R (up to D * 32 floats) stay under
+     * the 48 KB of static shared memory: bf16 rows 256 of D = 64, 64 of D = 128; fp32 rows 128
+     * of D = 64, 32 of D = 128. */
+    constexpr bool wide = sizeof(In) == 4;
+    constexpr int THREADS = D == 64 ? (wide ? 64 : 128) : (wide ? 32 : 64);
+    constexpr int RPT = D == 64 ? 2 : 1, ROWS = THREADS * RPT;
     const long rows = (long)plan->B * plan->T;
     dim3 grid((unsigned)((rows + ROWS - 1) / ROWS), (unsigned)plan->H);
-    plan::hash_bucket_kernel<D, HALF_MAX, THREADS, RPT><<<grid, THREADS, 0, stream>>>(
-        (const plan::bf16 *)x, stride, plan->rotations, plan->T, plan->H, rows,
-        plan->p.n_buckets / 2, bucket);
+    plan::hash_bucket_kernel<In, D, HALF_MAX, THREADS, RPT><<<grid, THREADS, 0, stream>>>(
+        x, stride, plan->rotations, plan->T, plan->H, rows, plan->p.n_buckets / 2, bucket);
     PLAN_CUDA_OK(cudaGetLastError());
 }
 
-template <int D>
-static void launch_hash_d(const attn_plan_cuda_t *plan, const void *x, long stride,
-                          int32_t *bucket, cudaStream_t stream) {
+template <class In, int D>
+static void launch_hash_d(const attn_plan_cuda_t *plan, const In *x, long stride, int32_t *bucket,
+                          cudaStream_t stream) {
     const int half = plan->p.n_buckets / 2;
-    if (half <= 4) launch_hash<D, 4>(plan, x, stride, bucket, stream);
-    else if (half <= 8) launch_hash<D, 8>(plan, x, stride, bucket, stream);
-    else if (half <= 16) launch_hash<D, 16>(plan, x, stride, bucket, stream);
-    else launch_hash<D, 32>(plan, x, stride, bucket, stream);
+    if (half <= 4) launch_hash<In, D, 4>(plan, x, stride, bucket, stream);
+    else if (half <= 8) launch_hash<In, D, 8>(plan, x, stride, bucket, stream);
+    else if (half <= 16) launch_hash<In, D, 16>(plan, x, stride, bucket, stream);
+    else launch_hash<In, D, 32>(plan, x, stride, bucket, stream);
 }
 
+/* With hash_center the rows are first centred into plan->centred (fp32, row stride H*D), then
+ * hashed from there: the CPU hashes the centred floats, not a bf16 rounding of them. */
 static void hash_rows(const attn_plan_cuda_t *plan, const void *x, long stride, int32_t *bucket,
                       cudaStream_t stream) {
-    if (plan->D == 64) launch_hash_d<64>(plan, x, stride, bucket, stream);
-    else launch_hash_d<128>(plan, x, stride, bucket, stream);
+    if (plan->p.hash_center) {
+        const int HD = plan->H * plan->D;
+        const long threads = (long)plan->B * HD;
+        plan::centre_rows_kernel<<<(unsigned)((threads + 31) / 32), 32, 0, stream>>>(
+            (const plan::bf16 *)x, stride, plan->B, plan->T, HD, plan->centred);
+        PLAN_CUDA_OK(cudaGetLastError());
+        if (plan->D == 64) launch_hash_d<float, 64>(plan, plan->centred, HD, bucket, stream);
+        else launch_hash_d<float, 128>(plan, plan->centred, HD, bucket, stream);
+        return;
+    }
+    const plan::bf16 *rows = (const plan::bf16 *)x;
+    if (plan->D == 64) launch_hash_d<plan::bf16, 64>(plan, rows, stride, bucket, stream);
+    else launch_hash_d<plan::bf16, 128>(plan, rows, stride, bucket, stream);
 }
 
 extern "C" void attn_plan_cuda_assign(attn_plan_cuda_t *plan, uint64_t key, const void *q,

@@ -69,18 +69,56 @@ __global__ void keep_mask_kernel(uint64_t key, uint32_t threshold, long rows, ui
     keep_k[n] = rng_u24(key, 2 * (uint64_t)n + 1) >= threshold;
 }
 
+/* hash_center: out[b*T + t][h*D + d] = (float)(x_t - S_t / (t + 1)), S_t the double sum of
+ * x_0 .. x_t added in t order: attention/plan.c's assign_buckets operation for operation
+ * (round-to-nearest intrinsics, nothing contracted), so the centred floats, and the buckets
+ * hashed from them, are the CPU's bit for bit. That order forbids a parallel scan: one thread
+ * walks t for one (b, h, d), consecutive threads taking consecutive channels (a warp reads 64
+ * contiguous bytes per step). The walk is latency-bound, so values are loaded CENTRE_BATCH
+ * steps at a time, all those loads in flight before the first add. */
+constexpr int CENTRE_BATCH = 32;
+
+__global__ void centre_rows_kernel(const bf16 *__restrict__ x, long stride, int B, int T, int HD,
+                                   float *__restrict__ out) {
+    const long id = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (id >= (long)B * HD) return;
+    const long b = id / HD;
+    const int c = (int)(id % HD);
+    const bf16 *src = x + b * T * stride + c;
+    float *dst = out + b * T * (long)HD + c;
+    double sum = 0.0;
+    for (int t0 = 0; t0 < T; t0 += CENTRE_BATCH) {
+        float v[CENTRE_BATCH];
+#pragma unroll
+        for (int i = 0; i < CENTRE_BATCH; i++)
+            v[i] = t0 + i < T ? __bfloat162float(src[(long)(t0 + i) * stride]) : 0.0f;
+#pragma unroll
+        for (int i = 0; i < CENTRE_BATCH; i++) {
+            const int t = t0 + i;
+            if (t >= T) break;
+            sum = __dadd_rn(sum, (double)v[i]);
+            dst[(long)t * HD] = __double2float_rn(__dsub_rn((double)v[i], __ddiv_rn(sum, (double)(t + 1))));
+        }
+    }
+}
+
 /* The CPU's bucket, in its arithmetic: proj[c] = sum_d x_d R[d][c] in double, d increasing;
  * first maximum of [proj, -proj]. The first maximum of the concatenation is the first maximum
  * of the positive half unless the negative half's maximum is strictly larger. Rarely taken,
- * so kept out of line (its registers stay out of the fast path). */
-template <int D, int HALF_MAX>
-__device__ __noinline__ int exact_bucket(const bf16 *row, const float *sR, int half) {
+ * so kept out of line (its registers stay out of the fast path). A float times a float is
+ * exact in double (48 significant bits), as is a bf16 times a float, so fma rounds as the
+ * CPU's multiply-then-add does for either input type. */
+__device__ __forceinline__ float to_float(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(float x) { return x; }
+
+template <class In, int D, int HALF_MAX>
+__device__ __noinline__ int exact_bucket(const In *row, const float *sR, int half) {
     double max_pos = 0.0, max_neg = 0.0;
     int arg_pos = 0, arg_neg = 0;
     for (int c = 0; c < half; c++) {
         double s = 0.0;
         for (int d = 0; d < D; d++)
-            s = fma((double)__bfloat162float(row[d]), (double)sR[d * HALF_MAX + c], s);
+            s = fma((double)to_float(row[d]), (double)sR[d * HALF_MAX + c], s);
         if (c == 0 || s > max_pos) {
             max_pos = s;
             arg_pos = c;
@@ -94,20 +132,22 @@ __device__ __noinline__ int exact_bucket(const bf16 *row, const float *sR, int h
 }
 
 /* Grid: x = blocks of THREADS*RPT rows (b*T + t), y = head; thread i hashes rows i, i + THREADS,
- * ... (RPT of them). bucket: [B][H][T]. R: [H][D][half]. The block first copies its rows' D
- * values into shared memory with coalesced 16-byte loads (8 or 16 threads per 128- or 256-byte
- * row segment, all loads in flight at once), rows padded by 16 bytes so that each thread's
- * 16-byte reads of its own row fall into distinct banks. Each R value read from shared memory
- * (a broadcast: the delivery of operands, not the FMAs, bounds this loop) serves RPT rows. */
-template <int D, int HALF_MAX, int THREADS, int RPT>
+ * ... (RPT of them). x: bf16 (the q/k projections) or fp32 (rows centred by centre_rows_kernel).
+ * bucket: [B][H][T]. R: [H][D][half]. The block first copies its rows' D values into shared
+ * memory with coalesced 16-byte loads (CHUNKS threads per row, all loads in flight at once),
+ * rows padded by 16 bytes so that each thread's 16-byte reads of its own row fall into
+ * distinct banks. Each R value read from shared memory (a broadcast: the delivery of operands,
+ * not the FMAs, bounds this loop) serves RPT rows. */
+template <class In, int D, int HALF_MAX, int THREADS, int RPT>
 __global__ void __launch_bounds__(THREADS)
-hash_bucket_kernel(const bf16 *x, long stride, const float *rot, int T, int H, long rows,
+hash_bucket_kernel(const In *x, long stride, const float *rot, int T, int H, long rows,
                    int half, int32_t *bucket) {
-    static_assert(D % 8 == 0 && HALF_MAX % 4 == 0, "16-byte loads of x and of R");
-    constexpr int CHUNKS = D / 8, XS = D + 8; /* 16-byte chunks per row; padded row stride */
+    constexpr int PER16 = 16 / sizeof(In); /* values per 16-byte chunk */
+    static_assert(D % PER16 == 0 && HALF_MAX % 4 == 0, "16-byte loads of x and of R");
+    constexpr int CHUNKS = D / PER16, XS = D + PER16; /* chunks per row; padded row stride */
     constexpr int ROWS = THREADS * RPT;
     __shared__ __align__(16) float sR[D * HALF_MAX]; /* columns past half are zero */
-    __shared__ __align__(16) bf16 sX[ROWS * XS];
+    __shared__ __align__(16) In sX[ROWS * XS];
     const int h = blockIdx.y;
     const long row0 = blockIdx.x * (long)ROWS;
     const float *rot_h = rot + (long)h * D * half;
@@ -119,7 +159,7 @@ hash_bucket_kernel(const bf16 *x, long stride, const float *rot, int T, int H, l
     for (int i = 0; i < CHUNKS * RPT; i++) {
         const int id = i * THREADS + threadIdx.x, r = id / CHUNKS, c = id % CHUNKS;
         if (row0 + r < rows)
-            *reinterpret_cast<uint4 *>(sX + r * XS + c * 8) =
+            *reinterpret_cast<uint4 *>(sX + r * XS + c * PER16) =
                 __ldg(reinterpret_cast<const uint4 *>(x + (row0 + r) * stride + (long)h * D) + c);
     }
     __syncthreads();
@@ -136,17 +176,16 @@ hash_bucket_kernel(const bf16 *x, long stride, const float *rot, int T, int H, l
         uint4 raw[RPT];
 #pragma unroll
         for (int k = 0; k < RPT; k++)
-            raw[k] = *reinterpret_cast<const uint4 *>(sX + (threadIdx.x + k * THREADS) * XS + i * 8);
+            raw[k] = *reinterpret_cast<const uint4 *>(sX + (threadIdx.x + k * THREADS) * XS + i * PER16);
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
+        for (int j = 0; j < PER16; j++) {
             float xv[RPT];
 #pragma unroll
             for (int k = 0; k < RPT; k++) {
-                float2 two = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162 *>(&raw[k])[j / 2]);
-                xv[k] = (j % 2) ? two.y : two.x;
+                xv[k] = to_float(reinterpret_cast<const In *>(&raw[k])[j]);
                 norm2[k] = fmaf(xv[k], xv[k], norm2[k]);
             }
-            const float4 *r4 = reinterpret_cast<const float4 *>(sR + (i * 8 + j) * HALF_MAX);
+            const float4 *r4 = reinterpret_cast<const float4 *>(sR + (i * PER16 + j) * HALF_MAX);
 #pragma unroll
             for (int c4 = 0; c4 < HALF_MAX / 4; c4++) {
                 const float4 r = r4[c4];
@@ -187,7 +226,7 @@ hash_bucket_kernel(const bf16 *x, long stride, const float *rot, int T, int H, l
         const float margin = 2.05f * (gamma32 + gamma64) * sqrtf(norm2[k]) + D * 3.0e-45f;
         /* Comparisons written so that NaN or inf anywhere take the exact path. */
         if (!(best_v - second_v > margin) || !(norm2[k] >= 1e-30f))
-            best = exact_bucket<D, HALF_MAX>(sX + (threadIdx.x + k * THREADS) * XS, sR, half);
+            best = exact_bucket<In, D, HALF_MAX>(sX + (threadIdx.x + k * THREADS) * XS, sR, half);
         const long b = n / T, t = n % T;
         bucket[(b * H + h) * (long)T + t] = best;
     }

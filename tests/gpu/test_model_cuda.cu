@@ -396,6 +396,9 @@ int main(void) {
     test_gelu_residual(12345); /* not a multiple of 8: vector body + scalar tail */
     test_qk_normalise(33, 3, 64);
     test_qk_normalise(17, 2, 128);
+    test_qk_normalise(4099, 12, 64); /* vector path, many blocks, a partial last warp */
+    test_qk_normalise(19, 5, 24);    /* D / 8 = 3 lanes is not a power of two: warp per vector */
+    test_qk_normalise(7, 3, 36);     /* D not a multiple of 8: warp per vector */
     test_crossentropy(37, 1001, 1008);
     test_crossentropy(5, 50257, 50304);
     test_crossentropy(2, 110001, 110008); /* row too long for shared memory: re-read path */

@@ -1,6 +1,7 @@
 /* GPU attention plan (attention/plan_cuda.h) against the CPU reference, exactly.
  *
- * For every mode (hash nb in {1, 2, 8, 16, 64} with shared and separate keys, qk drop in
+ * For every mode (hash nb in {1, 2, 8, 16, 64} with shared and separate keys, and nb in
+ * {2, 16, 64} with hash_center (rows centred by their running mean before hashing), qk drop in
  * {0, 0.3, 0.5, 0.7, 1}, dense), exclude_self on and off, awkward shapes (T = 1, T not a multiple
  * of any tile or of the sort's 1024-row chunks, q and k read from a fused QKV buffer with a
  * padded row stride, head dim 64 and 128) and three tile shapes, it checks element for element
@@ -23,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 extern "C" {
@@ -233,6 +235,23 @@ static void check_policy(const plan_case_t *c, const attn_plan_cuda_t *g, const 
     CUDA_OK(cudaFree(violations));
 }
 
+/* What hash_center hashes ([B][T][H][D], in place): each row minus the double mean of its
+ * (b, h) rows up to it (attention/attention.h), for the near-tie count only. */
+static void centre_floats(const plan_case_t *c, float *x) {
+    const int HD = c->H * c->D;
+    double *sum = (double *)xmalloc((size_t)HD * sizeof(double), "centre sums");
+    for (int b = 0; b < c->B; b++) {
+        memset(sum, 0, (size_t)HD * sizeof(double));
+        for (int t = 0; t < c->T; t++)
+            for (int i = 0; i < HD; i++) {
+                float *v = x + ((size_t)b * c->T + t) * HD + i;
+                sum[i] += *v;
+                *v = (float)(*v - sum[i] / (t + 1));
+            }
+    }
+    free(sum);
+}
+
 static void run_case(const plan_case_t *c, uint64_t seed) {
     const int HD = c->H * c->D;
     const size_t rows = (size_t)c->B * c->H * c->T;
@@ -267,6 +286,10 @@ static void run_case(const plan_case_t *c, uint64_t seed) {
             long bad = diff_device(g.rotations, ref.rotations, (size_t)c->H * c->D * (c->p.n_buckets / 2), 4);
             CHECK(bad == 0, "%s: %ld rotation entries differ from the host draw", c->name, bad);
             /* bucket arrays are [B][H][T], the inputs [B][T][H][D]: near ties per input row. */
+            if (c->p.hash_center) { /* the plan is built: q and k are not read again */
+                centre_floats(c, q);
+                centre_floats(c, k);
+            }
             long near = count_near_ties(&ref, q) + (c->shared_keys ? 0 : count_near_ties(&ref, k));
             near_ties_total += near;
             hashed_rows_total += (long)rows * (c->shared_keys ? 1 : 2);
@@ -340,6 +363,44 @@ static void run_case(const plan_case_t *c, uint64_t seed) {
     free(k);
 }
 
+/* Uniform values in [-1, 1) from a multiplicative hash of the index (timing input only). */
+__global__ static void fill_uniform_kernel(__nv_bfloat16 *x, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        x[i] = __float2bfloat16((float)((uint32_t)(i * 2654435761u) >> 8) * (1.0f / 8388608.0f) - 1.0f);
+}
+
+/* The cost of one plan build at the 8k run's layer shape (B 4, T 8192, H 12, D 64, fused QKV,
+ * shared keys, nb 16), with and without hash_center: informational, no check. */
+static void time_plan_builds(void) {
+    const int B = 4, T = 8192, H = 12, D = 64;
+    const long stride = 3L * H * D;
+    uint16_t *d_buf;
+    CUDA_OK(cudaMalloc(&d_buf, (size_t)B * T * stride * 2));
+    fill_uniform_kernel<<<4096, 256>>>((__nv_bfloat16 *)d_buf, (long)B * T * stride);
+    CUDA_OK(cudaGetLastError());
+    cudaEvent_t start, stop;
+    CUDA_OK(cudaEventCreate(&start));
+    CUDA_OK(cudaEventCreate(&stop));
+    float ms[2];
+    for (int centred = 0; centred < 2; centred++) {
+        const attn_params_t p = {ATTN_HASH_SPARSE, 16, 0.0f, 1, centred};
+        attn_plan_cuda_t g;
+        attn_plan_cuda_init(&g, &p, B, T, H, D);
+        attn_plan_cuda_build(&g, 1, d_buf, stride, NULL, stride, 0); /* warm-up */
+        CUDA_OK(cudaEventRecord(start, 0));
+        for (int i = 0; i < 10; i++) attn_plan_cuda_build(&g, (uint64_t)i, d_buf, stride, NULL, stride, 0);
+        CUDA_OK(cudaEventRecord(stop, 0));
+        CUDA_OK(cudaEventSynchronize(stop));
+        CUDA_OK(cudaEventElapsedTime(&ms[centred], start, stop));
+        attn_plan_cuda_free(&g);
+    }
+    printf("plan build B%d T%d H%d D%d nb16 shared keys: %.1f us plain, %.1f us with hash_center\n", B, T, H,
+           D, 100.0 * ms[0], 100.0 * ms[1]);
+    CUDA_OK(cudaEventDestroy(start));
+    CUDA_OK(cudaEventDestroy(stop));
+    CUDA_OK(cudaFree(d_buf));
+}
+
 /* The device draw of the rotations against the host's (attn_plan_build) over many keys: the
  * floats must agree except, rarely, by one unit in the last place (CUDA's double log/cos may
  * differ from the C library's in the last bit; plan_hash.cuh). */
@@ -375,7 +436,7 @@ static void check_rotation_draw(void) {
 
 int main(void) {
     check_rotation_draw();
-    static const int hash_nb[] = {1, 2, 8, 16, 64};
+    static const int hash_nb[] = {1, 2, 8, 16, 64}, centred_nb[] = {2, 16, 64};
     static const float drops[] = {0.0f, 0.3f, 0.5f, 0.7f, 1.0f};
     /* {B, T, H, D, stride in units: 0 = H*D, 2 = 2*H*D + 8, 3 = 3*H*D} */
     static const int shapes[][5] = {{2, 1000, 3, 64, 3}, {1, 1, 2, 128, 2}, {3, 2049, 2, 128, 3},
@@ -388,6 +449,14 @@ int main(void) {
             memset(c, 0, sizeof *c);
             snprintf(c->name, sizeof c->name, "hash nb=%d %s", hash_nb[i], shared ? "shared-qk" : "own-k");
             c->p = (attn_params_t){ATTN_HASH_SPARSE, hash_nb[i], 0.0f, 0};
+            c->shared_keys = shared;
+        }
+    for (int i = 0; i < 3; i++)
+        for (int shared = 0; shared < 2; shared++) {
+            plan_case_t *c = &cases[n_modes++];
+            memset(c, 0, sizeof *c);
+            snprintf(c->name, sizeof c->name, "hash nb=%d %s centred", centred_nb[i], shared ? "shared-qk" : "own-k");
+            c->p = (attn_params_t){ATTN_HASH_SPARSE, centred_nb[i], 0.0f, 0, 1};
             c->shared_keys = shared;
         }
     for (int i = 0; i < 5; i++) {
@@ -417,18 +486,19 @@ int main(void) {
                 run_case(&c, seed++);
             }
     /* Sizes of the paper's runs (many sort chunks, many tiles), without the brute force. */
-    const attn_params_t big[] = {{ATTN_HASH_SPARSE, 16, 0.0f, 1}, {ATTN_QK_SPARSE, 1, 0.5f, 0},
-                                 {ATTN_HASH_SPARSE, 64, 0.0f, 1}};
-    for (int i = 0; i < 3; i++) {
+    const attn_params_t big[] = {{ATTN_HASH_SPARSE, 16, 0.0f, 1, 0}, {ATTN_QK_SPARSE, 1, 0.5f, 0, 0},
+                                 {ATTN_HASH_SPARSE, 64, 0.0f, 1, 0}, {ATTN_HASH_SPARSE, 16, 0.0f, 1, 1}};
+    for (int i = 0; i < 4; i++) {
         plan_case_t c;
         memset(&c, 0, sizeof c);
         c.p = big[i];
-        c.shared_keys = i == 0;
+        c.shared_keys = i == 0 || i == 3;
         c.B = 2, c.T = 16384 - 5, c.H = 3, c.D = 64, c.stride = 3 * 3 * 64;
-        snprintf(c.name, sizeof c.name, "large %s nb=%d drop=%.1f", attn_mode_name(c.p.mode),
-                 c.p.n_buckets, (double)c.p.drop_prob);
+        snprintf(c.name, sizeof c.name, "large %s nb=%d drop=%.1f%s", attn_mode_name(c.p.mode),
+                 c.p.n_buckets, (double)c.p.drop_prob, c.p.hash_center ? " centred" : "");
         run_case(&c, seed++);
     }
+    time_plan_builds();
     printf("hashed rows: %ld, CPU near ties inside the fp32 bound (recomputed in double on the GPU): %ld\n",
            hashed_rows_total, near_ties_total);
     /* The planted rows must have reached the double path, or it went untested. */
