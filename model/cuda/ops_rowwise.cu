@@ -271,25 +271,34 @@ __device__ __forceinline__ float group_sum(float v, int G) {
     return v;
 }
 
+/* This thread's 8 channels: token n, columns col .. col + 7 (head h, part p: h*D + 8p); threads
+ * past the last vector are not live but still join the shuffles. */
+struct QkVecSlot {
+    bool live;
+    long n, col;
+};
+
+__device__ __forceinline__ QkVecSlot qk_vec_slot(int N, int H, int D) {
+    const int G = D / 8;
+    const long t = (long)blockIdx.x * blockDim.x + threadIdx.x, row = t / G;
+    const bool live = row < (long)N * H;
+    return {live, live ? row / H : 0, live ? (row % H) * D + (t % G) * 8 : 0};
+}
+
 __global__ void qk_normalise_forward_vec_kernel(bf16 *__restrict__ k, long k_stride,
                                                 const bf16 *__restrict__ q, long q_stride,
                                                 int N, int H, int D) {
-    const int G = D / 8;
-    const long t = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long row = t / G;
-    const int part = (int)(t % G);
     /* No early return: every lane of the warp takes part in the shuffles. */
-    const bool live = row < (long)N * H;
-    const long n = live ? row / H : 0, h = live ? row % H : 0;
+    const QkVecSlot at = qk_vec_slot(N, H, D);
     float v[8] = {0};
-    if (live) load8(v, q + n * q_stride + h * D + part * 8);
+    if (at.live) load8(v, q + at.n * q_stride + at.col);
     float s = 0.0f;
 #pragma unroll
     for (int j = 0; j < 8; j++) s += v[j] * v[j];
-    const float inv = 1.0f / sqrtf(group_sum(s, G) + QK_NORM_EPS * QK_NORM_EPS);
+    const float inv = 1.0f / sqrtf(group_sum(s, D / 8) + QK_NORM_EPS * QK_NORM_EPS);
 #pragma unroll
     for (int j = 0; j < 8; j++) v[j] *= inv;
-    if (live) store8(k + n * k_stride + h * D + part * 8, v);
+    if (at.live) store8(k + at.n * k_stride + at.col, v);
 }
 
 __global__ void qk_normalise_backward_vec_kernel(bf16 *__restrict__ dq, long dq_stride,
@@ -297,15 +306,10 @@ __global__ void qk_normalise_backward_vec_kernel(bf16 *__restrict__ dq, long dq_
                                                  const bf16 *__restrict__ q, long q_stride,
                                                  const bf16 *__restrict__ k, long k_stride,
                                                  int N, int H, int D) {
-    const int G = D / 8;
-    const long t = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long row = t / G;
-    const int part = (int)(t % G);
-    const bool live = row < (long)N * H;
-    const long n = live ? row / H : 0, h = live ? row % H : 0;
-    const long c = h * D + part * 8;
+    const QkVecSlot at = qk_vec_slot(N, H, D);
+    const long n = at.n, c = at.col;
     float qv[8] = {0}, kv[8] = {0}, dkv[8] = {0};
-    if (live) {
+    if (at.live) {
         load8(qv, q + n * q_stride + c);
         load8(kv, k + n * k_stride + c);
         load8(dkv, dk + n * dk_stride + c);
@@ -316,9 +320,9 @@ __global__ void qk_normalise_backward_vec_kernel(bf16 *__restrict__ dq, long dq_
         s += qv[j] * qv[j];
         kdk += kv[j] * dkv[j];
     }
-    const float inv = 1.0f / sqrtf(group_sum(s, G) + QK_NORM_EPS * QK_NORM_EPS);
-    const float proj = group_sum(kdk, G);
-    if (!live) return; /* after the last shuffle */
+    const float inv = 1.0f / sqrtf(group_sum(s, D / 8) + QK_NORM_EPS * QK_NORM_EPS);
+    const float proj = group_sum(kdk, D / 8);
+    if (!at.live) return; /* after the last shuffle */
     float out[8];
     load8(out, dq + n * dq_stride + c);
 #pragma unroll
