@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 
+#include "attention/cuda/flash_checks.cuh"
 #include "attention/cuda/flash_launch.cuh"
 #include "attention/cuda/flash_policy.cuh"
 
@@ -29,51 +30,15 @@ typedef Sm90FwdTiles<2, 64, 2> Sm90Fwd64;
 typedef Sm90BwdTiles<2> Sm90DkDv64;
 typedef Sm90DqTiles<2, 2> Sm90Dq64; /* 2 CTAs/SM: <= 128 registers (attention/cuda/NOTES.md) */
 
-void check_stride(const char *what, long stride, const flash_attn_dims_t *d) {
-    if (stride < (long)d->H * d->D || stride % 8 != 0)
-        fatal(EXIT_USAGE, "flash_attn: %s = %ld must be a multiple of 8 and at least H*D = %d",
-              what, stride, d->H * d->D);
-}
+void check_launch(const char *what, cudaError_t err) { api_check_launch("flash_attn", what, err); }
 
-void check_ptr(const char *what, const void *ptr) {
-    if (ptr == NULL || ((uintptr_t)ptr & 15) != 0)
-        fatal(EXIT_USAGE, "flash_attn: pointer %s is NULL or not 16-byte aligned", what);
-}
+void check_ptr(const char *what, const void *ptr) { api_check_ptr("flash_attn", what, ptr); }
 
 void check_dims(const flash_attn_dims_t *d) {
     if (d->D != 64 && d->D != 128)
         fatal(EXIT_USAGE, "flash_attn: head dim D = %d is not supported (64 or 128)", d->D);
-    if (d->B < 1 || d->T < 1 || d->H < 1)
-        fatal(EXIT_USAGE, "flash_attn: B = %d, T = %d, H = %d must all be >= 1", d->B, d->T,
-              d->H);
-    if ((long)d->B * d->H > 0x7fffffffL || d->T > 65535L * 64)
-        fatal(EXIT_USAGE, "flash_attn: B*H = %ld or T = %d too large for the launch grid",
-              (long)d->B * d->H, d->T);
-    check_stride("q_stride", d->q_stride, d);
-    check_stride("k_stride", d->k_stride, d);
-    check_stride("v_stride", d->v_stride, d);
-    check_stride("o_stride", d->o_stride, d);
+    api_check_shape("flash_attn", d);
 }
-
-void check_launch(const char *what, cudaError_t err) {
-    if (err != cudaSuccess) fatal(EXIT_RUNTIME, "flash_attn: %s: %s", what, cudaGetErrorString(err));
-}
-
-FlashParams make_params(const flash_attn_dims_t *d) {
-    FlashParams p = {};
-    p.B = d->B;
-    p.T = d->T;
-    p.H = d->H;
-    p.q_stride = d->q_stride;
-    p.k_stride = d->k_stride;
-    p.v_stride = d->v_stride;
-    p.o_stride = d->o_stride;
-    p.scale = 1.0f / sqrtf((float)d->D);
-    p.scale_log2 = p.scale * 1.4426950408889634f;
-    return p;
-}
-
-size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
 int force_portable = 0;
 

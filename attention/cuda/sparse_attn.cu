@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "attention/cuda/flash_checks.cuh"
 #include "attention/cuda/flash_launch.cuh"
 #include "attention/cuda/plan_policy.cuh"
 
@@ -32,32 +33,13 @@ int force_portable = 0;
 
 bool use_sm90(int D) { return D == 64 && !force_portable && sm90_available(); }
 
-void check_launch(const char *what, cudaError_t err) {
-    if (err != cudaSuccess) fatal(EXIT_RUNTIME, "sparse_attn: %s: %s", what, cudaGetErrorString(err));
-}
+void check_launch(const char *what, cudaError_t err) { api_check_launch("sparse_attn", what, err); }
 
-void check_ptr(const char *what, const void *ptr) {
-    if (ptr == NULL || ((uintptr_t)ptr & 15) != 0)
-        fatal(EXIT_USAGE, "sparse_attn: pointer %s is NULL or not 16-byte aligned", what);
-}
-
-void check_stride(const char *what, long stride, const flash_attn_dims_t *d) {
-    if (stride < (long)d->H * d->D || stride % 8 != 0)
-        fatal(EXIT_USAGE, "sparse_attn: %s = %ld must be a multiple of 8 and at least H*D = %d",
-              what, stride, d->H * d->D);
-}
+void check_ptr(const char *what, const void *ptr) { api_check_ptr("sparse_attn", what, ptr); }
 
 void check_dims(const flash_attn_dims_t *d) {
     if (d->D != 64) fatal(EXIT_USAGE, "sparse_attn: head dim D = %d is not supported (64)", d->D);
-    if (d->B < 1 || d->T < 1 || d->H < 1)
-        fatal(EXIT_USAGE, "sparse_attn: B = %d, T = %d, H = %d must all be >= 1", d->B, d->T, d->H);
-    if ((long)d->B * d->H > 0x7fffffffL || d->T > 65535L * 64)
-        fatal(EXIT_USAGE, "sparse_attn: B*H = %ld or T = %d too large for the launch grid",
-              (long)d->B * d->H, d->T);
-    check_stride("q_stride", d->q_stride, d);
-    check_stride("k_stride", d->k_stride, d);
-    check_stride("v_stride", d->v_stride, d);
-    check_stride("o_stride", d->o_stride, d);
+    api_check_shape("sparse_attn", d);
 }
 
 void check_plan(const attn_plan_cuda_t *plan, const flash_attn_dims_t *d) {
@@ -80,22 +62,6 @@ void check_tiles(const char *what, const attn_tiles_cuda_t *tiles, const attn_pl
               "for BH=%d", what, tiles->lists.block_m, tiles->lists.block_n, tiles->lists.BH, bm,
               bn, plan->B * plan->H);
 }
-
-FlashParams make_params(const flash_attn_dims_t *d) {
-    FlashParams p = {};
-    p.B = d->B;
-    p.T = d->T;
-    p.H = d->H;
-    p.q_stride = d->q_stride;
-    p.k_stride = d->k_stride;
-    p.v_stride = d->v_stride;
-    p.o_stride = d->o_stride;
-    p.scale = 1.0f / sqrtf((float)d->D);
-    p.scale_log2 = p.scale * 1.4426950408889634f;
-    return p;
-}
-
-size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
 /* Rows r in [len, T) of the sorted order of bh (dropped qk rows; none in the other modes):
  * x and y (when given) get zero rows at their original positions, lse (when given) -inf.

@@ -7,26 +7,13 @@
 #include <cuda_runtime.h>
 
 #include "attention/cuda/flash_attn.h"
+#include "attention/cuda/flash_checks.cuh"
 #include "attention/cuda/flash_launch.cuh"
 #include "attention/cuda/flash_policy.cuh"
 
 using namespace flash;
 
 namespace {
-
-FlashParams params_of(const flash_attn_dims_t *d) {
-    FlashParams p = {};
-    p.B = d->B;
-    p.T = d->T;
-    p.H = d->H;
-    p.q_stride = d->q_stride;
-    p.k_stride = d->k_stride;
-    p.v_stride = d->v_stride;
-    p.o_stride = d->o_stride;
-    p.scale = 1.0f / sqrtf((float)d->D);
-    p.scale_log2 = p.scale * 1.4426950408889634f;
-    return p;
-}
 
 const char *fwd_names[] = {"api", "mma.sync api", "sm90 2wg BN128", "sm90 3wg BN128", NULL};
 const char *bwd_names[] = {"api",
@@ -55,7 +42,7 @@ extern "C" int bench_fwd_variant(int v, const flash_attn_dims_t *d, const flash_
         return 0;
     }
     if (d->D != 64) return -1;
-    FlashParams p = params_of(d);
+    FlashParams p = make_params(d);
     p.q = q;
     p.k = k;
     p.v = v_;
@@ -82,7 +69,7 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
         return 0;
     }
     if (d->D != 64) return -1;
-    FlashParams p = params_of(d);
+    FlashParams p = make_params(d);
     p.q = q;
     p.k = k;
     p.v = v_;

@@ -1,0 +1,67 @@
+/* Host-side argument checks and kernel parameters shared by the dense (flash_attn.cu) and
+ * sparse (sparse_attn.cu) APIs and the benchmark variants: one wording for every message,
+ * prefixed with the API's name. */
+#ifndef ATTENTION_CUDA_FLASH_CHECKS_CUH
+#define ATTENTION_CUDA_FLASH_CHECKS_CUH
+
+#include <math.h>
+#include <stdint.h>
+
+#include "attention/cuda/flash_attn.h"
+#include "attention/cuda/flash_params.cuh"
+
+extern "C" {
+#include "runtime/error.h"
+}
+
+namespace flash {
+
+inline void api_check_launch(const char *api, const char *what, cudaError_t err) {
+    if (err != cudaSuccess) fatal(EXIT_RUNTIME, "%s: %s: %s", api, what, cudaGetErrorString(err));
+}
+
+inline void api_check_ptr(const char *api, const char *what, const void *ptr) {
+    if (ptr == NULL || ((uintptr_t)ptr & 15) != 0)
+        fatal(EXIT_USAGE, "%s: pointer %s is NULL or not 16-byte aligned", api, what);
+}
+
+inline void api_check_stride(const char *api, const char *what, long stride, const flash_attn_dims_t *d) {
+    if (stride < (long)d->H * d->D || stride % 8 != 0)
+        fatal(EXIT_USAGE, "%s: %s = %ld must be a multiple of 8 and at least H*D = %d", api, what,
+              stride, d->H * d->D);
+}
+
+/* Sizes, launch-grid limits and strides; the head dims an API supports are its own check. */
+inline void api_check_shape(const char *api, const flash_attn_dims_t *d) {
+    if (d->B < 1 || d->T < 1 || d->H < 1)
+        fatal(EXIT_USAGE, "%s: B = %d, T = %d, H = %d must all be >= 1", api, d->B, d->T, d->H);
+    if ((long)d->B * d->H > 0x7fffffffL || d->T > 65535L * 64)
+        fatal(EXIT_USAGE, "%s: B*H = %ld or T = %d too large for the launch grid", api,
+              (long)d->B * d->H, d->T);
+    api_check_stride(api, "q_stride", d->q_stride, d);
+    api_check_stride(api, "k_stride", d->k_stride, d);
+    api_check_stride(api, "v_stride", d->v_stride, d);
+    api_check_stride(api, "o_stride", d->o_stride, d);
+}
+
+/* Shapes and scales of the kernels' parameters; pointers are the caller's to fill. */
+inline FlashParams make_params(const flash_attn_dims_t *d) {
+    FlashParams p = {};
+    p.B = d->B;
+    p.T = d->T;
+    p.H = d->H;
+    p.q_stride = d->q_stride;
+    p.k_stride = d->k_stride;
+    p.v_stride = d->v_stride;
+    p.o_stride = d->o_stride;
+    p.scale = 1.0f / sqrtf((float)d->D);
+    p.scale_log2 = p.scale * 1.4426950408889634f;
+    return p;
+}
+
+/* Workspace sections start on 256-byte boundaries. */
+inline size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+} // namespace flash
+
+#endif
