@@ -30,6 +30,7 @@ extern "C" {
 #include "model/optim.h"
 #include "runtime/error.h"
 #include "runtime/rng.h"
+#include "tests/gpu/gpu_test_util.cuh"
 #include "tests/test.h"
 }
 
@@ -38,20 +39,9 @@ static const uint64_t kKey = 0x51a7e5u;
 
 static gpt_config_t small_config(int n_layer, int n_head, int n_embd, int vocab, int padded,
                                  int seq_len, int bias, int shared_qk, int exclude_self) {
-    gpt_config_t c;
-    memset(&c, 0, sizeof c);
-    c.n_layer = n_layer;
-    c.n_head = n_head;
-    c.n_embd = n_embd;
-    c.vocab_size = vocab;
-    c.padded_vocab = padded;
-    c.seq_len = seq_len;
-    c.bias = bias;
-    c.attn.mode = ATTN_DENSE;
-    c.attn.n_buckets = 1;
+    gpt_config_t c = small_gpt_config(n_layer, n_head, n_embd, vocab, padded, seq_len, bias, 4242);
     c.attn.exclude_self = exclude_self;
     c.shared_qk = shared_qk;
-    c.seed = 4242;
     return c;
 }
 

@@ -36,31 +36,11 @@ extern "C" {
 #include "runtime/rng.h"
 }
 #include "attention/cuda/plan_policy.cuh"
+#include "tests/gpu/gpu_test_util.cuh"
 #include "tests/test.h"
-
-#define CUDA_OK(call)                                                                        \
-    do {                                                                                     \
-        cudaError_t err_ = (call);                                                           \
-        if (err_ != cudaSuccess)                                                             \
-            fatal(EXIT_RUNTIME, "%s:%d: %s: %s", __FILE__, __LINE__, #call,                  \
-                  cudaGetErrorString(err_));                                                 \
-    } while (0)
 
 static const int TILE_SHAPES[][2] = {{128, 64}, {64, 128}, {128, 128}};
 static long near_ties_total, hashed_rows_total;
-
-static float bf16_to_float(uint16_t x) {
-    uint32_t u = (uint32_t)x << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static uint16_t float_to_bf16(float f) { /* round to nearest even; inputs are finite */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fff + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
 
 typedef struct {
     char name[64];

@@ -20,18 +20,11 @@ extern "C" {
 #include "runtime/error.h"
 #include "runtime/rng.h"
 }
+#include "tests/gpu/gpu_test_util.cuh"
 #include "tests/test.h"
 
 using namespace flash;
 using namespace flash::sm90;
-
-#define CUDA_OK(call)                                                                        \
-    do {                                                                                     \
-        cudaError_t err_ = (call);                                                           \
-        if (err_ != cudaSuccess)                                                             \
-            fatal(EXIT_RUNTIME, "%s:%d: %s: %s", __FILE__, __LINE__, #call,                  \
-                  cudaGetErrorString(err_));                                                 \
-    } while (0)
 
 enum { SS_KK = 0, RS_N = 1, SS_MN = 2 };
 

@@ -36,31 +36,11 @@ extern "C" {
 #include "runtime/error.h"
 #include "runtime/rng.h"
 }
+#include "tests/gpu/gpu_test_util.cuh"
 #include "tests/test.h"
-
-#define CUDA_OK(call)                                                                        \
-    do {                                                                                     \
-        cudaError_t err_ = (call);                                                           \
-        if (err_ != cudaSuccess)                                                             \
-            fatal(EXIT_RUNTIME, "%s:%d: %s: %s", __FILE__, __LINE__, #call,                  \
-                  cudaGetErrorString(err_));                                                 \
-    } while (0)
 
 static const double TOL_REL_L2 = 1e-2;
 static const double TOL_LSE_ABS = 1e-2;
-
-static float bf16_to_float(uint16_t x) {
-    uint32_t u = (uint32_t)x << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static uint16_t float_to_bf16(float f) { /* round to nearest even; inputs are finite */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fff + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
 
 typedef struct {
     attn_params_t p;

@@ -31,6 +31,7 @@ extern "C" {
 #include "model/optim.h"
 #include "runtime/error.h"
 #include "runtime/rng.h"
+#include "tests/gpu/gpu_test_util.cuh"
 #include "tests/test.h"
 }
 
@@ -40,19 +41,7 @@ static const dist_t kSingle = {0, 1, 0, 1, 0}; /* rank 0 of 1, MPI not initialis
 
 static gpt_config_t small_config(int n_layer, int n_head, int n_embd, int vocab, int padded, int seq_len,
                                  int bias) {
-    gpt_config_t c;
-    memset(&c, 0, sizeof c);
-    c.n_layer = n_layer;
-    c.n_head = n_head;
-    c.n_embd = n_embd;
-    c.vocab_size = vocab;
-    c.padded_vocab = padded;
-    c.seq_len = seq_len;
-    c.bias = bias;
-    c.attn.mode = ATTN_DENSE;
-    c.attn.n_buckets = 1;
-    c.seed = 777;
-    return c;
+    return small_gpt_config(n_layer, n_head, n_embd, vocab, padded, seq_len, bias, 777);
 }
 
 static std::vector<gpt_tensor_t> tensor_table(const gpt_config_t *cfg) {
