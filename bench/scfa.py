@@ -352,7 +352,8 @@ def run_checks(lib):
 
 # ---------------------------------------------------------------- benchmark
 
-def median_ms(fn, warmup, reps):
+def median_ms(fn, warmup=5, reps=30):
+    """Median of `reps` CUDA-event-timed calls of fn after `warmup` untimed ones, in ms."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()

@@ -16,12 +16,15 @@ kernel cannot hide. The short table comes last.
 import argparse
 import ctypes
 import json
-import statistics
+import os
 import sys
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from scfa import median_ms  # noqa: E402 (bench/scfa.py: one timer for every attention bench)
 
 
 class Dims(ctypes.Structure):
@@ -29,21 +32,6 @@ class Dims(ctypes.Structure):
                 ("D", ctypes.c_int), ("exclude_self", ctypes.c_int),
                 ("q_stride", ctypes.c_long), ("k_stride", ctypes.c_long),
                 ("v_stride", ctypes.c_long), ("o_stride", ctypes.c_long)]
-
-
-def median_ms(fn, warmup=5, reps=30):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def rel(a, b):
