@@ -88,9 +88,10 @@ extern "C" void attn_plan_cuda_init(attn_plan_cuda_t *plan, const attn_params_t 
 
 extern "C" void attn_plan_cuda_free(attn_plan_cuda_t *plan) {
     void *device[] = {plan->keep_q, plan->keep_k, plan->bucket_q, plan->own_bucket_k,
-                      plan->rotations, plan->centred, plan->rows.order_q, plan->rows.pos_q, plan->rows.group_q,
-                      plan->rows.group_start_q, plan->own_order_k, plan->own_pos_k,
-                      plan->own_group_k, plan->own_group_start_k, plan->histogram};
+                      plan->rotations, plan->centred, plan->rows.order_q, plan->rows.pos_q,
+                      plan->rows.group_q, plan->rows.group_start_q, plan->own_order_k,
+                      plan->own_pos_k, plan->own_group_k, plan->own_group_start_k,
+                      plan->histogram};
     for (size_t i = 0; i < sizeof device / sizeof device[0]; i++)
         if (device[i]) PLAN_CUDA_OK(cudaFree(device[i]));
     memset(plan, 0, sizeof *plan);
