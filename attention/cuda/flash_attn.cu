@@ -26,9 +26,9 @@ typedef DqTiles<128, 64, 32, 4> Dq128;
 /* Hopper, head dim 64: two warpgroups of 64 query rows, 64-key steps, two CTAs per SM (run 3:
  * fastest forward at every T). Backward: dK/dV and dQ in separate passes without atomics
  * (run 3: faster than every atomic variant), so it is deterministic in both modes. */
-typedef Sm90FwdTiles<2, 64, 2> Sm90Fwd64;
-typedef Sm90BwdTiles<2> Sm90DkDv64;
-typedef Sm90DqTiles<2, 2> Sm90Dq64; /* 2 CTAs/SM: <= 128 registers (attention/cuda/NOTES.md) */
+typedef Sm90FwdWsTiles<2, 64, 4> Sm90Fwd64; /* warp-specialised (flash_fwd_sm90_ws.cuh) */
+typedef Sm90BwdWsTiles<2, 2> Sm90DkDv64; /* warp-specialised (flash_bwd_sm90_ws.cuh) */
+typedef Sm90DqWsTiles<2, 3> Sm90Dq64;
 
 void check_launch(const char *what, cudaError_t err) { api_check_launch("flash_attn", what, err); }
 
@@ -70,7 +70,7 @@ extern "C" void flash_attn_forward(const flash_attn_dims_t *dims, const flash_bf
     p.out = out;
     p.lse = lse;
     DenseCausalPolicy pol = {dims->T, dims->exclude_self ? 1 : 0};
-    cudaError_t err = use_sm90(dims)   ? launch_fwd_sm90<Sm90Fwd64>(p, pol, dims->T, stream)
+    cudaError_t err = use_sm90(dims)   ? launch_fwd_sm90_ws<Sm90Fwd64>(p, pol, dims->T, stream)
                       : dims->D == 64 ? launch_fwd<Fwd64>(p, pol, dims->T, stream)
                                       : launch_fwd<Fwd128>(p, pol, dims->T, stream);
     check_launch("forward kernel", err);
@@ -115,8 +115,8 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
     if (use_sm90(dims)) {
         p.dq_accum = NULL; /* dQ comes from its own pass: nothing to zero or convert */
         check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
-        check_launch("backward dK/dV", launch_bwd_sm90<Sm90DkDv64, DenseCausalPolicy, false>(p, pol, T, stream));
-        check_launch("backward dQ", launch_bwd_dq_sm90<Sm90Dq64>(p, pol, T, stream));
+        check_launch("backward dK/dV", launch_bwd_dkdv_sm90_ws<Sm90DkDv64>(p, pol, T, stream));
+        check_launch("backward dQ", launch_bwd_dq_sm90_ws<Sm90Dq64>(p, pol, T, stream));
     } else if (dims->D == 64) {
         check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
         if (deterministic) {

@@ -43,6 +43,88 @@ __device__ __forceinline__ void wgmma_s_tile(float *s, uint64_t da, uint64_t db,
         sm90::wgmma_m64n64k16_ss<0, 0>(s, da, db, acc);
 }
 
+/* Masks S (m64nBN accumulators of one warp's 16 rows, NT n-tiles) of the key tile starting
+ * at work row k0: -inf where the key is past k_len or the policy forbids the pair. kinfo: the
+ * tile's keys' mask info in shared memory; qinfo: this thread's two rows. The mask is a select,
+ * not a branch (NOTES.md, session 3: a branch here serialises the in-flight wgmma). */
+template <int NT, class Policy>
+__device__ __forceinline__ void mask_s_tile(float *s, const Policy &pol, const typename Policy::RowInfo qinfo[2],
+                                            const typename Policy::RowInfo *kinfo, int k0, int k_len, int tq) {
+    typedef typename Policy::RowInfo RowInfo;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int c = k0 + nt * 8 + 2 * tq + e;
+            const bool in_range = c < k_len;
+            const RowInfo ki = in_range ? kinfo[c - k0] : RowInfo{};
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const bool ok = in_range & pol.allowed(qinfo[hf], ki);
+                s[4 * nt + 2 * hf + e] = ok ? s[4 * nt + 2 * hf + e] : -INFINITY;
+            }
+        }
+}
+
+/* One online-softmax step over a masked S tile: new row maxima and sums, P as bf16 A
+ * fragments (p_out, KN k-blocks), alpha = the factor O must be rescaled by. Rows fully masked
+ * so far use max 0 (no -inf - -inf). sl2 = scale * log2(e). */
+template <int NT, int KN>
+__device__ __forceinline__ void online_softmax(float *s, float row_max[2], float row_sum[2], float alpha[2],
+                                               uint32_t *p_out, float sl2) {
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        float mx = row_max[hf];
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * hf], s[4 * nt + 2 * hf + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_use = mx == -INFINITY ? 0.f : mx;
+        alpha[hf] = exp2_approx((row_max[hf] - m_use) * sl2);
+        row_max[hf] = mx;
+        const float m_scaled = m_use * sl2;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float pe = exp2_approx(fmaf(s[4 * nt + 2 * hf + e], sl2, -m_scaled));
+                s[4 * nt + 2 * hf + e] = pe;
+                sum += pe;
+            }
+        row_sum[hf] = row_sum[hf] * alpha[hf] + sum;
+    }
+#pragma unroll
+    for (int kb = 0; kb < KN; kb++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) p_out[4 * kb + r] = pack_bf16(s[8 * kb + 2 * r], s[8 * kb + 2 * r + 1]);
+}
+
+/* Normalises and stores one warp's 16 output rows (a thread's two: row0 and row0 + 8 of the
+ * work rows) and their log-sum-exp, at the rows' memory rows. */
+template <int ND, class Policy>
+__device__ __forceinline__ void store_fwd_rows(const FlashParams &p, const Policy &pol, int bh, bf16 *o_base,
+                                               const float *o, const float row_max[2], const float row_sum[2],
+                                               int row0, int q_len, int tq) {
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        float sum = row_sum[hf];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const float inv = sum > 0.f ? 1.f / sum : 0.f;
+        const int r = row0 + hf * 8;
+        if (r >= q_len) continue;
+        const int mem = pol.q_row(bh, r);
+        bf16 *dst = o_base + (long)mem * p.o_stride + 2 * tq;
+#pragma unroll
+        for (int nd = 0; nd < ND; nd++)
+            *reinterpret_cast<uint32_t *>(dst + nd * 8) =
+                pack_bf16(o[4 * nd + 2 * hf] * inv, o[4 * nd + 2 * hf + 1] * inv);
+        if (tq == 0)
+            p.lse[(long)bh * p.T + mem] = sum > 0.f ? row_max[hf] * p.scale + logf(sum) : -INFINITY;
+    }
+}
+
 /* Software pipeline of one warpgroup (FlashAttention-3's intra-warpgroup overlap):
  *   issue S_j = Q K_j^T and O += P_{j-1} V_{j-1}; wait for S_j only; mask and softmax S_j
  *   (exp on the multi-function units) while the tensor cores still run P_{j-1} V_{j-1};
@@ -159,52 +241,9 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
             wgmma_m64n64k16_rs<1>(o, &p_cur[4 * kb], desc_sw128(v_addr + kb * 16 * RB), 1);
         wgmma_commit();
     };
-    /* Mask S of tile i, update max and sum, P (bf16 A fragments) into p_next, alpha = the
-     * factor O must be rescaled by. Rows fully masked so far use max 0 (no -inf - -inf). */
     auto softmax = [&](int i) {
-        const int k0 = cur.k0;
-        const RowInfo *kinfo = sKinfo + (i % 3) * BN;
-        if (!cur.full) {
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int c = k0 + nt * 8 + 2 * tq + e;
-                    const bool in_range = c < k_len;
-                    const RowInfo ki = in_range ? kinfo[c - k0] : RowInfo{};
-#pragma unroll
-                    for (int hf = 0; hf < 2; hf++) { /* a select, not a branch (plan_policy.cuh) */
-                        const bool ok = in_range & pol.allowed(qinfo[hf], ki);
-                        s[4 * nt + 2 * hf + e] = ok ? s[4 * nt + 2 * hf + e] : -INFINITY;
-                    }
-                }
-        }
-#pragma unroll
-        for (int hf = 0; hf < 2; hf++) {
-            float mx = row_max[hf];
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * hf], s[4 * nt + 2 * hf + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float m_use = mx == -INFINITY ? 0.f : mx;
-            alpha[hf] = exp2_approx((row_max[hf] - m_use) * sl2);
-            row_max[hf] = mx;
-            const float m_scaled = m_use * sl2;
-            float sum = 0.f;
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const float pe = exp2_approx(fmaf(s[4 * nt + 2 * hf + e], sl2, -m_scaled));
-                    s[4 * nt + 2 * hf + e] = pe;
-                    sum += pe;
-                }
-            row_sum[hf] = row_sum[hf] * alpha[hf] + sum;
-        }
-#pragma unroll
-        for (int kb = 0; kb < KN; kb++)
-#pragma unroll
-            for (int r = 0; r < 4; r++) p_next[4 * kb + r] = pack_bf16(s[8 * kb + 2 * r], s[8 * kb + 2 * r + 1]);
+        if (!cur.full) mask_s_tile<NT>(s, pol, qinfo, sKinfo + (i % 3) * BN, cur.k0, k_len, tq);
+        online_softmax<NT, KN>(s, row_max, row_sum, alpha, p_next, sl2);
     };
 
     if (n_tiles > 0) {
@@ -246,23 +285,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     }
     cp_async_wait<0>();
 
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        float sum = row_sum[hf];
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        const float inv = sum > 0.f ? 1.f / sum : 0.f;
-        const int r = q0 + warp_row + hf * 8 + g;
-        if (r >= q_len) continue;
-        const int mem = pol.q_row(bh, r);
-        bf16 *dst = o_base + (long)mem * p.o_stride + 2 * tq;
-#pragma unroll
-        for (int nd = 0; nd < ND; nd++)
-            *reinterpret_cast<uint32_t *>(dst + nd * 8) =
-                pack_bf16(o[4 * nd + 2 * hf] * inv, o[4 * nd + 2 * hf + 1] * inv);
-        if (tq == 0)
-            p.lse[(long)bh * p.T + mem] = sum > 0.f ? row_max[hf] * p.scale + logf(sum) : -INFINITY;
-    }
+    store_fwd_rows<ND>(p, pol, bh, o_base, o, row_max, row_sum, q0 + warp_row + g, q_len, tq);
 #else
     __trap(); /* built without sm_90a: the host never launches this kernel then */
 #endif

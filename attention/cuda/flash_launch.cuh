@@ -7,8 +7,10 @@
 
 #include "attention/cuda/flash_bwd.cuh"
 #include "attention/cuda/flash_bwd_sm90.cuh"
+#include "attention/cuda/flash_bwd_sm90_ws.cuh"
 #include "attention/cuda/flash_fwd.cuh"
 #include "attention/cuda/flash_fwd_sm90.cuh"
+#include "attention/cuda/flash_fwd_sm90_ws.cuh"
 #include "attention/cuda/flash_policy.cuh"
 
 namespace flash {
@@ -71,6 +73,16 @@ cudaError_t launch_fwd_sm90(const FlashParams &p, const Policy &pol, int q_rows,
     return cudaGetLastError();
 }
 
+template <class Cfg, class Policy>
+cudaError_t launch_fwd_sm90_ws(const FlashParams &p, const Policy &pol, int q_rows, cudaStream_t s) {
+    auto kernel = flash_fwd_sm90_ws_kernel<Cfg, Policy>;
+    static cudaError_t attr = allow_smem(kernel, Cfg::SMEM_BYTES);
+    if (attr != cudaSuccess) return attr;
+    dim3 grid(p.B * p.H, (q_rows + Cfg::BM - 1) / Cfg::BM);
+    kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
+    return cudaGetLastError();
+}
+
 template <class Cfg, class Policy, bool ATOMIC_DQ>
 cudaError_t launch_bwd_sm90(const FlashParams &p, const Policy &pol, int k_rows, cudaStream_t s) {
     auto kernel = flash_bwd_sm90_kernel<Cfg, Policy, ATOMIC_DQ>;
@@ -84,6 +96,26 @@ cudaError_t launch_bwd_sm90(const FlashParams &p, const Policy &pol, int k_rows,
 template <class Cfg, class Policy>
 cudaError_t launch_bwd_dq_sm90(const FlashParams &p, const Policy &pol, int q_rows, cudaStream_t s) {
     auto kernel = flash_bwd_dq_sm90_kernel<Cfg, Policy>;
+    static cudaError_t attr = allow_smem(kernel, Cfg::SMEM_BYTES);
+    if (attr != cudaSuccess) return attr;
+    dim3 grid(p.B * p.H, (q_rows + Cfg::BM - 1) / Cfg::BM);
+    kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
+    return cudaGetLastError();
+}
+
+template <class Cfg, class Policy>
+cudaError_t launch_bwd_dkdv_sm90_ws(const FlashParams &p, const Policy &pol, int k_rows, cudaStream_t s) {
+    auto kernel = flash_bwd_dkdv_sm90_ws_kernel<Cfg, Policy>;
+    static cudaError_t attr = allow_smem(kernel, Cfg::SMEM_BYTES);
+    if (attr != cudaSuccess) return attr;
+    dim3 grid(p.B * p.H, (k_rows + Cfg::BN - 1) / Cfg::BN);
+    kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
+    return cudaGetLastError();
+}
+
+template <class Cfg, class Policy>
+cudaError_t launch_bwd_dq_sm90_ws(const FlashParams &p, const Policy &pol, int q_rows, cudaStream_t s) {
+    auto kernel = flash_bwd_dq_sm90_ws_kernel<Cfg, Policy>;
     static cudaError_t attr = allow_smem(kernel, Cfg::SMEM_BYTES);
     if (attr != cudaSuccess) return attr;
     dim3 grid(p.B * p.H, (q_rows + Cfg::BM - 1) / Cfg::BM);

@@ -51,6 +51,45 @@ __device__ __forceinline__ void fence_proxy_async() {
 __device__ __forceinline__ void named_barrier(int id, int threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+/* Arrives on a named barrier without waiting (the waiting side uses named_barrier). */
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+/* Warp-specialised kernels rebalance the register file between warpgroups: a producer gives
+ * registers back, consumers take them (all warps of the warpgroup execute it; N % 8 == 0). */
+template <int N> __device__ __forceinline__ void regs_dealloc() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N> __device__ __forceinline__ void regs_alloc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+/* mbarriers (PTX "mbarrier"): a 64-bit shared-memory object counting arrivals of its current
+ * phase; when `count` arrivals have happened the phase completes and its parity flips. A
+ * waiter names the parity of the phase it waits for (0 for the first use, then 1, 0, ...). */
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+/* Arrive with release semantics: this thread's earlier shared-memory writes are visible to
+ * the threads whose wait completes the phase. */
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+/* Arrive once every cp.async this thread issued so far has landed (counts as one of the
+ * phase's arrivals: .noinc). */
+__device__ __forceinline__ void mbar_arrive_cp_async(uint32_t bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, int parity) {
+    asm volatile(
+        "{\n.reg .pred done;\n"
+        "MBAR_WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra MBAR_WAIT;\n}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
+}
 
 /* d (+)= A . B, A and B from shared memory; 32 accumulators a thread. */
 template <int TRANS_A, int TRANS_B>

@@ -25,9 +25,10 @@ using namespace flash;
 typedef FwdTiles<64, 128, 64, 4> Fwd64;
 typedef BwdTiles<64, 128, 64, 8> Bwd64; /* BN = 128 keys, BM = 64 queries */
 typedef DqTiles<64, 64, 64, 4> Dq64;
-typedef Sm90FwdTiles<2, 64, 2> Sm90Fwd64;
-typedef Sm90BwdTiles<2> Sm90DkDv64; /* BN = 128 keys, BM = 64 queries */
-typedef Sm90DqTiles<2, 2> Sm90Dq64; /* BM = 128 queries, BN = 64 keys; 2 CTAs/SM */
+typedef Sm90FwdWsTiles<2, 64, 4> Sm90Fwd64; /* warp-specialised (flash_fwd_sm90_ws.cuh) */
+typedef Sm90BwdTiles<2> Sm90DkDv64; /* BN = 128 keys, BM = 64 queries; with atomic dQ */
+typedef Sm90BwdWsTiles<2, 2> Sm90DkDvWs; /* the same tiles, warp-specialised, without dQ */
+typedef Sm90DqWsTiles<2, 3> Sm90Dq64; /* BM = 128 queries, BN = 64 keys, warp-specialised */
 
 int force_portable = 0;
 
@@ -113,7 +114,8 @@ extern "C" void sparse_attn_tile_shape(sparse_attn_pass_t pass, int D, int *bloc
     if (D != 64) fatal(EXIT_USAGE, "sparse_attn: head dim D = %d is not supported (64)", D);
     const bool sm90 = use_sm90(D);
     static_assert(Sm90Fwd64::BM == Fwd64::BM && Sm90Fwd64::BN == Fwd64::BN &&
-                      Sm90DkDv64::BM == Bwd64::BM && Sm90DkDv64::BN == Bwd64::BN,
+                      Sm90DkDv64::BM == Bwd64::BM && Sm90DkDv64::BN == Bwd64::BN &&
+                      Sm90DkDvWs::BM == Bwd64::BM && Sm90DkDvWs::BN == Bwd64::BN,
                   "forward and dK/dV tile lists serve both paths");
     static_assert(Fwd64::BM == ATTN_FWD_BLOCK_M && Fwd64::BN == ATTN_FWD_BLOCK_N,
                   "attn_live (attention/plan_tiles.h) counts forward tiles");
@@ -145,7 +147,7 @@ extern "C" void sparse_attn_forward(const attn_plan_cuda_t *plan, const attn_til
     p.out = out;
     p.lse = lse;
     const PlanPolicy pol = make_plan_policy(plan->rows, fwd_tiles->lists);
-    check_launch("forward kernel", use_sm90(dims->D) ? launch_fwd_sm90<Sm90Fwd64>(p, pol, dims->T, stream)
+    check_launch("forward kernel", use_sm90(dims->D) ? launch_fwd_sm90_ws<Sm90Fwd64>(p, pol, dims->T, stream)
                                                      : launch_fwd<Fwd64>(p, pol, dims->T, stream));
     zero_dropped_rows(plan, pol, 0, out, dims->o_stride, NULL, 0, lse, stream);
 }
@@ -198,10 +200,10 @@ extern "C" void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_ti
     check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
     if (deterministic) {
         check_launch("backward dK/dV",
-                     sm90 ? launch_bwd_sm90<Sm90DkDv64, PlanPolicy, false>(p, kv_pol, T, stream)
+                     sm90 ? launch_bwd_dkdv_sm90_ws<Sm90DkDvWs>(p, kv_pol, T, stream)
                           : launch_bwd_dkdv<Bwd64, PlanPolicy, false, true>(p, kv_pol, T, stream));
         const PlanPolicy q_pol = make_plan_policy(plan->rows, dq_tiles->lists);
-        check_launch("backward dQ", sm90 ? launch_bwd_dq_sm90<Sm90Dq64>(p, q_pol, T, stream)
+        check_launch("backward dQ", sm90 ? launch_bwd_dq_sm90_ws<Sm90Dq64>(p, q_pol, T, stream)
                                          : launch_bwd_dq<Dq64>(p, q_pol, T, stream));
         zero_dropped_rows(plan, q_pol, 0, dq, dims->q_stride, NULL, 0, NULL, stream);
     } else {

@@ -15,7 +15,17 @@ using namespace flash;
 
 namespace {
 
-const char *fwd_names[] = {"api", "mma.sync api", "sm90 2wg BN128", "sm90 3wg BN128", NULL};
+const char *fwd_names[] = {"api",
+                           "mma.sync api",
+                           "sm90 2wg BN64 2cta (old api)",
+                           "sm90 2wg BN128",
+                           "ws 2wg BN128 S3",
+                           "ws 2wg BN128 S4",
+                           "ws 2wg BN64 S4",
+                           "ws 3wg BN64 S4",
+                           "ws 2wg BN128 S3 pingpong",
+                           "ws 2wg BN64 S4 pingpong",
+                           NULL};
 const char *bwd_names[] = {"api",
                            "mma.sync api",
                            "sm90 3wg xchg (atomic)",
@@ -23,6 +33,10 @@ const char *bwd_names[] = {"api",
                            "split defer dkdv + dq",
                            "split dkdv + defer dq",
                            "split 3wg + dq 1wg(3cta)",
+                           "old api: split 2wg + dq 2wg(2cta)",
+                           "ws dkdv 2wg S2 + ws dq 2wg S3 (api)",
+                           "ws dkdv 2wg S3 + ws dq 2wg S2",
+                           "ws dkdv 2wg S3 + old dq 2wg(2cta)",
                            NULL};
 
 } // namespace
@@ -52,8 +66,14 @@ extern "C" int bench_fwd_variant(int v, const flash_attn_dims_t *d, const flash_
     cudaError_t err;
     switch (v) {
     case 1: err = launch_fwd<FwdTiles<64, 128, 64, 4>>(p, pol, d->T, s); break;
-    case 2: err = launch_fwd_sm90<Sm90FwdTiles<2, 128>>(p, pol, d->T, s); break;
-    case 3: err = launch_fwd_sm90<Sm90FwdTiles<3, 128>>(p, pol, d->T, s); break;
+    case 2: err = launch_fwd_sm90<Sm90FwdTiles<2, 64, 2>>(p, pol, d->T, s); break;
+    case 3: err = launch_fwd_sm90<Sm90FwdTiles<2, 128>>(p, pol, d->T, s); break;
+    case 4: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3>>(p, pol, d->T, s); break;
+    case 5: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 4>>(p, pol, d->T, s); break;
+    case 6: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 64, 4>>(p, pol, d->T, s); break;
+    case 7: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<3, 64, 4>>(p, pol, d->T, s); break;
+    case 8: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3, true>>(p, pol, d->T, s); break;
+    case 9: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 64, 4, true>>(p, pol, d->T, s); break;
     default: return -1;
     }
     return err == cudaSuccess ? 0 : -2;
@@ -84,6 +104,7 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
     p.dq_accum = reinterpret_cast<float *>(static_cast<char *>(ws) + ((rows * 4 + 255) & ~(size_t)255));
     DenseCausalPolicy pol = {d->T, d->exclude_self};
     const bool split = v >= 3; /* dQ in its own pass: no accumulator, no conversion */
+    typedef Sm90DqTiles<2, 2> OldDq;
     if (split) p.dq_accum = NULL;
     cudaError_t err = launch_bwd_preprocess<64>(p, s);
     if (err != cudaSuccess) return -2;
@@ -106,6 +127,22 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
     case 6:
         err = launch_bwd_sm90<Sm90BwdTiles<3>, P, false>(p, pol, d->T, s);
         if (err == cudaSuccess) err = launch_bwd_dq_sm90<Sm90DqTiles<1, 3>>(p, pol, d->T, s);
+        break;
+    case 7:
+        err = launch_bwd_sm90<Sm90BwdTiles<2>, P, false>(p, pol, d->T, s);
+        if (err == cudaSuccess) err = launch_bwd_dq_sm90<OldDq>(p, pol, d->T, s);
+        break;
+    case 8:
+        err = launch_bwd_dkdv_sm90_ws<Sm90BwdWsTiles<2, 2>>(p, pol, d->T, s);
+        if (err == cudaSuccess) err = launch_bwd_dq_sm90_ws<Sm90DqWsTiles<2, 3>>(p, pol, d->T, s);
+        break;
+    case 9:
+        err = launch_bwd_dkdv_sm90_ws<Sm90BwdWsTiles<2, 3>>(p, pol, d->T, s);
+        if (err == cudaSuccess) err = launch_bwd_dq_sm90_ws<Sm90DqWsTiles<2, 2>>(p, pol, d->T, s);
+        break;
+    case 10:
+        err = launch_bwd_dkdv_sm90_ws<Sm90BwdWsTiles<2, 3>>(p, pol, d->T, s);
+        if (err == cudaSuccess) err = launch_bwd_dq_sm90<OldDq>(p, pol, d->T, s);
         break;
     default: return -1;
     }

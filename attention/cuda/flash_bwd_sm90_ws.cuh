@@ -1,0 +1,354 @@
+/* Backward flash attention for Hopper (sm_90a), head dim 64, warp-specialised (flash_ws.cuh):
+ * the split backward of flash_bwd_sm90.cuh (dK/dV in one kernel, dQ without atomics in
+ * another), each with a producer warpgroup filling a ring of stages and NWG consumer
+ * warpgroups. Same algorithm, policy interface and results as the lockstep kernels.
+ *
+ * dK/dV: a CTA owns BN = 64 NWG keys (K, V loaded once), warpgroup w keys [64w, 64w + 64); the
+ * ring carries query tiles of BM = 64: Q, dO, and per query lse (log2 domain), delta and mask
+ * info. Per tile:
+ *   S^T = K_w Q^T, dP^T = V_w dO^T     smem operands
+ *   P^T, dS^T                           registers
+ *   dV_w += P^T dO, dK_w += dS^T Q      P^T / dS^T from registers, dO / Q read N-major
+ * dQ: a CTA owns BM = 64 NWG queries (Q, dO loaded once), the ring carries key tiles of 64 (K,
+ * V, mask info), per tile S = Q K^T, dP = dO V^T, dS, dQ += dS K.
+ * Each tile's products are waited for before the next tile's (letting dV, dK or dQ of tile i
+ * run on under tile i+1's first products made ptxas serialise the wgmma pipeline, C7515); the
+ * other warpgroup and the ring keep the tensor cores fed instead. */
+#ifndef ATTENTION_CUDA_FLASH_BWD_SM90_WS_CUH
+#define ATTENTION_CUDA_FLASH_BWD_SM90_WS_CUH
+
+#include <math.h>
+
+#include "attention/cuda/flash_bwd.cuh"
+#include "attention/cuda/flash_ws.cuh"
+
+namespace flash {
+
+template <int NWG_, int STAGES_ = 2> struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
+    static constexpr int D = 64, NWG = NWG_, BN = 64 * NWG_, BM = 64, STAGES = STAGES_, MIN_BLOCKS = 1;
+    static constexpr int ROW_BYTES = 128;
+    /* K, V, the stages (Q and dO), lse and delta [STAGES][BM], the queries' mask info
+     * [STAGES][BM] (<= 8 bytes each), WsTileMeta per stage, mbarriers (K/V, full, empty). */
+    static constexpr int SMEM_BYTES = (2 * BN * D + STAGES * 2 * BM * D) * 2 + STAGES * BM * (4 + 4 + 8) +
+                                      STAGES * (int)sizeof(WsTileMeta) + (1 + 2 * STAGES) * 8 + 1024;
+};
+
+template <class Cfg, class Policy>
+__global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel(FlashParams p, Policy pol) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int D = Cfg::D, BN = Cfg::BN, BM = Cfg::BM, ST = Cfg::STAGES, RB = Cfg::ROW_BYTES;
+    constexpr int NQ = BM / 8, STAGE_BYTES = 2 * BM * D * 2;
+    typedef typename Policy::RowInfo RowInfo;
+    using namespace sm90;
+
+    extern __shared__ unsigned char smem_raw[];
+    const uint32_t raw_addr = smem_addr(smem_raw);
+    bf16 *sK = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023));
+    bf16 *sV = sK + BN * D;
+    bf16 *sQ = sV + BN * D; /* stage s: Q at sQ + s*2*BM*D, dO BM*D further */
+    float *sLse = reinterpret_cast<float *>(sQ + ST * 2 * BM * D); /* [ST][BM], log2 domain */
+    float *sDelta = sLse + ST * BM;
+    RowInfo *sQinfo = reinterpret_cast<RowInfo *>(sDelta + ST * BM); /* [ST][BM] */
+    static_assert(sizeof(RowInfo) <= 8, "SMEM_BYTES reserves 8 bytes of mask info per query");
+    WsTileMeta *sMeta = reinterpret_cast<WsTileMeta *>(reinterpret_cast<unsigned char *>(sQinfo) + ST * BM * 8);
+    const uint32_t k_addr = smem_addr(sK), v_addr = smem_addr(sV), q_addr = smem_addr(sQ);
+    const uint32_t kv_bar = smem_addr(sMeta + ST);
+    const StageRing<ST> ring{kv_bar + 8u};
+
+    const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
+    const int kt = blockIdx.y, k0 = kt * BN;
+    const int q_len = pol.q_len(bh), k_len = pol.k_len(bh);
+    if (k0 >= k_len) return;
+    const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
+    const int n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
+
+    if (tid == 0) {
+        mbar_init(kv_bar, 128);
+        ring.init(Cfg::CONSUMERS);
+    }
+    __syncthreads(); /* the last CTA-wide barrier */
+
+    if (wg == Cfg::NWG) { /* the producer warpgroup */
+        regs_dealloc<Cfg::P_REGS>();
+        const int ptid = tid - Cfg::CONSUMERS;
+        auto k_row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
+        producer_copy_rows<BN>(k_addr, head_base(p.k, p.k_stride, b, p.T, h, D), p.k_stride, k_len - k0, k_row_of,
+                               ptid);
+        producer_copy_rows<BN>(v_addr, head_base(p.v, p.v_stride, b, p.T, h, D), p.v_stride, k_len - k0, k_row_of,
+                               ptid);
+        mbar_arrive_cp_async(kv_bar);
+        const bf16 *q_base = head_base(p.q, p.q_stride, b, p.T, h, D);
+        const bf16 *do_base = head_base(p.dout, p.o_stride, b, p.T, h, D);
+        for (int i = 0; i < n_tiles; i++) {
+            const int qt = pol.query_tile(bh, kt, i, BM, BN), q0 = qt * BM, n_valid = q_len - q0;
+            const bool full = k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
+            /* Statistics of query q0 + ptid: lse (log2 domain) and delta; +inf / 0 past q_len. */
+            float lse2 = INFINITY, dl = 0.f;
+            RowInfo info{};
+            if (ptid < BM && ptid < n_valid) {
+                const long at = (long)bh * p.T + pol.q_row(bh, q0 + ptid);
+                lse2 = lse_to_log2(p.lse[at]);
+                dl = p.delta[at];
+                info = pol.q_info(bh, q0 + ptid);
+            }
+            const int s = ring.wait_free(i);
+            auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
+            const uint32_t stage = q_addr + s * STAGE_BYTES;
+            producer_copy_rows<BM>(stage, q_base, p.q_stride, n_valid, q_row_of, ptid);
+            producer_copy_rows<BM>(stage + BM * RB, do_base, p.o_stride, n_valid, q_row_of, ptid);
+            if (ptid < BM) {
+                sLse[s * BM + ptid] = lse2;
+                sDelta[s * BM + ptid] = dl;
+                sQinfo[s * BM + ptid] = info;
+            }
+            if (ptid == 0) sMeta[s] = WsTileMeta{q0, full ? 1 : 0};
+            ring.commit(s);
+        }
+        cp_async_wait<0>();
+        return;
+    }
+
+    regs_alloc<Cfg::C_REGS>();
+    const int g = lane / 4, tq = lane % 4;
+    const int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first key row (in tile) of this warp */
+    int key_row[2];
+    RowInfo kinfo[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        key_row[hf] = k0 + warp_row + hf * 8 + g;
+        kinfo[hf] = key_row[hf] < k_len ? pol.k_info(bh, key_row[hf]) : RowInfo{};
+    }
+    float dk[32], dv[32];
+#pragma unroll
+    for (int j = 0; j < 32; j++) dk[j] = dv[j] = 0.f;
+    const float sl2 = p.scale_log2;
+    const uint32_t kw_addr = k_addr + wg * 64 * RB, vw_addr = v_addr + wg * 64 * RB;
+    uint32_t pa[16], da[16]; /* k-block kq (16 queries): registers 4kq .. 4kq+3 */
+
+    if (n_tiles > 0) mbar_wait(kv_bar, 0);
+    for (int i = 0; i < n_tiles; i++) {
+        const int s = ring.acquire(i);
+        const WsTileMeta m = sMeta[s];
+        const uint32_t qs_addr = q_addr + s * STAGE_BYTES, dos_addr = qs_addr + BM * RB;
+        const float *tLse = sLse + s * BM, *tDelta = sDelta + s * BM;
+        const RowInfo *tQinfo = sQinfo + s * BM;
+
+        float st[32], dpt[32];
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            wgmma_m64n64k16_ss<0, 0>(st, desc_sw128(kw_addr + 32 * kk), desc_sw128(qs_addr + 32 * kk), kk > 0);
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            wgmma_m64n64k16_ss<0, 0>(dpt, desc_sw128(vw_addr + 32 * kk), desc_sw128(dos_addr + 32 * kk), kk > 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(st);
+        fence_regs(dpt);
+
+        const bool masked = !m.full;
+#pragma unroll
+        for (int nq = 0; nq < NQ; nq++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
+                float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[col]));
+                /* a select, not a branch (C7513) */
+                const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) & pol.allowed(tQinfo[col], kinfo[hf]);
+                pe = masked & !ok ? 0.f : pe;
+                st[4 * nq + e] = pe;
+                dpt[4 * nq + e] = pe * (dpt[4 * nq + e] - tDelta[col]);
+            }
+#pragma unroll
+        for (int kq = 0; kq < BM / 16; kq++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                pa[4 * kq + r] = pack_bf16(st[8 * kq + 2 * r], st[8 * kq + 2 * r + 1]);
+                da[4 * kq + r] = pack_bf16(dpt[8 * kq + 2 * r], dpt[8 * kq + 2 * r + 1]);
+            }
+        wgmma_fence();
+#pragma unroll
+        for (int kq = 0; kq < BM / 16; kq++)
+            wgmma_m64n64k16_rs<1>(dv, &pa[4 * kq], desc_sw128(dos_addr + kq * 16 * RB), 1);
+#pragma unroll
+        for (int kq = 0; kq < BM / 16; kq++)
+            wgmma_m64n64k16_rs<1>(dk, &da[4 * kq], desc_sw128(qs_addr + kq * 16 * RB), 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(dk);
+        fence_regs(dv);
+        fence_regs_u32(pa);
+        fence_regs_u32(da);
+        ring.release(i);
+    }
+
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        if (key_row[hf] >= k_len) continue;
+        const int mem = pol.k_row(bh, key_row[hf]);
+        bf16 *dk_dst = head_base(p.dk, p.k_stride, b, p.T, h, D) + (long)mem * p.k_stride + 2 * tq;
+        bf16 *dv_dst = head_base(p.dv, p.v_stride, b, p.T, h, D) + (long)mem * p.v_stride + 2 * tq;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++) {
+            *reinterpret_cast<uint32_t *>(dk_dst + nd * 8) =
+                pack_bf16(dk[4 * nd + 2 * hf] * p.scale, dk[4 * nd + 2 * hf + 1] * p.scale);
+            *reinterpret_cast<uint32_t *>(dv_dst + nd * 8) = pack_bf16(dv[4 * nd + 2 * hf], dv[4 * nd + 2 * hf + 1]);
+        }
+    }
+#else
+    __trap(); /* built without sm_90a: the host never launches this kernel then */
+#endif
+}
+
+template <int NWG_, int STAGES_ = 3> struct Sm90DqWsTiles : WsShape<NWG_, 1> {
+    static constexpr int D = 64, NWG = NWG_, BM = 64 * NWG_, BN = 64, STAGES = STAGES_, MIN_BLOCKS = 1;
+    static constexpr int ROW_BYTES = 128;
+    /* Q, dO, the (K, V) stages, the keys' mask info per stage (<= 8 bytes each), WsTileMeta
+     * per stage, mbarriers (Q/dO, full, empty), alignment. */
+    static constexpr int SMEM_BYTES = (2 * BM * D + STAGES * 2 * BN * D) * 2 + STAGES * BN * 8 +
+                                      STAGES * (int)sizeof(WsTileMeta) + (1 + 2 * STAGES) * 8 + 1024;
+};
+
+template <class Cfg, class Policy>
+__global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(FlashParams p, Policy pol) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, ST = Cfg::STAGES, RB = Cfg::ROW_BYTES;
+    constexpr int STAGE_BYTES = 2 * BN * D * 2;
+    typedef typename Policy::RowInfo RowInfo;
+    using namespace sm90;
+
+    extern __shared__ unsigned char smem_raw[];
+    const uint32_t raw_addr = smem_addr(smem_raw);
+    bf16 *sQ = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023));
+    bf16 *sdO = sQ + BM * D;
+    bf16 *sK = sdO + BM * D; /* stage s: K at sK + s*2*BN*D, V BN*D further */
+    RowInfo *sKinfo = reinterpret_cast<RowInfo *>(sK + ST * 2 * BN * D); /* [ST][BN] */
+    static_assert(sizeof(RowInfo) <= 8, "SMEM_BYTES reserves 8 bytes of mask info per key");
+    WsTileMeta *sMeta = reinterpret_cast<WsTileMeta *>(reinterpret_cast<unsigned char *>(sKinfo) + ST * BN * 8);
+    const uint32_t q_addr = smem_addr(sQ), do_addr = smem_addr(sdO), k_addr = smem_addr(sK);
+    const uint32_t q_bar = smem_addr(sMeta + ST);
+    const StageRing<ST> ring{q_bar + 8u};
+
+    const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
+    const int qt = gridDim.y - 1 - blockIdx.y;
+    const int q_len = pol.q_len(bh), k_len = pol.k_len(bh);
+    const int q0 = qt * BM;
+    if (q0 >= q_len) return;
+    const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
+    const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
+
+    if (tid == 0) {
+        mbar_init(q_bar, 128);
+        ring.init(Cfg::CONSUMERS);
+    }
+    __syncthreads(); /* the last CTA-wide barrier */
+
+    if (wg == Cfg::NWG) { /* the producer warpgroup */
+        regs_dealloc<Cfg::P_REGS>();
+        const int ptid = tid - Cfg::CONSUMERS;
+        auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
+        producer_copy_rows<BM>(q_addr, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride, q_len - q0, q_row_of,
+                               ptid);
+        producer_copy_rows<BM>(do_addr, head_base(p.dout, p.o_stride, b, p.T, h, D), p.o_stride, q_len - q0,
+                               q_row_of, ptid);
+        mbar_arrive_cp_async(q_bar);
+        produce_key_tiles<BM, BN, ST>(ring, p, pol, bh, qt, n_tiles, k_addr, sKinfo, sMeta, ptid);
+        return;
+    }
+
+    regs_alloc<Cfg::C_REGS>();
+    const int g = lane / 4, tq = lane % 4;
+    const int warp_row = wg * 64 + ((tid % 128) / 32) * 16;
+    RowInfo qinfo[2];
+    float lse2[2], delta[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const int r = q0 + warp_row + hf * 8 + g;
+        qinfo[hf] = RowInfo{};
+        lse2[hf] = INFINITY;
+        delta[hf] = 0.f;
+        if (r < q_len) {
+            qinfo[hf] = pol.q_info(bh, r);
+            const long at = (long)bh * p.T + pol.q_row(bh, r);
+            lse2[hf] = lse_to_log2(p.lse[at]);
+            delta[hf] = p.delta[at];
+        }
+    }
+    float dq[32];
+#pragma unroll
+    for (int j = 0; j < 32; j++) dq[j] = 0.f;
+    const float sl2 = p.scale_log2;
+    uint32_t da[16];
+
+    if (n_tiles > 0) mbar_wait(q_bar, 0);
+    for (int i = 0; i < n_tiles; i++) {
+        const int s = ring.acquire(i);
+        const WsTileMeta m = sMeta[s];
+        const RowInfo *tKinfo = sKinfo + s * BN;
+        const uint32_t ks_addr = k_addr + s * STAGE_BYTES, vs_addr = ks_addr + BN * RB;
+
+        float sc[32], dp[32];
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            wgmma_m64n64k16_ss<0, 0>(sc, desc_sw128(q_addr + wg * 64 * RB + 32 * kk), desc_sw128(ks_addr + 32 * kk),
+                                     kk > 0);
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            wgmma_m64n64k16_ss<0, 0>(dp, desc_sw128(do_addr + wg * 64 * RB + 32 * kk), desc_sw128(vs_addr + 32 * kk),
+                                     kk > 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(sc);
+        fence_regs(dp);
+
+        const bool masked = !m.full;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int c = m.row0 + nt * 8 + 2 * tq + e;
+                const bool in_range = c < k_len;
+                const RowInfo ki = in_range ? tKinfo[c - m.row0] : RowInfo{};
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++) {
+                    const int at = 4 * nt + 2 * hf + e;
+                    float pe = exp2_approx(fmaf(sc[at], sl2, -lse2[hf]));
+                    const bool ok = in_range & pol.allowed(qinfo[hf], ki); /* a select (C7513) */
+                    pe = masked & !ok ? 0.f : pe;
+                    sc[at] = pe * (dp[at] - delta[hf]);
+                }
+            }
+#pragma unroll
+        for (int kb = 0; kb < BN / 16; kb++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) da[4 * kb + r] = pack_bf16(sc[8 * kb + 2 * r], sc[8 * kb + 2 * r + 1]);
+        wgmma_fence();
+#pragma unroll
+        for (int kb = 0; kb < BN / 16; kb++)
+            wgmma_m64n64k16_rs<1>(dq, &da[4 * kb], desc_sw128(ks_addr + kb * 16 * RB), 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(dq);
+        fence_regs_u32(da);
+        ring.release(i);
+    }
+
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const int r = q0 + warp_row + hf * 8 + g;
+        if (r >= q_len) continue;
+        bf16 *dst = head_base(p.dq, p.q_stride, b, p.T, h, D) + (long)pol.q_row(bh, r) * p.q_stride + 2 * tq;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++)
+            *reinterpret_cast<uint32_t *>(dst + nd * 8) =
+                pack_bf16(dq[4 * nd + 2 * hf] * p.scale, dq[4 * nd + 2 * hf + 1] * p.scale);
+    }
+#else
+    __trap();
+#endif
+}
+
+} // namespace flash
+
+#endif

@@ -1,0 +1,133 @@
+/* Warp specialisation for the Hopper kernels: a producer warpgroup fills a ring of shared-memory
+ * stages, NWG consumer warpgroups multiply, and mbarriers instead of __syncthreads tell each
+ * side when a stage is full or free again.
+ *
+ * Why (attention/cuda/NOTES.md, v3/v4): with one __syncthreads per tile the warpgroups of a CTA
+ * run in lockstep and each tile's chain of products, exponentials and products is exposed; with
+ * a ring they drift apart, and the producer does every policy lookup (list entries, permuted
+ * rows, mask info), so that consumers never wait on a chain of dependent global loads.
+ *
+ * The producer is a whole warpgroup because registers are allocated per warpgroup slot (each SM
+ * sub-partition holds one warp of a warpgroup): with a lone producer warp the 9 warps' share was
+ * 168 registers a thread and the consumers spilled. setmaxnreg moves registers from the producer
+ * (P_REGS) to the consumers (C_REGS).
+ *
+ * Ring protocol, item i in stage i % ST, its (i / ST)-th use of the stage:
+ *   full[s]   each producer thread arrives twice: when its cp.async copies have landed
+ *             (cp.async.mbarrier.arrive.noinc) and after its ordinary stores (tile description,
+ *             mask info, statistics) with release semantics: 256 arrivals;
+ *   empty[s]  every consumer thread arrives once its warpgroup's products reading the stage have
+ *             retired (one arrival a warp, predicated or branched, made ptxas serialise the
+ *             wgmma pipeline: C7513).
+ * Consumers fence the stage to the async proxy after the wait: cp.async writes through the
+ * generic proxy, wgmma reads through the async one. */
+#ifndef ATTENTION_CUDA_FLASH_WS_CUH
+#define ATTENTION_CUDA_FLASH_WS_CUH
+
+#include "attention/cuda/flash_common.cuh"
+#include "attention/cuda/flash_sm90.cuh"
+
+namespace flash {
+
+/* Threads and the register split of a CTA of NWG consumer warpgroups and one producer. */
+template <int NWG, int MIN_BLOCKS> struct WsShape {
+    static constexpr int CONSUMERS = 128 * NWG, THREADS = CONSUMERS + 128;
+    /* The launch's share (65536 / MIN_BLOCKS / THREADS, rounded down to 8 registers), split. */
+    static constexpr int LAUNCH_REGS = (65536 / MIN_BLOCKS / THREADS) / 8 * 8;
+    static constexpr int P_REGS = LAUNCH_REGS >= 160 ? 56 : 24;
+    static constexpr int C_REGS_FIT = (LAUNCH_REGS * THREADS - 128 * P_REGS) / CONSUMERS / 8 * 8;
+    static constexpr int C_REGS = C_REGS_FIT > 240 ? 240 : C_REGS_FIT;
+};
+
+/* Where a stage's tile starts and whether it needs the per-element mask. */
+struct WsTileMeta {
+    int row0; /* first work row (key tile for the forward and dQ, query tile for dK/dV) */
+    int full; /* every in-range pair of the tile is allowed */
+};
+
+template <int ST> struct StageRing {
+    uint32_t bar; /* full[ST], then empty[ST] (8 bytes each) */
+
+    __device__ __forceinline__ uint32_t full(int s) const { return bar + 8u * s; }
+    __device__ __forceinline__ uint32_t empty(int s) const { return bar + 8u * (ST + s); }
+    /* One thread, before the CTA's barrier. */
+    __device__ __forceinline__ void init(int consumers) const {
+        for (int s = 0; s < ST; s++) {
+            sm90::mbar_init(full(s), 256);
+            sm90::mbar_init(empty(s), consumers);
+        }
+    }
+    /* Producer: waits until item i's stage is free (its previous item released); returns it. */
+    __device__ __forceinline__ int wait_free(int i) const {
+        const int s = i % ST;
+        if (i >= ST) sm90::mbar_wait(empty(s), (i / ST - 1) & 1);
+        return s;
+    }
+    /* Producer: after issuing the stage's copies and its ordinary stores. */
+    __device__ __forceinline__ void commit(int s) const {
+        sm90::mbar_arrive_cp_async(full(s));
+        sm90::mbar_arrive(full(s));
+    }
+    /* Consumer: waits until item i is in its stage; returns the stage. */
+    __device__ __forceinline__ int acquire(int i) const {
+        const int s = i % ST;
+        sm90::mbar_wait(full(s), (i / ST) & 1);
+        sm90::fence_proxy_async();
+        return s;
+    }
+    __device__ __forceinline__ void release(int i) const { sm90::mbar_arrive(empty(i % ST)); }
+};
+
+/* Copies ROWS rows of 64 bf16 into a swizzled tile by the producer warpgroup (ptid 0..127):
+ * chunk id = j * 128 + ptid, so one warp instruction reads 4 whole rows. Rows are looked up all
+ * at once first (with a sparse policy, independent global loads in flight together). Rows at
+ * or past n_valid are zero-filled. */
+template <int ROWS, class RowOf>
+__device__ __forceinline__ void producer_copy_rows(uint32_t tile_addr, const bf16 *base, long stride, int n_valid,
+                                                   RowOf row_of, int ptid) {
+    constexpr int N = ROWS * 8 / 128;
+    int row[N];
+#pragma unroll
+    for (int j = 0; j < N; j++) {
+        const int r = (j * 128 + ptid) / 8;
+        row[j] = r < n_valid ? row_of(r) : 0;
+    }
+#pragma unroll
+    for (int j = 0; j < N; j++) {
+        const int r = (j * 128 + ptid) / 8, c = ptid % 8;
+        cp_async_16(tile_addr + 2u * (uint32_t)SwizzledTile<64>::offset(r, c), base + (long)row[j] * stride + c * 8,
+                    r < n_valid);
+    }
+}
+
+/* The producer loop of the kernels that stream key tiles (forward, dQ): for each live key
+ * tile of query tile qt, K and V rows into the stage (BN rows each, V right after K), the keys'
+ * mask info and the tile's WsTileMeta. */
+template <int BM, int BN, int ST, class Policy>
+__device__ __forceinline__ void produce_key_tiles(const StageRing<ST> &ring, const FlashParams &p, const Policy &pol,
+                                                  int bh, int qt, int n_tiles, uint32_t kv_addr,
+                                                  typename Policy::RowInfo *sKinfo, WsTileMeta *sMeta, int ptid) {
+    typedef typename Policy::RowInfo RowInfo;
+    constexpr int D = 64, STAGE_BYTES = 2 * BN * D * 2;
+    const int b = bh / p.H, h = bh % p.H, k_len = pol.k_len(bh);
+    const bf16 *k_base = head_base(p.k, p.k_stride, b, p.T, h, D);
+    const bf16 *v_base = head_base(p.v, p.v_stride, b, p.T, h, D);
+    for (int i = 0; i < n_tiles; i++) {
+        const int kt = pol.key_tile(bh, qt, i, BM, BN), k0 = kt * BN, n_valid = k_len - k0;
+        const RowInfo info = ptid < BN && ptid < n_valid ? pol.k_info(bh, k0 + ptid) : RowInfo{};
+        const bool full = k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
+        const int s = ring.wait_free(i);
+        const uint32_t stage = kv_addr + s * STAGE_BYTES;
+        auto k_row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
+        producer_copy_rows<BN>(stage, k_base, p.k_stride, n_valid, k_row_of, ptid);
+        producer_copy_rows<BN>(stage + BN * D * 2, v_base, p.v_stride, n_valid, k_row_of, ptid);
+        if (ptid < BN) sKinfo[s * BN + ptid] = info;
+        if (ptid == 0) sMeta[s] = WsTileMeta{k0, full ? 1 : 0};
+        ring.commit(s);
+    }
+    cp_async_wait<0>(); /* nothing in flight when the CTA's shared memory goes away */
+}
+
+} // namespace flash
+
+#endif
