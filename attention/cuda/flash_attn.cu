@@ -26,9 +26,12 @@ typedef DqTiles<128, 64, 32, 4> Dq128;
 /* Hopper, head dim 64: two warpgroups of 64 query rows, 64-key steps, two CTAs per SM (run 3:
  * fastest forward at every T). Backward: dK/dV and dQ in separate passes without atomics
  * (run 3: faster than every atomic variant), so it is deterministic in both modes. */
-typedef Sm90FwdWsTiles<2, 64, 4> Sm90Fwd64; /* warp-specialised (flash_fwd_sm90_ws.cuh) */
-typedef Sm90BwdWsTiles<2, 2> Sm90DkDv64; /* warp-specialised (flash_bwd_sm90_ws.cuh) */
-typedef Sm90DqWsTiles<2, 3> Sm90Dq64;
+/* Warp-specialised kernels (flash_ws.cuh); the choice among the variants timed on the H100 in
+ * session 7 (attention/cuda/NOTES.md, v5): forward ping-pong BN 128 with 3 stages, dK/dV with 3
+ * stages, dQ with 2. */
+typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90Fwd64;
+typedef Sm90BwdWsTiles<2, 3> Sm90DkDv64;
+typedef Sm90DqWsTiles<2, 2> Sm90Dq64;
 
 void check_launch(const char *what, cudaError_t err) { api_check_launch("flash_attn", what, err); }
 
