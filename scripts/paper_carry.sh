@@ -7,12 +7,20 @@
 #   export LD_LIBRARY_PATH=$PWD/carry/paper/lib:/usr/local/cuda/lib64
 #   bash scripts/run_paper.sh --unpack carry/corpus_part1 --train carry/paper/train --out $OUT \
 #        --tar --timeout 300 scaled/8k_dense scaled/8k_hash16 ...
+# or, with GPU tests first and each run packed on its own, scripts/paper_device.sh.
+#   bash scripts/paper_carry.sh [TEST ...]
+# TEST: GPU test programs (tests/gpu/TEST.cu) to send along, xz-packed into
+# carry/paper/gpu_tests.tar.xz (~0.3 MiB each instead of 8): the corpus leaves ~6 MiB of the 64.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make --no-print-directory train
 rm -rf carry/paper && mkdir -p carry/paper
 cp train carry/paper/train
 bash scripts/carry_libs.sh carry/paper/lib carry/paper/train
+if [ $# -gt 0 ]; then
+    for t in "$@"; do make --no-print-directory "build/tests/gpu/$t"; done
+    tar cJf carry/paper/gpu_tests.tar.xz -C build/tests/gpu "$@"
+fi
 if ! compgen -G "data/shards/corpus_train_*.bin" > /dev/null; then bash scripts/get_corpus.sh; fi
 bash scripts/pack_corpus.sh corpus
 [ ! -d carry/corpus_part2 ] || echo "note: the corpus needs several parts; run_paper.sh --unpack each (one per command fits)" >&2

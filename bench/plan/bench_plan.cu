@@ -27,13 +27,7 @@ extern "C" {
 #include "runtime/rng.h"
 }
 
-#define CUDA_OK(call)                                                                        \
-    do {                                                                                     \
-        cudaError_t err_ = (call);                                                           \
-        if (err_ != cudaSuccess)                                                             \
-            fatal(EXIT_RUNTIME, "%s:%d: %s: %s", __FILE__, __LINE__, #call,                  \
-                  cudaGetErrorString(err_));                                                 \
-    } while (0)
+#include "tests/gpu/gpu_test_util.cuh" /* CUDA_OK */
 
 static const int B = 4, T = 16384, H = 12, D = 64, WARMUP = 5, REPS = 30;
 

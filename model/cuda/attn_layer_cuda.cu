@@ -29,7 +29,7 @@ void attn_layer_cuda_init(attn_layer_cuda_t *a, const attn_params_t *p, int H, i
 
 void attn_layer_cuda_free(attn_layer_cuda_t *a) {
     release_device_plan(a);
-    if (a->host_B) attn_plan_free(&a->host);
+    if (a->host.B) attn_plan_free(&a->host);
     memset(a, 0, sizeof *a);
 }
 
@@ -126,11 +126,9 @@ static void download(Tp *dst, const Tp *src, size_t count, cudaStream_t stream) 
 const attn_plan_t *attn_layer_cuda_host_plan(attn_layer_cuda_t *a, cudaStream_t stream) {
     if (a->B == 0) fatal(EXIT_RUNTIME, "attention plan requested before any forward");
     if (a->host_valid) return &a->host;
-    if (a->host_B != a->B || a->host_T != a->T) {
-        if (a->host_B) attn_plan_free(&a->host);
+    if (a->host.B != a->B || a->host.T != a->T) { /* host.B == 0: none allocated yet */
+        if (a->host.B) attn_plan_free(&a->host);
         attn_plan_init(&a->host, &a->p, a->B, a->T, a->H, a->D);
-        a->host_B = a->B;
-        a->host_T = a->T;
     }
     if (is_sparse(a)) {
         const size_t rows = (size_t)a->B * a->H * a->T;

@@ -24,7 +24,7 @@ typedef struct {
     attn_tiles_cuda_t tiles[3]; /* indexed by sparse_attn_pass_t */
     int tiles_built[3];        /* for the plan of the last forward */
     attn_plan_t host;          /* host copy for inspection (dense: dims only) */
-    int host_B, host_T, host_valid;
+    int host_valid;
 } attn_layer_cuda_t;
 
 /* No device memory is allocated until the first forward. */

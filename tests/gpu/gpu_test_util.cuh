@@ -1,4 +1,4 @@
-/* Helpers shared by the GPU test programs: a checked CUDA call for test code (exits through
+/* Helpers shared by the GPU test programs (and bench/plan): a checked CUDA call for test code (exits through
  * runtime/error's fatal, naming the file and line), bf16 <-> float on the host, and the small
  * dense GPT configuration the step tests start from. */
 #ifndef TESTS_GPU_GPU_TEST_UTIL_CUH
