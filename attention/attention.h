@@ -26,7 +26,7 @@
  *                of a head share a large common direction once training starts, which puts
  *                most of them in one bucket (docs/RESULTS.md); subtracting the running mean
  *                removes it, and m_t sees no row after t, so no future token moves a bucket.
- *                CPU backend only for now (the CUDA backend refuses it at start-up).
+ *                Both backends: the GPU plan keeps the same double sums in the same order.
  */
 #ifndef ATTENTION_ATTENTION_H
 #define ATTENTION_ATTENTION_H

@@ -32,21 +32,32 @@ done
 export LD_LIBRARY_PATH=$PWD/carry/paper/lib:/usr/local/cuda/lib64
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 logs=$(mktemp -d) bins=$(mktemp -d)
+# The test programs go into one folder per phase, each run by tests/gpu/run_gpu.sh (the same
+# runner as `make test-gpu`: time limit, crash and missing-summary handling, summed counts).
+stage_tests() { # PHASE TEST...: copies the named programs into $bins/PHASE
+    local phase=$1; shift
+    mkdir -p "$bins/$phase"
+    for t in "$@"; do
+        [ -x "$bins/all/$t" ] || die "$t is not in carry/paper/gpu_tests.tar.xz (scripts/paper_carry.sh $t)"
+        cp "$bins/all/$t" "$bins/$phase/"
+    done
+}
 if [ -n "$tests$late" ]; then
     [ -f carry/paper/gpu_tests.tar.xz ] || die "no carry/paper/gpu_tests.tar.xz (scripts/paper_carry.sh TEST ...)"
-    tar xJf carry/paper/gpu_tests.tar.xz -C "$bins"
+    mkdir -p "$bins/all" && tar xJf carry/paper/gpu_tests.tar.xz -C "$bins/all"
+    stage_tests first $tests
+    stage_tests late $late
 fi
-run_test() { # NAME: runs it, prints its summary, repacks OUT/tests.tgz
-    local s=$(date +%s) rc
-    [ -x "$bins/$1" ] || { echo "$1: not in gpu_tests.tar.xz"; return 1; }
-    timeout 300 "$bins/$1" >"$logs/$1.log" 2>&1; rc=$?
-    echo "$1: exit $rc, $(($(date +%s) - s)) s, $(grep -E '^[0-9]+ passed, [0-9]+ failed' "$logs/$1.log" | tail -n 1)"
-    grep -E "FAIL|plan build" "$logs/$1.log" | head -n 12
+run_tests() { # PHASE: runs $bins/PHASE, prints the summaries, repacks OUT/tests.tgz
+    SKIP_GPU_SCRIPTS=1 GPU_TEST_TIMEOUT=300 bash tests/gpu/run_gpu.sh "$bins/$1" >"$logs/$1.log" 2>&1
+    local rc=$?
+    grep -E "^--- |^!!! |FAIL|plan build" "$logs/$1.log" | head -n 20
+    tail -n 1 "$logs/$1.log"
     tar czf "$OUT/tests.tgz" -C "$logs" .
     return $rc
 }
 ok=1
-for t in $tests; do run_test "$t" || ok=0; done
+if [ -n "$tests" ]; then run_tests first || ok=0; fi
 unpack=(--unpack carry/corpus_part1)
 paper() { # NAME run_paper-args...: one packed folder per call; the corpus is unpacked once
     local d=$OUT/$1; shift
@@ -63,5 +74,5 @@ for c in "${configs[@]}"; do
     fi
     first=0
 done
-for t in $late; do run_test "$t"; done
+if [ -n "$late" ]; then run_tests late; fi
 ls -R "$OUT"
