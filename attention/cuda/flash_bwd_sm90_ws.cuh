@@ -54,8 +54,9 @@ __host__ __device__ __forceinline__ long dq_tile_index(int bh, int n_q_tiles, in
 }
 
 /* dq[b, t, h, :] = bf16(scale * accumulator), 8 columns a thread; rows in natural order. */
-__global__ void flash_bwd_convert_dq_tiles_kernel(FlashParams p, long n_rows /* B*T*H */) {
-    constexpr int D = 64, LANES = D / 8;
+template <int D> __global__ void flash_bwd_convert_dq_tiles_kernel(FlashParams p, long n_rows /* B*T*H */) {
+    static_assert(D == 64, "the tile layout holds 64 columns");
+    constexpr int LANES = D / 8;
     const long id = (long)blockIdx.x * blockDim.x + threadIdx.x;
     const long row = id / LANES;
     const int part = (int)(id % LANES);

@@ -134,7 +134,7 @@ cudaError_t launch_bwd_fused_sm90_ws(const FlashParams &p, const Policy &pol, in
     if (err == cudaSuccess) err = launch_bwd_dkdv_sm90_ws<Cfg>(p, pol, k_rows, s);
     if (err != cudaSuccess) return err;
     const long rows = (long)p.B * p.T * p.H, threads = rows * 8;
-    flash_bwd_convert_dq_tiles_kernel<<<(unsigned)((threads + 255) / 256), 256, 0, s>>>(p, rows);
+    flash_bwd_convert_dq_tiles_kernel<64><<<(unsigned)((threads + 255) / 256), 256, 0, s>>>(p, rows);
     return cudaGetLastError();
 }
 
