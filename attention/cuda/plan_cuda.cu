@@ -61,7 +61,10 @@ extern "C" void attn_plan_cuda_init(attn_plan_cuda_t *plan, const attn_params_t 
         if (p->n_buckets > 1) {
             const size_t n_rot = (size_t)H * D * (p->n_buckets / 2);
             plan->rotations = device_alloc<float>(n_rot);
-            if (p->hash_center) plan->centred = device_alloc<float>(rows * D);
+            if (p->hash_center) {
+                plan->centred = device_alloc<float>(rows * D);
+                plan->centre_starts = device_alloc<double>((size_t)B * plan::centre_chunks(T) * H * D);
+            }
         }
     }
     attn_row_order_t *rw = &plan->rows;
@@ -88,10 +91,10 @@ extern "C" void attn_plan_cuda_init(attn_plan_cuda_t *plan, const attn_params_t 
 
 extern "C" void attn_plan_cuda_free(attn_plan_cuda_t *plan) {
     void *device[] = {plan->keep_q, plan->keep_k, plan->bucket_q, plan->own_bucket_k,
-                      plan->rotations, plan->centred, plan->rows.order_q, plan->rows.pos_q,
-                      plan->rows.group_q, plan->rows.group_start_q, plan->own_order_k,
-                      plan->own_pos_k, plan->own_group_k, plan->own_group_start_k,
-                      plan->histogram};
+                      plan->rotations, plan->centred, plan->centre_starts, plan->rows.order_q,
+                      plan->rows.pos_q, plan->rows.group_q, plan->rows.group_start_q,
+                      plan->own_order_k, plan->own_pos_k, plan->own_group_k,
+                      plan->own_group_start_k, plan->histogram};
     for (size_t i = 0; i < sizeof device / sizeof device[0]; i++)
         if (device[i]) PLAN_CUDA_OK(cudaFree(device[i]));
     memset(plan, 0, sizeof *plan);
@@ -150,9 +153,14 @@ static void hash_rows(const attn_plan_cuda_t *plan, const void *x, long stride, 
                       cudaStream_t stream) {
     if (plan->p.hash_center) {
         const int HD = plan->H * plan->D;
-        const long threads = (long)plan->B * HD;
-        plan::centre_rows_kernel<<<(unsigned)((threads + 31) / 32), 32, 0, stream>>>(
-            (const plan::bf16 *)x, stride, plan->B, plan->T, HD, plan->centred);
+        const plan::bf16 *rows = (const plan::bf16 *)x;
+        const long folds = (long)plan->B * HD / 2; /* few threads: small blocks, more SMs */
+        plan::centre_chunk_starts_kernel<<<(unsigned)((folds + 31) / 32), 32, 0, stream>>>(
+            rows, stride, plan->B, plan->T, HD, plan->centre_starts);
+        PLAN_CUDA_OK(cudaGetLastError());
+        const long chunks = (long)plan->B * plan::centre_chunks(plan->T) * HD;
+        plan::centre_rows_kernel<<<(unsigned)((chunks + 127) / 128), 128, 0, stream>>>(
+            rows, stride, plan->B, plan->T, HD, plan->centre_starts, plan->centred);
         PLAN_CUDA_OK(cudaGetLastError());
         if (plan->D == 64) launch_hash_d<float, 64>(plan, plan->centred, HD, bucket, stream);
         else launch_hash_d<float, 128>(plan, plan->centred, HD, bucket, stream);

@@ -419,8 +419,9 @@ int main(void) {
     static const int hash_nb[] = {1, 2, 8, 16, 64}, centred_nb[] = {2, 16, 64};
     static const float drops[] = {0.0f, 0.3f, 0.5f, 0.7f, 1.0f};
     /* {B, T, H, D, stride in units: 0 = H*D, 2 = 2*H*D + 8, 3 = 3*H*D} */
+    /* T = 512: two whole 256-row chunks of the hash_center pass, no partial one. */
     static const int shapes[][5] = {{2, 1000, 3, 64, 3}, {1, 1, 2, 128, 2}, {3, 2049, 2, 128, 3},
-                                    {1, 333, 5, 64, 0}};
+                                    {1, 333, 5, 64, 0}, {1, 512, 2, 64, 2}};
     plan_case_t cases[64];
     int n_modes = 0;
     for (int i = 0; i < 5; i++)
