@@ -63,11 +63,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
     const int n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
 
-    if (tid == 0) {
-        mbar_init(kv_bar, 128);
-        ring.init(Cfg::CONSUMERS);
-    }
-    __syncthreads(); /* the last CTA-wide barrier */
+    ws_setup(ring, kv_bar, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
         regs_dealloc<Cfg::P_REGS>();
@@ -226,11 +222,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
     const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
 
-    if (tid == 0) {
-        mbar_init(q_bar, 128);
-        ring.init(Cfg::CONSUMERS);
-    }
-    __syncthreads(); /* the last CTA-wide barrier */
+    ws_setup(ring, q_bar, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
         regs_dealloc<Cfg::P_REGS>();
