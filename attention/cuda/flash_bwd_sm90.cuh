@@ -22,6 +22,69 @@
 
 namespace flash {
 
+/* Row-wise pieces shared by the lockstep kernels here and the warp-specialised ones
+ * (flash_bwd_sm90_ws.cuh). A thread holds two rows of its warp's 16 (hf = 0, 1: row0, row0 + 8)
+ * in the m64nN accumulator layout, 32 values a row-pair (8 n-tiles of 4). */
+
+/* dK (scaled) and dV of the thread's two key rows key_row[hf], at their memory rows. */
+template <class Policy>
+__device__ __forceinline__ void store_dkdv_sm90(const FlashParams &p, const Policy &pol, int bh, int b, int h,
+                                                const int key_row[2], int k_len, const float *dk, const float *dv,
+                                                int tq) {
+    constexpr int D = 64;
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        if (key_row[hf] >= k_len) continue;
+        const int mem = pol.k_row(bh, key_row[hf]);
+        bf16 *dk_dst = head_base(p.dk, p.k_stride, b, p.T, h, D) + (long)mem * p.k_stride + 2 * tq;
+        bf16 *dv_dst = head_base(p.dv, p.v_stride, b, p.T, h, D) + (long)mem * p.v_stride + 2 * tq;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++) {
+            *reinterpret_cast<uint32_t *>(dk_dst + nd * 8) =
+                pack_bf16(dk[4 * nd + 2 * hf] * p.scale, dk[4 * nd + 2 * hf + 1] * p.scale);
+            *reinterpret_cast<uint32_t *>(dv_dst + nd * 8) = pack_bf16(dv[4 * nd + 2 * hf], dv[4 * nd + 2 * hf + 1]);
+        }
+    }
+}
+
+/* Mask info, lse (log2 domain) and delta of the thread's two query rows row0 + 8 hf; rows past
+ * q_len get lse = +inf (probabilities exactly 0) and delta 0. */
+template <class Policy>
+__device__ __forceinline__ void load_query_stats_sm90(const FlashParams &p, const Policy &pol, int bh, int row0,
+                                                      int q_len, typename Policy::RowInfo qinfo[2], float lse2[2],
+                                                      float delta[2]) {
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const int r = row0 + hf * 8;
+        qinfo[hf] = typename Policy::RowInfo{};
+        lse2[hf] = INFINITY;
+        delta[hf] = 0.f;
+        if (r < q_len) {
+            qinfo[hf] = pol.q_info(bh, r);
+            const long at = (long)bh * p.T + pol.q_row(bh, r);
+            lse2[hf] = lse_to_log2(p.lse[at]);
+            delta[hf] = p.delta[at];
+        }
+    }
+}
+
+/* dQ (scaled) of the thread's two query rows row0 + 8 hf, at their memory rows. */
+template <class Policy>
+__device__ __forceinline__ void store_dq_sm90(const FlashParams &p, const Policy &pol, int bh, int b, int h, int row0,
+                                              int q_len, const float *dq, int tq) {
+    constexpr int D = 64;
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const int r = row0 + hf * 8;
+        if (r >= q_len) continue;
+        bf16 *dst = head_base(p.dq, p.q_stride, b, p.T, h, D) + (long)pol.q_row(bh, r) * p.q_stride + 2 * tq;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++)
+            *reinterpret_cast<uint32_t *>(dst + nd * 8) =
+                pack_bf16(dq[4 * nd + 2 * hf] * p.scale, dq[4 * nd + 2 * hf + 1] * p.scale);
+    }
+}
+
 /* STAGES = 3 (only without ATOMIC_DQ) lets dV, dK of tile i run on while tile i+1 starts:
  * the wait for them moves to the next tile's S^T, dP^T wait. */
 template <int NWG_, int MIN_BLOCKS_ = 1, int STAGES_ = 2> struct Sm90BwdTiles {
@@ -295,20 +358,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
         fence_regs_u32(da);
     }
     cp_async_wait<0>();
-
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        if (key_row[hf] >= k_len) continue;
-        const int mem = pol.k_row(bh, key_row[hf]);
-        bf16 *dk_dst = head_base(p.dk, p.k_stride, b, p.T, h, D) + (long)mem * p.k_stride + 2 * tq;
-        bf16 *dv_dst = head_base(p.dv, p.v_stride, b, p.T, h, D) + (long)mem * p.v_stride + 2 * tq;
-#pragma unroll
-        for (int nd = 0; nd < D / 8; nd++) {
-            *reinterpret_cast<uint32_t *>(dk_dst + nd * 8) =
-                pack_bf16(dk[4 * nd + 2 * hf] * p.scale, dk[4 * nd + 2 * hf + 1] * p.scale);
-            *reinterpret_cast<uint32_t *>(dv_dst + nd * 8) = pack_bf16(dv[4 * nd + 2 * hf], dv[4 * nd + 2 * hf + 1]);
-        }
-    }
+    store_dkdv_sm90(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);
 #else
     __trap(); /* built without sm_90a: the host never launches this kernel then */
 #endif
@@ -395,19 +445,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
 
     RowInfo qinfo[2];
     float lse2[2], delta[2];
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        const int r = q0 + warp_row + hf * 8 + g;
-        qinfo[hf] = RowInfo{};
-        lse2[hf] = INFINITY;
-        delta[hf] = 0.f;
-        if (r < q_len) {
-            qinfo[hf] = pol.q_info(bh, r);
-            const long at = (long)bh * p.T + pol.q_row(bh, r);
-            lse2[hf] = lse_to_log2(p.lse[at]);
-            delta[hf] = p.delta[at];
-        }
-    }
+    load_query_stats_sm90(p, pol, bh, q0 + warp_row + g, q_len, qinfo, lse2, delta);
     float dq[32];
 #pragma unroll
     for (int j = 0; j < 32; j++) dq[j] = 0.f;
@@ -486,17 +524,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
         fence_regs_u32(da);
     }
     cp_async_wait<0>();
-
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        const int r = q0 + warp_row + hf * 8 + g;
-        if (r >= q_len) continue;
-        bf16 *dst = head_base(p.dq, p.q_stride, b, p.T, h, D) + (long)pol.q_row(bh, r) * p.q_stride + 2 * tq;
-#pragma unroll
-        for (int nd = 0; nd < D / 8; nd++)
-            *reinterpret_cast<uint32_t *>(dst + nd * 8) =
-                pack_bf16(dq[4 * nd + 2 * hf] * p.scale, dq[4 * nd + 2 * hf + 1] * p.scale);
-    }
+    store_dq_sm90(p, pol, bh, b, h, q0 + warp_row + g, q_len, dq, tq);
 #else
     __trap();
 #endif

@@ -20,6 +20,7 @@
 #include <math.h>
 
 #include "attention/cuda/flash_bwd.cuh"
+#include "attention/cuda/flash_bwd_sm90.cuh"
 #include "attention/cuda/flash_ws.cuh"
 
 namespace flash {
@@ -106,11 +107,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
     const int n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
 
-    if (tid == 0) {
-        mbar_init(kv_bar, 128);
-        ring.init(Cfg::CONSUMERS);
-    }
-    __syncthreads(); /* the last CTA-wide barrier */
+    ws_setup(ring, kv_bar, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
         regs_dealloc<Cfg::P_REGS>();
@@ -275,19 +272,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
         if (tid % 128 == 0) bulk_wait_read<0>(); /* shared memory stays until read */
     }
 
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        if (key_row[hf] >= k_len) continue;
-        const int mem = pol.k_row(bh, key_row[hf]);
-        bf16 *dk_dst = head_base(p.dk, p.k_stride, b, p.T, h, D) + (long)mem * p.k_stride + 2 * tq;
-        bf16 *dv_dst = head_base(p.dv, p.v_stride, b, p.T, h, D) + (long)mem * p.v_stride + 2 * tq;
-#pragma unroll
-        for (int nd = 0; nd < D / 8; nd++) {
-            *reinterpret_cast<uint32_t *>(dk_dst + nd * 8) =
-                pack_bf16(dk[4 * nd + 2 * hf] * p.scale, dk[4 * nd + 2 * hf + 1] * p.scale);
-            *reinterpret_cast<uint32_t *>(dv_dst + nd * 8) = pack_bf16(dv[4 * nd + 2 * hf], dv[4 * nd + 2 * hf + 1]);
-        }
-    }
+    store_dkdv_sm90(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);
 #else
     __trap(); /* built without sm_90a: the host never launches this kernel then */
 #endif
@@ -330,11 +315,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
     const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
 
-    if (tid == 0) {
-        mbar_init(q_bar, 128);
-        ring.init(Cfg::CONSUMERS);
-    }
-    __syncthreads(); /* the last CTA-wide barrier */
+    ws_setup(ring, q_bar, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
         regs_dealloc<Cfg::P_REGS>();
@@ -354,19 +335,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16;
     RowInfo qinfo[2];
     float lse2[2], delta[2];
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        const int r = q0 + warp_row + hf * 8 + g;
-        qinfo[hf] = RowInfo{};
-        lse2[hf] = INFINITY;
-        delta[hf] = 0.f;
-        if (r < q_len) {
-            qinfo[hf] = pol.q_info(bh, r);
-            const long at = (long)bh * p.T + pol.q_row(bh, r);
-            lse2[hf] = lse_to_log2(p.lse[at]);
-            delta[hf] = p.delta[at];
-        }
-    }
+    load_query_stats_sm90(p, pol, bh, q0 + warp_row + g, q_len, qinfo, lse2, delta);
     float dq[32];
 #pragma unroll
     for (int j = 0; j < 32; j++) dq[j] = 0.f;
@@ -427,16 +396,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
         ring.release(i);
     }
 
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        const int r = q0 + warp_row + hf * 8 + g;
-        if (r >= q_len) continue;
-        bf16 *dst = head_base(p.dq, p.q_stride, b, p.T, h, D) + (long)pol.q_row(bh, r) * p.q_stride + 2 * tq;
-#pragma unroll
-        for (int nd = 0; nd < D / 8; nd++)
-            *reinterpret_cast<uint32_t *>(dst + nd * 8) =
-                pack_bf16(dq[4 * nd + 2 * hf] * p.scale, dq[4 * nd + 2 * hf + 1] * p.scale);
-    }
+    store_dq_sm90(p, pol, bh, b, h, q0 + warp_row + g, q_len, dq, tq);
 #else
     __trap();
 #endif

@@ -56,11 +56,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
     const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
 
-    if (tid == 0) {
-        mbar_init(q_bar, 128);
-        ring.init(Cfg::CONSUMERS);
-    }
-    __syncthreads(); /* the last CTA-wide barrier: from here on only the mbarriers */
+    ws_setup(ring, q_bar, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
         regs_dealloc<Cfg::P_REGS>();

@@ -20,15 +20,21 @@ template <class Kernel> inline cudaError_t allow_smem(Kernel kernel, int bytes) 
     return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
 
-/* Grids: x = (batch, head), so that every head's longest tiles start first; y = tile. */
+/* Launches one kernel instance over the grid x = (batch, head), so that every head's longest
+ * tiles start first, y = ceil(rows / tile); the shared-memory attribute is set once per
+ * instance. Every tiled flash kernel goes through here. */
+template <class Cfg, class Policy, void (*KERNEL)(FlashParams, Policy)>
+cudaError_t launch_tiled(const FlashParams &p, const Policy &pol, int rows, int tile, cudaStream_t s) {
+    static cudaError_t attr = allow_smem(KERNEL, Cfg::SMEM_BYTES);
+    if (attr != cudaSuccess) return attr;
+    dim3 grid(p.B * p.H, (rows + tile - 1) / tile);
+    KERNEL<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
+    return cudaGetLastError();
+}
+
 template <class Cfg, class Policy>
 cudaError_t launch_fwd(const FlashParams &p, const Policy &pol, int q_rows, cudaStream_t s) {
-    auto kernel = flash_fwd_kernel<Cfg, Policy>;
-    static cudaError_t attr = allow_smem(kernel, Cfg::SMEM_BYTES);
-    if (attr != cudaSuccess) return attr;
-    dim3 grid(p.B * p.H, (q_rows + Cfg::BM - 1) / Cfg::BM);
-    kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
-    return cudaGetLastError();
+    return launch_tiled<Cfg, Policy, flash_fwd_kernel<Cfg, Policy>>(p, pol, q_rows, Cfg::BM, s);
 }
 
 template <int D> cudaError_t launch_bwd_preprocess(const FlashParams &p, cudaStream_t s) {
@@ -45,82 +51,43 @@ template <int D> cudaError_t launch_bwd_convert_dq(const FlashParams &p, cudaStr
 
 template <class Cfg, class Policy, bool ATOMIC_DQ, bool KV_REGS>
 cudaError_t launch_bwd_dkdv(const FlashParams &p, const Policy &pol, int k_rows, cudaStream_t s) {
-    auto kernel = flash_bwd_dkdv_kernel<Cfg, Policy, ATOMIC_DQ, KV_REGS>;
-    static cudaError_t attr = allow_smem(kernel, Cfg::SMEM_BYTES);
-    if (attr != cudaSuccess) return attr;
-    dim3 grid(p.B * p.H, (k_rows + Cfg::BN - 1) / Cfg::BN);
-    kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
-    return cudaGetLastError();
+    return launch_tiled<Cfg, Policy, flash_bwd_dkdv_kernel<Cfg, Policy, ATOMIC_DQ, KV_REGS>>(p, pol, k_rows, Cfg::BN,
+                                                                                         s);
 }
 
 template <class Cfg, class Policy>
 cudaError_t launch_bwd_dq(const FlashParams &p, const Policy &pol, int q_rows, cudaStream_t s) {
-    auto kernel = flash_bwd_dq_kernel<Cfg, Policy>;
-    static cudaError_t attr = allow_smem(kernel, Cfg::SMEM_BYTES);
-    if (attr != cudaSuccess) return attr;
-    dim3 grid(p.B * p.H, (q_rows + Cfg::BM - 1) / Cfg::BM);
-    kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
-    return cudaGetLastError();
+    return launch_tiled<Cfg, Policy, flash_bwd_dq_kernel<Cfg, Policy>>(p, pol, q_rows, Cfg::BM, s);
 }
 
 template <class Cfg, class Policy>
 cudaError_t launch_fwd_sm90(const FlashParams &p, const Policy &pol, int q_rows, cudaStream_t s) {
-    auto kernel = flash_fwd_sm90_kernel<Cfg, Policy>;
-    static cudaError_t attr = allow_smem(kernel, Cfg::SMEM_BYTES);
-    if (attr != cudaSuccess) return attr;
-    dim3 grid(p.B * p.H, (q_rows + Cfg::BM - 1) / Cfg::BM);
-    kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
-    return cudaGetLastError();
+    return launch_tiled<Cfg, Policy, flash_fwd_sm90_kernel<Cfg, Policy>>(p, pol, q_rows, Cfg::BM, s);
 }
 
 template <class Cfg, class Policy>
 cudaError_t launch_fwd_sm90_ws(const FlashParams &p, const Policy &pol, int q_rows, cudaStream_t s) {
-    auto kernel = flash_fwd_sm90_ws_kernel<Cfg, Policy>;
-    static cudaError_t attr = allow_smem(kernel, Cfg::SMEM_BYTES);
-    if (attr != cudaSuccess) return attr;
-    dim3 grid(p.B * p.H, (q_rows + Cfg::BM - 1) / Cfg::BM);
-    kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
-    return cudaGetLastError();
+    return launch_tiled<Cfg, Policy, flash_fwd_sm90_ws_kernel<Cfg, Policy>>(p, pol, q_rows, Cfg::BM, s);
 }
 
 template <class Cfg, class Policy, bool ATOMIC_DQ>
 cudaError_t launch_bwd_sm90(const FlashParams &p, const Policy &pol, int k_rows, cudaStream_t s) {
-    auto kernel = flash_bwd_sm90_kernel<Cfg, Policy, ATOMIC_DQ>;
-    static cudaError_t attr = allow_smem(kernel, Cfg::SMEM_BYTES);
-    if (attr != cudaSuccess) return attr;
-    dim3 grid(p.B * p.H, (k_rows + Cfg::BN - 1) / Cfg::BN);
-    kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
-    return cudaGetLastError();
+    return launch_tiled<Cfg, Policy, flash_bwd_sm90_kernel<Cfg, Policy, ATOMIC_DQ>>(p, pol, k_rows, Cfg::BN, s);
 }
 
 template <class Cfg, class Policy>
 cudaError_t launch_bwd_dq_sm90(const FlashParams &p, const Policy &pol, int q_rows, cudaStream_t s) {
-    auto kernel = flash_bwd_dq_sm90_kernel<Cfg, Policy>;
-    static cudaError_t attr = allow_smem(kernel, Cfg::SMEM_BYTES);
-    if (attr != cudaSuccess) return attr;
-    dim3 grid(p.B * p.H, (q_rows + Cfg::BM - 1) / Cfg::BM);
-    kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
-    return cudaGetLastError();
+    return launch_tiled<Cfg, Policy, flash_bwd_dq_sm90_kernel<Cfg, Policy>>(p, pol, q_rows, Cfg::BM, s);
 }
 
 template <class Cfg, class Policy>
 cudaError_t launch_bwd_dkdv_sm90_ws(const FlashParams &p, const Policy &pol, int k_rows, cudaStream_t s) {
-    auto kernel = flash_bwd_dkdv_sm90_ws_kernel<Cfg, Policy>;
-    static cudaError_t attr = allow_smem(kernel, Cfg::SMEM_BYTES);
-    if (attr != cudaSuccess) return attr;
-    dim3 grid(p.B * p.H, (k_rows + Cfg::BN - 1) / Cfg::BN);
-    kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
-    return cudaGetLastError();
+    return launch_tiled<Cfg, Policy, flash_bwd_dkdv_sm90_ws_kernel<Cfg, Policy>>(p, pol, k_rows, Cfg::BN, s);
 }
 
 template <class Cfg, class Policy>
 cudaError_t launch_bwd_dq_sm90_ws(const FlashParams &p, const Policy &pol, int q_rows, cudaStream_t s) {
-    auto kernel = flash_bwd_dq_sm90_ws_kernel<Cfg, Policy>;
-    static cudaError_t attr = allow_smem(kernel, Cfg::SMEM_BYTES);
-    if (attr != cudaSuccess) return attr;
-    dim3 grid(p.B * p.H, (q_rows + Cfg::BM - 1) / Cfg::BM);
-    kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
-    return cudaGetLastError();
+    return launch_tiled<Cfg, Policy, flash_bwd_dq_sm90_ws_kernel<Cfg, Policy>>(p, pol, q_rows, Cfg::BM, s);
 }
 
 /* The fused backward (Sm90BwdWsTiles<2, S, true>): zeroes the tile-layout dQ accumulator

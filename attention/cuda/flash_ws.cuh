@@ -78,6 +78,18 @@ template <int ST> struct StageRing {
     __device__ __forceinline__ void release(int i) const { sm90::mbar_arrive(empty(i % ST)); }
 };
 
+/* The set-up of every warp-specialised kernel: thread 0 initialises the one-off barrier of
+ * the producer's first loads (128 cp.async arrivals) and the ring; then the CTA's last
+ * __syncthreads: from here on only the mbarriers. */
+template <int ST>
+__device__ __forceinline__ void ws_setup(const StageRing<ST> &ring, uint32_t first_load_bar, int consumers) {
+    if (threadIdx.x == 0) {
+        sm90::mbar_init(first_load_bar, 128);
+        ring.init(consumers);
+    }
+    __syncthreads();
+}
+
 /* Copies ROWS rows of 64 bf16 into a swizzled tile by the producer warpgroup (ptid 0..127):
  * chunk id = j * 128 + ptid, so one warp instruction reads 4 whole rows. Rows are looked up all
  * at once first (with a sparse policy, independent global loads in flight together). Rows at
