@@ -55,6 +55,8 @@ echo "== plan ($(el) s)"
 if command -v nsys >/dev/null; then
   timeout $(( 262 - $(el) )) nsys profile --stats=true --force-overwrite true -o /tmp/plan_prof $W/main/test_plan_cuda > $OUT/plan.log 2>&1; echo "rc $?"
   grep -E "centre|hash_bucket|Time \(%\)" $OUT/plan.log | head -8
+  timeout $(( 290 - $(el) )) nsys profile --stats=true --force-overwrite true -o /tmp/sparse_prof $W/main/test_sparse_attn --time-only > $OUT/sparse_prof.log 2>&1; echo "rc $?"
+  grep -A28 "cuda_gpu_kern_sum" $OUT/sparse_prof.log | cut -c1-160 | head -30
 else
   echo "no nsys"; timeout $(( 262 - $(el) )) $W/main/test_plan_cuda > $OUT/plan.log 2>&1; echo "rc $?"
 fi
