@@ -26,9 +26,13 @@ typedef DqTiles<128, 64, 32, 4> Dq128;
 /* Hopper, head dim 64: two warpgroups of 64 query rows, 64-key steps, two CTAs per SM (run 3:
  * fastest forward at every T). Backward: dK/dV and dQ in separate passes without atomics
  * (run 3: faster than every atomic variant), so it is deterministic in both modes. */
-typedef Sm90FwdWsTiles<2, 64, 4> Sm90Fwd64; /* warp-specialised (flash_fwd_sm90_ws.cuh) */
-typedef Sm90BwdWsTiles<2, 2> Sm90DkDv64; /* warp-specialised (flash_bwd_sm90_ws.cuh) */
-typedef Sm90DqWsTiles<2, 3> Sm90Dq64;
+/* Warp-specialised kernels (flash_ws.cuh); the choice among the variants timed on the H100 in
+ * session 7 (attention/cuda/NOTES.md, v5): forward ping-pong BN 128 with 3 stages, dK/dV with 3
+ * stages, dQ with 2. */
+typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90Fwd64;
+typedef Sm90BwdWsTiles<2, 3> Sm90DkDv64;
+typedef Sm90DqWsTiles<2, 2> Sm90Dq64;
+typedef Sm90BwdWsTiles<2, 3, true> Sm90Fused64; /* dK, dV, dQ in one pass (not deterministic) */
 
 void check_launch(const char *what, cudaError_t err) { api_check_launch("flash_attn", what, err); }
 
@@ -81,7 +85,9 @@ extern "C" size_t flash_attn_backward_workspace_bytes(const flash_attn_dims_t *d
     check_dims(dims);
     const size_t rows = (size_t)dims->B * dims->T * dims->H;
     size_t bytes = align256(rows * sizeof(float)); /* delta */
-    if (!deterministic) bytes += align256(rows * dims->D * sizeof(float)); /* dQ accumulator */
+    /* dQ accumulator: [B][T][H][D], or by tiles of 64 rows (the sm90 fused backward) */
+    const size_t tiled = (size_t)dims->B * dims->H * ((dims->T + 63) / 64) * 64 * dims->D;
+    if (!deterministic) bytes += align256((tiled > rows * dims->D ? tiled : rows * dims->D) * sizeof(float));
     return bytes;
 }
 
@@ -113,10 +119,16 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
     DenseCausalPolicy pol = {dims->T, dims->exclude_self ? 1 : 0};
     const int T = dims->T;
     if (use_sm90(dims)) {
-        p.dq_accum = NULL; /* dQ comes from its own pass: nothing to zero or convert */
+        float *accum = p.dq_accum;
+        p.dq_accum = NULL; /* the preprocess must not zero it in its own layout */
         check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
-        check_launch("backward dK/dV", launch_bwd_dkdv_sm90_ws<Sm90DkDv64>(p, pol, T, stream));
-        check_launch("backward dQ", launch_bwd_dq_sm90_ws<Sm90Dq64>(p, pol, T, stream));
+        if (deterministic) { /* dQ from its own pass, no atomics */
+            check_launch("backward dK/dV", launch_bwd_dkdv_sm90_ws<Sm90DkDv64>(p, pol, T, stream));
+            check_launch("backward dQ", launch_bwd_dq_sm90_ws<Sm90Dq64>(p, pol, T, stream));
+        } else {
+            p.dq_accum = accum;
+            check_launch("backward dK/dV/dQ", launch_bwd_fused_sm90_ws<Sm90Fused64>(p, pol, T, stream));
+        }
     } else if (dims->D == 64) {
         check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
         if (deterministic) {

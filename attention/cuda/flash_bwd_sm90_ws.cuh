@@ -25,14 +25,55 @@
 
 namespace flash {
 
-template <int NWG_, int STAGES_ = 2> struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
+/* FUSED_DQ: dQ in the same kernel (two consumer warpgroups only): per query tile the
+ * warpgroups write dS^T to shared memory (two buffers, by tile parity), meet at a named
+ * barrier, and warpgroup w computes dQ[:, 32w, 32w + 32) = dS K[:, 32w ..] over all 128 keys
+ * (wgmma m64n32, K read N-major from the 64-byte offset of its swizzled rows); its 64 x 32
+ * fp32 block goes through a shared staging buffer (two, by tile parity) and is added to the
+ * fp32 accumulator by one bulk reduction (cp.reduce.async.bulk). The accumulator is laid out
+ * by tiles (dq_tile_index) so that each block is contiguous; flash_bwd_convert_dq_tiles_kernel
+ * turns it into dq. Not deterministic (the additions' order varies). */
+template <int NWG_, int STAGES_ = 2, bool FUSED_DQ_ = false> struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
     static constexpr int D = 64, NWG = NWG_, BN = 64 * NWG_, BM = 64, STAGES = STAGES_, MIN_BLOCKS = 1;
+    static constexpr bool FUSED_DQ = FUSED_DQ_;
+    static_assert(!FUSED_DQ_ || NWG_ == 2, "the fused dQ splits its 64 columns over two warpgroups");
     static constexpr int ROW_BYTES = 128;
-    /* K, V, the stages (Q and dO), lse and delta [STAGES][BM], the queries' mask info
-     * [STAGES][BM] (<= 8 bytes each), WsTileMeta per stage, mbarriers (K/V, full, empty). */
-    static constexpr int SMEM_BYTES = (2 * BN * D + STAGES * 2 * BM * D) * 2 + STAGES * BM * (4 + 4 + 8) +
+    /* fused dQ: dS^T [2][BN][BM] bf16 and the staging blocks [2 warpgroups][2][BM][32] fp32 */
+    static constexpr int DQ_BYTES = FUSED_DQ_ ? 2 * BN * BM * 2 + 2 * 2 * BM * 32 * 4 : 0;
+    /* K, V, the stages (Q and dO), the fused dQ buffers, lse and delta [STAGES][BM], the
+     * queries' mask info [STAGES][BM] (<= 8 bytes each), WsTileMeta per stage, mbarriers (K/V,
+     * full, empty). */
+    static constexpr int SMEM_BYTES = (2 * BN * D + STAGES * 2 * BM * D) * 2 + DQ_BYTES + STAGES * BM * (4 + 4 + 8) +
                                       STAGES * (int)sizeof(WsTileMeta) + (1 + 2 * STAGES) * 8 + 1024;
 };
+
+/* Index of element (bh, work row r, column c) in the fused backward's dQ accumulator:
+ * [bh][query tile of 64][column half][64 rows][32 columns], so that the 64 x 32 block one
+ * warpgroup adds per tile is contiguous. */
+__host__ __device__ __forceinline__ long dq_tile_index(int bh, int n_q_tiles, int r, int c) {
+    return ((((long)bh * n_q_tiles + r / 64) * 2 + c / 32) * 64 + r % 64) * 32 + c % 32;
+}
+
+/* dq[b, t, h, :] = bf16(scale * accumulator), 8 columns a thread; rows in natural order. */
+template <int D> __global__ void flash_bwd_convert_dq_tiles_kernel(FlashParams p, long n_rows /* B*T*H */) {
+    static_assert(D == 64, "the tile layout holds 64 columns");
+    constexpr int LANES = D / 8;
+    const long id = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long row = id / LANES;
+    const int part = (int)(id % LANES);
+    if (row >= n_rows) return;
+    const long bt = row / p.H;
+    const int h = (int)(row % p.H), b = (int)(bt / p.T), t = (int)(bt % p.T);
+    const float4 *src = reinterpret_cast<const float4 *>(
+        p.dq_accum + dq_tile_index(b * p.H + h, (p.T + 63) / 64, t, part * 8));
+    const float4 a = src[0], c = src[1];
+    uint4 out;
+    out.x = pack_bf16(a.x * p.scale, a.y * p.scale);
+    out.y = pack_bf16(a.z * p.scale, a.w * p.scale);
+    out.z = pack_bf16(c.x * p.scale, c.y * p.scale);
+    out.w = pack_bf16(c.z * p.scale, c.w * p.scale);
+    *reinterpret_cast<uint4 *>(p.dq + bt * p.q_stride + h * D + part * 8) = out;
+}
 
 template <class Cfg, class Policy>
 __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel(FlashParams p, Policy pol) {
@@ -47,7 +88,10 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     bf16 *sK = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023));
     bf16 *sV = sK + BN * D;
     bf16 *sQ = sV + BN * D; /* stage s: Q at sQ + s*2*BM*D, dO BM*D further */
-    float *sLse = reinterpret_cast<float *>(sQ + ST * 2 * BM * D); /* [ST][BM], log2 domain */
+    bf16 *sDS = sQ + ST * 2 * BM * D; /* fused dQ: [2][BN][BM], then the staging blocks */
+    float *sDqStage = reinterpret_cast<float *>(sDS + (Cfg::FUSED_DQ ? 2 * BN * BM : 0)); /* [2 wg][2][BM][32] */
+    float *sLse = reinterpret_cast<float *>(reinterpret_cast<unsigned char *>(sQ + ST * 2 * BM * D) +
+                                            Cfg::DQ_BYTES); /* [ST][BM], log2 domain */
     float *sDelta = sLse + ST * BM;
     RowInfo *sQinfo = reinterpret_cast<RowInfo *>(sDelta + ST * BM); /* [ST][BM] */
     static_assert(sizeof(RowInfo) <= 8, "SMEM_BYTES reserves 8 bytes of mask info per query");
@@ -163,6 +207,20 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
                 pa[4 * kq + r] = pack_bf16(st[8 * kq + 2 * r], st[8 * kq + 2 * r + 1]);
                 da[4 * kq + r] = pack_bf16(dpt[8 * kq + 2 * r], dpt[8 * kq + 2 * r + 1]);
             }
+        if constexpr (Cfg::FUSED_DQ) {
+            /* dS^T rows of this warpgroup: da[4kq + r] holds (key row g + 8*(r&1) of the warp,
+             * queries 16kq + 8*(r>>1) + 2tq, +1). */
+            bf16 *ds = sDS + (i & 1) * BN * BM;
+#pragma unroll
+            for (int kq = 0; kq < BM / 16; kq++)
+#pragma unroll
+                for (int r = 0; r < 4; r++)
+                    *reinterpret_cast<uint32_t *>(
+                        ds + SwizzledTile<BM>::offset_col(warp_row + g + 8 * (r & 1), 16 * kq + 8 * (r >> 1) + 2 * tq)) =
+                        da[4 * kq + r];
+            fence_proxy_async();
+            named_barrier(1, Cfg::CONSUMERS); /* both warpgroups' dS^T rows are in place */
+        }
         wgmma_fence();
 #pragma unroll
         for (int kq = 0; kq < BM / 16; kq++)
@@ -170,6 +228,16 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
 #pragma unroll
         for (int kq = 0; kq < BM / 16; kq++)
             wgmma_m64n64k16_rs<1>(dk, &da[4 * kq], desc_sw128(qs_addr + kq * 16 * RB), 1);
+        float dq[16];
+        if constexpr (Cfg::FUSED_DQ) {
+            /* dQ[:, 32 wg ..] = dS K[:, 32 wg ..]: A = dS^T read M-major (k-step = 16 key rows),
+             * B = K read N-major from column 32 wg of its rows. */
+            const uint32_t ds_addr = smem_addr(sDS + (i & 1) * BN * BM);
+#pragma unroll
+            for (int ks = 0; ks < BN / 16; ks++)
+                wgmma_m64n32k16_ss<1, 1>(dq, desc_sw128(ds_addr + ks * 16 * BM * 2),
+                                         desc_sw128(k_addr + ks * 16 * RB + 64 * wg), ks > 0);
+        }
         wgmma_commit();
         wgmma_wait<0>();
         fence_regs(dk);
@@ -177,6 +245,31 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
         fence_regs_u32(pa);
         fence_regs_u32(da);
         ring.release(i);
+        if constexpr (Cfg::FUSED_DQ) {
+            fence_regs(dq);
+            /* Staging block (wg, i & 1): its previous bulk reduction (tile i - 2) must have
+             * read it; the thread that issued it waits, then tells the warpgroup. */
+            float *stage_blk = sDqStage + (wg * 2 + (i & 1)) * BM * 32;
+            const int wtid = tid % 128;
+            if (wtid == 0) bulk_wait_read<1>();
+            named_barrier(2 + wg, 128);
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++)
+                    *reinterpret_cast<float2 *>(stage_blk + ((wtid / 32) * 16 + g + 8 * hf) * 32 + 8 * j + 2 * tq) =
+                        make_float2(dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
+            fence_proxy_async(); /* the bulk copy reads through the async proxy */
+            named_barrier(2 + wg, 128);
+            if (wtid == 0) {
+                bulk_reduce_add_f32(p.dq_accum + dq_tile_index(bh, (p.T + 63) / 64, m.row0, 32 * wg),
+                                    smem_addr(stage_blk), BM * 32 * 4);
+                bulk_commit();
+            }
+        }
+    }
+    if constexpr (Cfg::FUSED_DQ) {
+        if (tid % 128 == 0) bulk_wait_read<0>(); /* shared memory stays until read */
     }
 
     store_dkdv_sm90(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);

@@ -90,6 +90,21 @@ cudaError_t launch_bwd_dq_sm90_ws(const FlashParams &p, const Policy &pol, int q
     return launch_tiled<Cfg, Policy, flash_bwd_dq_sm90_ws_kernel<Cfg, Policy>>(p, pol, q_rows, Cfg::BM, s);
 }
 
+/* The fused backward (Sm90BwdWsTiles<2, S, true>): zeroes the tile-layout dQ accumulator
+ * (p.dq_accum, B*H*ceil(T/64)*64*64 floats), runs dK/dV/dQ, converts dQ. The preprocess must
+ * have run with p.dq_accum = NULL (it zeroes the other layout). */
+template <class Cfg, class Policy>
+cudaError_t launch_bwd_fused_sm90_ws(const FlashParams &p, const Policy &pol, int k_rows, cudaStream_t s) {
+    static_assert(Cfg::FUSED_DQ, "a fused configuration");
+    const size_t n = (size_t)p.B * p.H * ((p.T + 63) / 64) * 64 * 64;
+    cudaError_t err = cudaMemsetAsync(p.dq_accum, 0, n * sizeof(float), s);
+    if (err == cudaSuccess) err = launch_bwd_dkdv_sm90_ws<Cfg>(p, pol, k_rows, s);
+    if (err != cudaSuccess) return err;
+    const long rows = (long)p.B * p.T * p.H, threads = rows * 8;
+    flash_bwd_convert_dq_tiles_kernel<64><<<(unsigned)((threads + 255) / 256), 256, 0, s>>>(p, rows);
+    return cudaGetLastError();
+}
+
 /* The Hopper kernels run when the device is sm_90 and this binary carries sm_90 machine code
  * for them (built for sm_90a: the Makefile's CUDA_ARCH); otherwise the mma.sync kernels do. */
 inline bool sm90_available() {

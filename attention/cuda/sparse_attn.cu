@@ -25,10 +25,10 @@ using namespace flash;
 typedef FwdTiles<64, 128, 64, 4> Fwd64;
 typedef BwdTiles<64, 128, 64, 8> Bwd64; /* BN = 128 keys, BM = 64 queries */
 typedef DqTiles<64, 64, 64, 4> Dq64;
-typedef Sm90FwdWsTiles<2, 64, 4> Sm90Fwd64; /* warp-specialised (flash_fwd_sm90_ws.cuh) */
+typedef Sm90FwdWsTiles<2, 64, 4> Sm90Fwd64; /* warp-specialised; the forward lists' 128 x 64 tiles */
 typedef Sm90BwdTiles<2> Sm90DkDv64; /* BN = 128 keys, BM = 64 queries; with atomic dQ */
-typedef Sm90BwdWsTiles<2, 2> Sm90DkDvWs; /* the same tiles, warp-specialised, without dQ */
-typedef Sm90DqWsTiles<2, 3> Sm90Dq64; /* BM = 128 queries, BN = 64 keys, warp-specialised */
+typedef Sm90BwdWsTiles<2, 3> Sm90DkDvWs; /* the same tiles, warp-specialised, without dQ */
+typedef Sm90DqWsTiles<2, 2> Sm90Dq64; /* BM = 128 queries, BN = 64 keys, warp-specialised */
 
 int force_portable = 0;
 

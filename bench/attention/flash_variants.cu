@@ -23,7 +23,7 @@ const char *fwd_names[] = {"api",
                            "ws 2wg BN128 S4",
                            "ws 2wg BN64 S4",
                            "ws 3wg BN64 S4",
-                           "ws 2wg BN128 S3 pingpong",
+                           "ws 2wg BN128 S3 pingpong (api)",
                            "ws 2wg BN64 S4 pingpong",
                            NULL};
 const char *bwd_names[] = {"api",
@@ -34,9 +34,11 @@ const char *bwd_names[] = {"api",
                            "split dkdv + defer dq",
                            "split 3wg + dq 1wg(3cta)",
                            "old api: split 2wg + dq 2wg(2cta)",
-                           "ws dkdv 2wg S2 + ws dq 2wg S3 (api)",
-                           "ws dkdv 2wg S3 + ws dq 2wg S2",
+                           "ws dkdv 2wg S2 + ws dq 2wg S3",
+                           "ws dkdv 2wg S3 + ws dq 2wg S2 (api)",
                            "ws dkdv 2wg S3 + old dq 2wg(2cta)",
+                           "ws fused dQ S3 (bulk reduce)",
+                           "ws fused dQ S2 (bulk reduce)",
                            NULL};
 
 } // namespace
@@ -103,7 +105,8 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
     p.delta = static_cast<float *>(ws);
     p.dq_accum = reinterpret_cast<float *>(static_cast<char *>(ws) + ((rows * 4 + 255) & ~(size_t)255));
     DenseCausalPolicy pol = {d->T, d->exclude_self};
-    const bool split = v >= 3; /* dQ in its own pass: no accumulator, no conversion */
+    const bool split = v >= 3; /* dQ in its own pass or fused: the preprocess zeroes nothing */
+    float *const accum = p.dq_accum;
     typedef Sm90DqTiles<2, 2> OldDq;
     if (split) p.dq_accum = NULL;
     cudaError_t err = launch_bwd_preprocess<64>(p, s);
@@ -143,6 +146,14 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
     case 10:
         err = launch_bwd_dkdv_sm90_ws<Sm90BwdWsTiles<2, 3>>(p, pol, d->T, s);
         if (err == cudaSuccess) err = launch_bwd_dq_sm90<OldDq>(p, pol, d->T, s);
+        break;
+    case 11:
+        p.dq_accum = accum;
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 3, true>>(p, pol, d->T, s);
+        break;
+    case 12:
+        p.dq_accum = accum;
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true>>(p, pol, d->T, s);
         break;
     default: return -1;
     }

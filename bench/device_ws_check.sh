@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The device check this branch still needs (written in session 7, never run: the device budget
+# ran out): GPU tests of the API's warp-specialised configurations and the fused backward, the
+# dense bench with variants, sparse timing, end to end against compiled PyTorch, scfa, model and
+# plan tests (the plan build profiled with nsys if the machine has it). Each part is bounded so
+# the whole fits one call; logs under $OUT. Prepare here:
+#   bash bench/attention/build.sh carry/flash
+#   make build/tests/gpu/{test_sparse_attn,test_model_cuda,test_plan_cuda}
+#   tar cJf carry/ws/tests.tar.xz -C <dir holding main/ with those three binaries> main
+#   bash bench/build_carry.sh            (carry/run: train, bench_step, libscfa.so, lib/)
+# then run(carry = [carry/flash/bin, carry/flash/libflash_bench.so, carry/flash/lib, carry/ws,
+# carry/run]) with `bash bench/device_ws_check.sh`.
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
+W=/tmp/ws; mkdir -p $W && tar xJf carry/ws/tests.tar.xz -C $W
+export LD_LIBRARY_PATH=$PWD/carry/flash/lib:$PWD/carry/run/lib:${LD_LIBRARY_PATH:-}
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee $OUT/gpu.txt
+echo "== flash tests ($(el) s)"; SKIP_GPU_SCRIPTS=1 GPU_TEST_TIMEOUT=60 bash tests/gpu/run_gpu.sh carry/flash/bin > $OUT/flash_tests.log 2>&1; tail -1 $OUT/flash_tests.log
+ok=$(tail -1 $OUT/flash_tests.log | grep -c "^[1-9][0-9]* passed, 0 failed")
+grep -iE "fail|mismatch" $OUT/flash_tests.log | head -8
+if [ "$ok" = 1 ]; then
+echo "== bench ($(el) s)"; timeout 100 python3 bench/attention/bench_dense.py --lib carry/flash/libflash_bench.so --seqs 8192,16384 --variants --out $OUT/bench.jsonl > $OUT/bench.log 2>&1; echo "rc $?"
+python3 - $OUT/bench.jsonl <<'PY'
+import json,sys
+for l in open(sys.argv[1]):
+    r=json.loads(l)
+    print("T",r["T"],"cudnn fwd %.3f fb %.3f | flash fb %.3f | ours fwd %.3f fb %.3f (%.2fx cudnn) det %.3f | err %s"%(r["cudnn_fwd"],r["cudnn_fb"],r["flash_fb"],r["ours_fwd"],r["ours_fb"],r["cudnn_fb"]/r["ours_fb"],r["ours_fb_det"],{k:round(v,5) for k,v in r["err_vs_cudnn"].items()}))
+    for k,v in r.get("fwd_variants",{}).items(): print("   fwd %-36s %.3f ms err %.2e"%(k,v["ms"],v["err"]))
+    for k,v in r.get("bwd_variants",{}).items(): print("   bwd %-36s %.3f ms err %.2e"%(k,v["ms"],v["err"]))
+PY
+fi
+echo "== sparse ($(el) s)"; timeout 60 $W/main/test_sparse_attn --time > $OUT/sparse.log 2>&1; echo "rc $?"; grep -A12 "^Timing" $OUT/sparse.log | grep -v "^Sparse stages"; tail -1 $OUT/sparse.log
+echo "== model ($(el) s)"; timeout 60 $W/main/test_model_cuda > $OUT/model.log 2>&1; echo "rc $?"; tail -1 $OUT/model.log
+if [ "$ok" = 1 ]; then
+echo "== e2e ($(el) s)"
+for c in 16384x2 8192x4; do for m in dense hash_sparse:16; do
+  timeout 25 carry/run/bench_step --seq ${c%x*} --batch ${c#*x} --steps 5 --warmup 2 --mode ${m%%:*} --buckets ${m#*:} --drop ${m#*:} >> $OUT/e2e.jsonl 2>> $OUT/e2e.err || echo "bench_step $c $m failed" >> $OUT/e2e.err
+done; done
+left=$(( 215 - $(el) )); echo "torch compile with $left s left"
+timeout $left python3 bench/e2e/torch_gpt.py --modes compile --configs 16384x2,8192x4 --steps 5 --warmup 2 >> $OUT/e2e.jsonl 2>> $OUT/e2e.err
+python3 - $OUT/e2e.jsonl <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+def ratio(r, name):
+    ref = [x for x in rows if x["trainer"] == name and x["seq"] == r["seq"] and x["batch"] == r["batch"]]
+    return f"{r['tokens_per_s'] / ref[0]['tokens_per_s']:.2f}x" if ref else "-"
+for r in rows:
+    print(f"{r['trainer']:<22}{str(r['seq']) + ' x ' + str(r['batch']):>10}{r['ms_per_step']:>9.1f}{r['tokens_per_s']:>9.0f} {ratio(r, 'torch-compile'):>8}")
+PY
+tail -3 $OUT/e2e.err
+echo "== scfa ($(el) s)"; timeout $(( 225 - $(el) )) python3 bench/scfa.py --lib carry/run/libscfa.so --no-flex --with-dense --seqs 16384 --nbs 8,16,32,64 --drops 0.5,0.7 --reps 10 --out $OUT/scfa.json > $OUT/scfa.log 2>&1; echo "rc $?"; sed -n '/^ms, median/,$p' $OUT/scfa.log | head -30
+fi
+echo "== plan ($(el) s)"
+if command -v nsys >/dev/null; then
+  timeout $(( 262 - $(el) )) nsys profile --stats=true --force-overwrite true -o /tmp/plan_prof $W/main/test_plan_cuda > $OUT/plan.log 2>&1; echo "rc $?"
+  grep -E "centre|hash_bucket|Time \(%\)" $OUT/plan.log | head -8
+  timeout $(( 290 - $(el) )) nsys profile --stats=true --force-overwrite true -o /tmp/sparse_prof $W/main/test_sparse_attn --time-only > $OUT/sparse_prof.log 2>&1; echo "rc $?"
+  grep -A28 "cuda_gpu_kern_sum" $OUT/sparse_prof.log | cut -c1-160 | head -30
+else
+  echo "no nsys"; timeout $(( 262 - $(el) )) $W/main/test_plan_cuda > $OUT/plan.log 2>&1; echo "rc $?"
+fi
+grep "plan build" $OUT/plan.log; grep -E "^[0-9]+ passed" $OUT/plan.log
+echo "total $(el) s"
