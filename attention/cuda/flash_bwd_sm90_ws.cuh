@@ -44,7 +44,7 @@ template <int NWG_, int STAGES_ = 2, bool FUSED_DQ_ = false> struct Sm90BwdWsTil
      * queries' mask info [STAGES][BM] (<= 8 bytes each), WsTileMeta per stage, mbarriers (K/V,
      * full, empty). */
     static constexpr int SMEM_BYTES = (2 * BN * D + STAGES * 2 * BM * D) * 2 + DQ_BYTES + STAGES * BM * (4 + 4 + 8) +
-                                      STAGES * (int)sizeof(WsTileMeta) + (1 + 2 * STAGES) * 8 + 1024;
+                                      STAGES * (int)sizeof(WsTileMeta) + (2 + 2 * STAGES) * 8 + 1024;
 };
 
 /* Index of element (bh, work row r, column c) in the fused backward's dQ accumulator:
@@ -54,28 +54,30 @@ __host__ __device__ __forceinline__ long dq_tile_index(int bh, int n_q_tiles, in
     return ((((long)bh * n_q_tiles + r / 64) * 2 + c / 32) * 64 + r % 64) * 32 + c % 32;
 }
 
-/* dq[b, t, h, :] = bf16(scale * accumulator), 8 columns a thread; rows in natural order. */
-template <int D> __global__ void flash_bwd_convert_dq_tiles_kernel(FlashParams p, long n_rows /* B*T*H */) {
+/* dq[b, q_row(bh, r), h, :] = bf16(scale * accumulator row r), 8 columns a thread, for every
+ * work row r in [0, T) of bh. Rows the kernel never reached (past q_len: dropped qk queries) hold
+ * the zeros of the memset, so every dq row is written. */
+template <int D, class Policy> __global__ void flash_bwd_convert_dq_tiles_kernel(FlashParams p, Policy pol) {
     static_assert(D == 64, "the tile layout holds 64 columns");
     constexpr int LANES = D / 8;
     const long id = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long row = id / LANES;
+    const long row = id / LANES; /* bh * T + r */
     const int part = (int)(id % LANES);
-    if (row >= n_rows) return;
-    const long bt = row / p.H;
-    const int h = (int)(row % p.H), b = (int)(bt / p.T), t = (int)(bt % p.T);
+    if (row >= (long)p.B * p.H * p.T) return;
+    const int bh = (int)(row / p.T), r = (int)(row % p.T), b = bh / p.H, h = bh % p.H;
     const float4 *src = reinterpret_cast<const float4 *>(
-        p.dq_accum + dq_tile_index(b * p.H + h, (p.T + 63) / 64, t, part * 8));
+        p.dq_accum + dq_tile_index(bh, (p.T + 63) / 64, r, part * 8));
     const float4 a = src[0], c = src[1];
     uint4 out;
     out.x = pack_bf16(a.x * p.scale, a.y * p.scale);
     out.y = pack_bf16(a.z * p.scale, a.w * p.scale);
     out.z = pack_bf16(c.x * p.scale, c.y * p.scale);
     out.w = pack_bf16(c.z * p.scale, c.w * p.scale);
-    *reinterpret_cast<uint4 *>(p.dq + bt * p.q_stride + h * D + part * 8) = out;
+    const long t = pol.q_row(bh, r);
+    *reinterpret_cast<uint4 *>(p.dq + ((long)b * p.T + t) * p.q_stride + h * D + part * 8) = out;
 }
 
-template <class Cfg, class Policy>
+template <class Cfg, class Policy, bool PERSISTENT>
 __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel(FlashParams p, Policy pol) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int D = Cfg::D, BN = Cfg::BN, BM = Cfg::BM, ST = Cfg::STAGES, RB = Cfg::ROW_BYTES;
@@ -97,53 +99,58 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     static_assert(sizeof(RowInfo) <= 8, "SMEM_BYTES reserves 8 bytes of mask info per query");
     WsTileMeta *sMeta = reinterpret_cast<WsTileMeta *>(reinterpret_cast<unsigned char *>(sQinfo) + ST * BM * 8);
     const uint32_t k_addr = smem_addr(sK), v_addr = smem_addr(sV), q_addr = smem_addr(sQ);
-    const uint32_t kv_bar = smem_addr(sMeta + ST);
-    const StageRing<ST> ring{kv_bar + 8u};
+    const ItemOperand kv_op{smem_addr(sMeta + ST)};
+    const StageRing<ST> ring{kv_op.bar + 16u};
 
-    const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
-    const int kt = blockIdx.y, k0 = kt * BN;
-    const int q_len = pol.q_len(bh), k_len = pol.k_len(bh);
-    if (k0 >= k_len) return;
+    const int BH = p.B * p.H, n_kt = (p.T + BN - 1) / BN, n_work = BH * n_kt;
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
-    const int n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
 
-    ws_setup(ring, kv_bar, Cfg::CONSUMERS);
+    ws_setup(ring, kv_op, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
         regs_dealloc<Cfg::P_REGS>();
         const int ptid = tid - Cfg::CONSUMERS;
-        auto k_row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
-        producer_copy_rows<BN>(k_addr, head_base(p.k, p.k_stride, b, p.T, h, D), p.k_stride, k_len - k0, k_row_of,
-                               ptid);
-        producer_copy_rows<BN>(v_addr, head_base(p.v, p.v_stride, b, p.T, h, D), p.v_stride, k_len - k0, k_row_of,
-                               ptid);
-        mbar_arrive_cp_async(kv_bar);
-        const bf16 *q_base = head_base(p.q, p.q_stride, b, p.T, h, D);
-        const bf16 *do_base = head_base(p.dout, p.o_stride, b, p.T, h, D);
-        for (int i = 0; i < n_tiles; i++) {
-            const int qt = pol.query_tile(bh, kt, i, BM, BN), q0 = qt * BM, n_valid = q_len - q0;
-            const bool full = k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
-            /* Statistics of query q0 + ptid: lse (log2 domain) and delta; +inf / 0 past q_len. */
-            float lse2 = INFINITY, dl = 0.f;
-            RowInfo info{};
-            if (ptid < BM && ptid < n_valid) {
-                const long at = (long)bh * p.T + pol.q_row(bh, q0 + ptid);
-                lse2 = lse_to_log2(p.lse[at]);
-                dl = p.delta[at];
-                info = pol.q_info(bh, q0 + ptid);
+        int item = 0, first = 0; /* the CTA's items so far, ring items so far */
+        WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+            const int at = pol.key_work(w, BH, n_kt), bh = at / n_kt, kt = at % n_kt;
+            const int k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
+            if (k0 >= k_len) continue;
+            const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
+            auto k_row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
+            kv_op.wait_free(item++);
+            producer_copy_rows<BN>(k_addr, head_base(p.k, p.k_stride, b, p.T, h, D), p.k_stride, k_len - k0,
+                                   k_row_of, ptid);
+            producer_copy_rows<BN>(v_addr, head_base(p.v, p.v_stride, b, p.T, h, D), p.v_stride, k_len - k0,
+                                   k_row_of, ptid);
+            kv_op.commit();
+            const bf16 *q_base = head_base(p.q, p.q_stride, b, p.T, h, D);
+            const bf16 *do_base = head_base(p.dout, p.o_stride, b, p.T, h, D);
+            for (int i = 0; i < n_tiles; i++) {
+                const int qt = pol.query_tile(bh, kt, i, BM, BN), q0 = qt * BM, n_valid = q_len - q0;
+                const bool full = k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
+                /* Statistics of query q0 + ptid: lse (log2 domain) and delta; +inf / 0 past q_len. */
+                float lse2 = INFINITY, dl = 0.f;
+                RowInfo info{};
+                if (ptid < BM && ptid < n_valid) {
+                    const long at_row = (long)bh * p.T + pol.q_row(bh, q0 + ptid);
+                    lse2 = lse_to_log2(p.lse[at_row]);
+                    dl = p.delta[at_row];
+                    info = pol.q_info(bh, q0 + ptid);
+                }
+                const int s = ring.wait_free(first + i);
+                auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
+                const uint32_t stage = q_addr + s * STAGE_BYTES;
+                producer_copy_rows<BM>(stage, q_base, p.q_stride, n_valid, q_row_of, ptid);
+                producer_copy_rows<BM>(stage + BM * RB, do_base, p.o_stride, n_valid, q_row_of, ptid);
+                if (ptid < BM) {
+                    sLse[s * BM + ptid] = lse2;
+                    sDelta[s * BM + ptid] = dl;
+                    sQinfo[s * BM + ptid] = info;
+                }
+                if (ptid == 0) sMeta[s] = WsTileMeta{q0, full ? 1 : 0};
+                ring.commit(s);
             }
-            const int s = ring.wait_free(i);
-            auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
-            const uint32_t stage = q_addr + s * STAGE_BYTES;
-            producer_copy_rows<BM>(stage, q_base, p.q_stride, n_valid, q_row_of, ptid);
-            producer_copy_rows<BM>(stage + BM * RB, do_base, p.o_stride, n_valid, q_row_of, ptid);
-            if (ptid < BM) {
-                sLse[s * BM + ptid] = lse2;
-                sDelta[s * BM + ptid] = dl;
-                sQinfo[s * BM + ptid] = info;
-            }
-            if (ptid == 0) sMeta[s] = WsTileMeta{q0, full ? 1 : 0};
-            ring.commit(s);
+            first += n_tiles;
         }
         cp_async_wait<0>();
         return;
@@ -152,6 +159,14 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     regs_alloc<Cfg::C_REGS>();
     const int g = lane / 4, tq = lane % 4;
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first key row (in tile) of this warp */
+    const float sl2 = p.scale_log2;
+    const uint32_t kw_addr = k_addr + wg * 64 * RB, vw_addr = v_addr + wg * 64 * RB;
+    int item = 0, first = 0;
+    WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+    const int at = pol.key_work(w, BH, n_kt), bh = at / n_kt, kt = at % n_kt;
+    const int k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
+    if (k0 >= k_len) continue;
+    const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
     int key_row[2];
     RowInfo kinfo[2];
 #pragma unroll
@@ -162,12 +177,10 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     float dk[32], dv[32];
 #pragma unroll
     for (int j = 0; j < 32; j++) dk[j] = dv[j] = 0.f;
-    const float sl2 = p.scale_log2;
-    const uint32_t kw_addr = k_addr + wg * 64 * RB, vw_addr = v_addr + wg * 64 * RB;
     uint32_t pa[16], da[16]; /* k-block kq (16 queries): registers 4kq .. 4kq+3 */
 
-    if (n_tiles > 0) mbar_wait(kv_bar, 0);
-    for (int i = 0; i < n_tiles; i++) {
+    kv_op.acquire(item++);
+    for (int i = first; i < first + n_tiles; i++) { /* ring item i: the (i - first)-th query tile */
         const int s = ring.acquire(i);
         const WsTileMeta m = sMeta[s];
         const uint32_t qs_addr = q_addr + s * STAGE_BYTES, dos_addr = qs_addr + BM * RB;
@@ -268,11 +281,13 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             }
         }
     }
+    kv_op.release(); /* every product reading K and V has retired */
+    store_dkdv_sm90(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);
+    first += n_tiles;
+    }
     if constexpr (Cfg::FUSED_DQ) {
         if (tid % 128 == 0) bulk_wait_read<0>(); /* shared memory stays until read */
     }
-
-    store_dkdv_sm90(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);
 #else
     __trap(); /* built without sm_90a: the host never launches this kernel then */
 #endif
@@ -284,10 +299,10 @@ template <int NWG_, int STAGES_ = 3> struct Sm90DqWsTiles : WsShape<NWG_, 1> {
     /* Q, dO, the (K, V) stages, the keys' mask info per stage (<= 8 bytes each), WsTileMeta
      * per stage, mbarriers (Q/dO, full, empty), alignment. */
     static constexpr int SMEM_BYTES = (2 * BM * D + STAGES * 2 * BN * D) * 2 + STAGES * BN * 8 +
-                                      STAGES * (int)sizeof(WsTileMeta) + (1 + 2 * STAGES) * 8 + 1024;
+                                      STAGES * (int)sizeof(WsTileMeta) + (2 + 2 * STAGES) * 8 + 1024;
 };
 
-template <class Cfg, class Policy>
+template <class Cfg, class Policy, bool PERSISTENT>
 __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(FlashParams p, Policy pol) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, ST = Cfg::STAGES, RB = Cfg::ROW_BYTES;
@@ -304,46 +319,58 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
     static_assert(sizeof(RowInfo) <= 8, "SMEM_BYTES reserves 8 bytes of mask info per key");
     WsTileMeta *sMeta = reinterpret_cast<WsTileMeta *>(reinterpret_cast<unsigned char *>(sKinfo) + ST * BN * 8);
     const uint32_t q_addr = smem_addr(sQ), do_addr = smem_addr(sdO), k_addr = smem_addr(sK);
-    const uint32_t q_bar = smem_addr(sMeta + ST);
-    const StageRing<ST> ring{q_bar + 8u};
+    const ItemOperand q_op{smem_addr(sMeta + ST)};
+    const StageRing<ST> ring{q_op.bar + 16u};
 
-    const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
-    const int qt = gridDim.y - 1 - blockIdx.y;
-    const int q_len = pol.q_len(bh), k_len = pol.k_len(bh);
-    const int q0 = qt * BM;
-    if (q0 >= q_len) return;
+    const int BH = p.B * p.H, n_qt = (p.T + BM - 1) / BM, n_work = BH * n_qt;
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
-    const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
 
-    ws_setup(ring, q_bar, Cfg::CONSUMERS);
+    ws_setup(ring, q_op, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
         regs_dealloc<Cfg::P_REGS>();
         const int ptid = tid - Cfg::CONSUMERS;
-        auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
-        producer_copy_rows<BM>(q_addr, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride, q_len - q0, q_row_of,
-                               ptid);
-        producer_copy_rows<BM>(do_addr, head_base(p.dout, p.o_stride, b, p.T, h, D), p.o_stride, q_len - q0,
-                               q_row_of, ptid);
-        mbar_arrive_cp_async(q_bar);
-        produce_key_tiles<BM, BN, ST>(ring, p, pol, bh, qt, n_tiles, k_addr, sKinfo, sMeta, ptid);
+        int item = 0, first = 0; /* the CTA's items so far, ring items so far */
+        WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+            const int at = pol.query_work(w, BH, n_qt), bh = at / n_qt, qt = at % n_qt;
+            const int q0 = qt * BM, q_len = pol.q_len(bh);
+            if (q0 >= q_len) continue;
+            const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
+            auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
+            q_op.wait_free(item++);
+            producer_copy_rows<BM>(q_addr, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride, q_len - q0,
+                                   q_row_of, ptid);
+            producer_copy_rows<BM>(do_addr, head_base(p.dout, p.o_stride, b, p.T, h, D), p.o_stride, q_len - q0,
+                                   q_row_of, ptid);
+            q_op.commit();
+            produce_key_tiles<BM, BN, ST>(ring, p, pol, bh, qt, n_tiles, first, k_addr, sKinfo, sMeta, ptid);
+            first += n_tiles;
+        }
+        cp_async_wait<0>(); /* nothing in flight when the CTA's shared memory goes away */
         return;
     }
 
     regs_alloc<Cfg::C_REGS>();
     const int g = lane / 4, tq = lane % 4;
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16;
+    const float sl2 = p.scale_log2;
+    int item = 0, first = 0;
+    WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+    const int at = pol.query_work(w, BH, n_qt), bh = at / n_qt, qt = at % n_qt;
+    const int q0 = qt * BM, q_len = pol.q_len(bh);
+    if (q0 >= q_len) continue;
+    const int b = bh / p.H, h = bh % p.H, k_len = pol.k_len(bh);
+    const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
     RowInfo qinfo[2];
     float lse2[2], delta[2];
     load_query_stats_sm90(p, pol, bh, q0 + warp_row + g, q_len, qinfo, lse2, delta);
     float dq[32];
 #pragma unroll
     for (int j = 0; j < 32; j++) dq[j] = 0.f;
-    const float sl2 = p.scale_log2;
     uint32_t da[16];
 
-    if (n_tiles > 0) mbar_wait(q_bar, 0);
-    for (int i = 0; i < n_tiles; i++) {
+    q_op.acquire(item++);
+    for (int i = first; i < first + n_tiles; i++) { /* ring item i: the (i - first)-th key tile */
         const int s = ring.acquire(i);
         const WsTileMeta m = sMeta[s];
         const RowInfo *tKinfo = sKinfo + s * BN;
@@ -395,8 +422,10 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
         fence_regs_u32(da);
         ring.release(i);
     }
-
+    q_op.release(); /* every product reading Q and dO has retired */
     store_dq_sm90(p, pol, bh, b, h, q0 + warp_row + g, q_len, dq, tq);
+    first += n_tiles;
+    }
 #else
     __trap();
 #endif

@@ -37,6 +37,7 @@ template <int NWG, int MIN_BLOCKS> struct WsShape {
     static constexpr int P_REGS = LAUNCH_REGS >= 160 ? 56 : 24;
     static constexpr int C_REGS_FIT = (LAUNCH_REGS * THREADS - 128 * P_REGS) / CONSUMERS / 8 * 8;
     static constexpr int C_REGS = C_REGS_FIT > 240 ? 240 : C_REGS_FIT;
+    static constexpr bool PINGPONG = false; /* the forward may turn it on (not persistent then) */
 };
 
 /* Where a stage's tile starts and whether it needs the per-element mask. */
@@ -78,17 +79,51 @@ template <int ST> struct StageRing {
     __device__ __forceinline__ void release(int i) const { sm90::mbar_arrive(empty(i % ST)); }
 };
 
-/* The set-up of every warp-specialised kernel: thread 0 initialises the one-off barrier of
- * the producer's first loads (128 cp.async arrivals) and the ring; then the CTA's last
- * __syncthreads: from here on only the mbarriers. */
+/* The operand a CTA loads once per work item and keeps for all of the item's ring items (Q for
+ * the forward, Q and dO for dQ, K and V for dK/dV). A persistent CTA reuses its buffer for
+ * the next item: full completes its j-th phase when the producer's 128 cp.async arrivals of
+ * the CTA's j-th item have landed, empty when every consumer thread has retired the products
+ * reading it. Both sides visit the same items, so the phases stay in step. */
+struct ItemOperand {
+    uint32_t bar; /* full, then empty */
+
+    __device__ __forceinline__ uint32_t full() const { return bar; }
+    __device__ __forceinline__ uint32_t empty() const { return bar + 8u; }
+    __device__ __forceinline__ void init(int consumers) const {
+        sm90::mbar_init(full(), 128);
+        sm90::mbar_init(empty(), consumers);
+    }
+    /* Producer, before loading the operand of the CTA's j-th item. */
+    __device__ __forceinline__ void wait_free(int j) const {
+        if (j > 0) sm90::mbar_wait(empty(), (j - 1) & 1);
+    }
+    /* Producer, after issuing its copies. */
+    __device__ __forceinline__ void commit() const { sm90::mbar_arrive_cp_async(full()); }
+    /* Consumer: every item, even one without ring items, so that the phases stay in step. */
+    __device__ __forceinline__ void acquire(int j) const {
+        sm90::mbar_wait(full(), j & 1);
+        sm90::fence_proxy_async();
+    }
+    __device__ __forceinline__ void release() const { sm90::mbar_arrive(empty()); }
+};
+
+/* The set-up of every warp-specialised kernel: thread 0 initialises the item operand's
+ * barriers and the ring; then the CTA's last __syncthreads: from here on only the mbarriers. */
 template <int ST>
-__device__ __forceinline__ void ws_setup(const StageRing<ST> &ring, uint32_t first_load_bar, int consumers) {
+__device__ __forceinline__ void ws_setup(const StageRing<ST> &ring, const ItemOperand &op, int consumers) {
     if (threadIdx.x == 0) {
-        sm90::mbar_init(first_load_bar, 128);
+        op.init(consumers);
         ring.init(consumers);
     }
     __syncthreads();
 }
+
+/* The work items of a CTA: items blockIdx.x, + gridDim.x, ... of n_work when PERSISTENT (as
+ * many CTAs as fit at once, each walking its items with the next item's loads in flight under
+ * the current one's products); otherwise item blockIdx.x alone, and the compiler sees one
+ * pass (no loop state kept in registers). */
+#define WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) \
+    for (int w = blockIdx.x; w < (n_work); w = (PERSISTENT) ? w + (int)gridDim.x : (n_work))
 
 /* Copies ROWS rows of 64 bf16 into a swizzled tile by the producer warpgroup (ptid 0..127):
  * chunk id = j * 128 + ptid, so one warp instruction reads 4 whole rows. Rows are looked up all
@@ -113,11 +148,12 @@ __device__ __forceinline__ void producer_copy_rows(uint32_t tile_addr, const bf1
 }
 
 /* The producer loop of the kernels that stream key tiles (forward, dQ): for each live key
- * tile of query tile qt, K and V rows into the stage (BN rows each, V right after K), the keys'
- * mask info and the tile's WsTileMeta. */
+ * tile of query tile qt, K and V rows into the stage of ring item first + i (BN rows each, V
+ * right after K), the keys' mask info and the tile's WsTileMeta. The caller waits for its
+ * copies (cp_async_wait) before the CTA ends. */
 template <int BM, int BN, int ST, class Policy>
 __device__ __forceinline__ void produce_key_tiles(const StageRing<ST> &ring, const FlashParams &p, const Policy &pol,
-                                                  int bh, int qt, int n_tiles, uint32_t kv_addr,
+                                                  int bh, int qt, int n_tiles, int first, uint32_t kv_addr,
                                                   typename Policy::RowInfo *sKinfo, WsTileMeta *sMeta, int ptid) {
     typedef typename Policy::RowInfo RowInfo;
     constexpr int D = 64, STAGE_BYTES = 2 * BN * D * 2;
@@ -128,7 +164,7 @@ __device__ __forceinline__ void produce_key_tiles(const StageRing<ST> &ring, con
         const int kt = pol.key_tile(bh, qt, i, BM, BN), k0 = kt * BN, n_valid = k_len - k0;
         const RowInfo info = ptid < BN && ptid < n_valid ? pol.k_info(bh, k0 + ptid) : RowInfo{};
         const bool full = k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
-        const int s = ring.wait_free(i);
+        const int s = ring.wait_free(first + i);
         const uint32_t stage = kv_addr + s * STAGE_BYTES;
         auto k_row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
         producer_copy_rows<BN>(stage, k_base, p.k_stride, n_valid, k_row_of, ptid);
@@ -137,7 +173,6 @@ __device__ __forceinline__ void produce_key_tiles(const StageRing<ST> &ring, con
         if (ptid == 0) sMeta[s] = WsTileMeta{k0, full ? 1 : 0};
         ring.commit(s);
     }
-    cp_async_wait<0>(); /* nothing in flight when the CTA's shared memory goes away */
 }
 
 } // namespace flash
