@@ -40,11 +40,13 @@ template <int NWG_, int STAGES_ = 2, bool FUSED_DQ_ = false> struct Sm90BwdWsTil
     static constexpr int ROW_BYTES = 128;
     /* fused dQ: dS^T [2][BN][BM] bf16 and the staging blocks [2 warpgroups][2][BM][32] fp32 */
     static constexpr int DQ_BYTES = FUSED_DQ_ ? 2 * BN * BM * 2 + 2 * 2 * BM * 32 * 4 : 0;
-    /* K, V, the stages (Q and dO), the fused dQ buffers, lse and delta [STAGES][BM], the
-     * queries' mask info [STAGES][BM] (<= 8 bytes each), WsTileMeta per stage, mbarriers (K/V,
-     * full, empty). */
-    static constexpr int SMEM_BYTES = (2 * BN * D + STAGES * 2 * BM * D) * 2 + DQ_BYTES + STAGES * BM * (4 + 4 + 8) +
-                                      STAGES * (int)sizeof(WsTileMeta) + (2 + 2 * STAGES) * 8 + 1024;
+    /* K and V (a persistent launch adds ITEM_BYTES for a second pair), the stages (Q and dO),
+     * the fused dQ buffers, lse and delta [STAGES][BM], the queries' mask info [STAGES][BM]
+     * (<= 8 bytes each), WsTileMeta per stage, mbarriers (K/V full and empty, two of each,
+     * full[STAGES], empty[STAGES]). */
+    static constexpr int ITEM_BYTES = 2 * BN * D * 2;
+    static constexpr int SMEM_BYTES = ITEM_BYTES + STAGES * 2 * BM * D * 2 + DQ_BYTES + STAGES * BM * (4 + 4 + 8) +
+                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 1024;
 };
 
 /* Index of element (bh, work row r, column c) in the fused backward's dQ accumulator:
@@ -85,11 +87,11 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     typedef typename Policy::RowInfo RowInfo;
     using namespace sm90;
 
+    constexpr int NBUF = PERSISTENT ? 2 : 1, KVB = Cfg::ITEM_BYTES;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw_addr = smem_addr(smem_raw);
-    bf16 *sK = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023));
-    bf16 *sV = sK + BN * D;
-    bf16 *sQ = sV + BN * D; /* stage s: Q at sQ + s*2*BM*D, dO BM*D further */
+    bf16 *sK = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023)); /* [NBUF][K, V] */
+    bf16 *sQ = sK + NBUF * 2 * BN * D; /* stage s: Q at sQ + s*2*BM*D, dO BM*D further */
     bf16 *sDS = sQ + ST * 2 * BM * D; /* fused dQ: [2][BN][BM], then the staging blocks */
     float *sDqStage = reinterpret_cast<float *>(sDS + (Cfg::FUSED_DQ ? 2 * BN * BM : 0)); /* [2 wg][2][BM][32] */
     float *sLse = reinterpret_cast<float *>(reinterpret_cast<unsigned char *>(sQ + ST * 2 * BM * D) +
@@ -98,9 +100,9 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     RowInfo *sQinfo = reinterpret_cast<RowInfo *>(sDelta + ST * BM); /* [ST][BM] */
     static_assert(sizeof(RowInfo) <= 8, "SMEM_BYTES reserves 8 bytes of mask info per query");
     WsTileMeta *sMeta = reinterpret_cast<WsTileMeta *>(reinterpret_cast<unsigned char *>(sQinfo) + ST * BM * 8);
-    const uint32_t k_addr = smem_addr(sK), v_addr = smem_addr(sV), q_addr = smem_addr(sQ);
-    const ItemOperand kv_op{smem_addr(sMeta + ST)};
-    const StageRing<ST> ring{kv_op.bar + 16u};
+    const uint32_t kv_addr = smem_addr(sK), q_addr = smem_addr(sQ); /* buffer b: K at kv_addr + b * KVB, V after */
+    const ItemOperand<NBUF> kv_op{smem_addr(sMeta + ST)};
+    const StageRing<ST> ring{kv_op.bar + 16u * NBUF};
 
     const int BH = p.B * p.H, n_kt = (p.T + BN - 1) / BN, n_work = BH * n_kt;
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
@@ -108,21 +110,21 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     ws_setup(ring, kv_op, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
-        regs_dealloc<Cfg::P_REGS>();
+        regs_dealloc<PERSISTENT ? Cfg::P_REGS_PERSISTENT : Cfg::P_REGS>();
         const int ptid = tid - Cfg::CONSUMERS;
         int item = 0, first = 0; /* the CTA's items so far, ring items so far */
         WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
-            const int at = pol.key_work(w, BH, n_kt), bh = at / n_kt, kt = at % n_kt;
-            const int k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
+            int bh;
+            const int kt = ws_key_tile(w, BH, bh), k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
             if (k0 >= k_len) continue;
             const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
             auto k_row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
-            kv_op.wait_free(item++);
+            const uint32_t k_addr = kv_addr + kv_op.wait_free(item) * KVB;
             producer_copy_rows<BN>(k_addr, head_base(p.k, p.k_stride, b, p.T, h, D), p.k_stride, k_len - k0,
                                    k_row_of, ptid);
-            producer_copy_rows<BN>(v_addr, head_base(p.v, p.v_stride, b, p.T, h, D), p.v_stride, k_len - k0,
-                                   k_row_of, ptid);
-            kv_op.commit();
+            producer_copy_rows<BN>(k_addr + BN * RB, head_base(p.v, p.v_stride, b, p.T, h, D), p.v_stride,
+                                   k_len - k0, k_row_of, ptid);
+            kv_op.commit(item++);
             const bf16 *q_base = head_base(p.q, p.q_stride, b, p.T, h, D);
             const bf16 *do_base = head_base(p.dout, p.o_stride, b, p.T, h, D);
             for (int i = 0; i < n_tiles; i++) {
@@ -156,16 +158,16 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
         return;
     }
 
-    regs_alloc<Cfg::C_REGS>();
+    regs_alloc<PERSISTENT ? Cfg::C_REGS_PERSISTENT : Cfg::C_REGS>();
     const int g = lane / 4, tq = lane % 4;
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first key row (in tile) of this warp */
     const float sl2 = p.scale_log2;
-    const uint32_t kw_addr = k_addr + wg * 64 * RB, vw_addr = v_addr + wg * 64 * RB;
     int item = 0, first = 0;
     WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
-    const int at = pol.key_work(w, BH, n_kt), bh = at / n_kt, kt = at % n_kt;
-    const int k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
+    int bh;
+    const int kt = ws_key_tile(w, BH, bh), k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
     if (k0 >= k_len) continue;
+    const int my_item = item++;
     const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
     int key_row[2];
     RowInfo kinfo[2];
@@ -179,7 +181,9 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     for (int j = 0; j < 32; j++) dk[j] = dv[j] = 0.f;
     uint32_t pa[16], da[16]; /* k-block kq (16 queries): registers 4kq .. 4kq+3 */
 
-    kv_op.acquire(item++);
+    /* The item's K and V (waits until they are loaded): this warpgroup's 64 key rows. */
+    const uint32_t k_addr = kv_addr + kv_op.acquire(my_item) * KVB;
+    const uint32_t kw_addr = k_addr + wg * 64 * RB, vw_addr = k_addr + BN * RB + wg * 64 * RB;
     for (int i = first; i < first + n_tiles; i++) { /* ring item i: the (i - first)-th query tile */
         const int s = ring.acquire(i);
         const WsTileMeta m = sMeta[s];
@@ -281,7 +285,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             }
         }
     }
-    kv_op.release(); /* every product reading K and V has retired */
+    kv_op.release(my_item); /* every product reading K and V has retired */
     store_dkdv_sm90(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);
     first += n_tiles;
     }
@@ -296,10 +300,12 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
 template <int NWG_, int STAGES_ = 3> struct Sm90DqWsTiles : WsShape<NWG_, 1> {
     static constexpr int D = 64, NWG = NWG_, BM = 64 * NWG_, BN = 64, STAGES = STAGES_, MIN_BLOCKS = 1;
     static constexpr int ROW_BYTES = 128;
-    /* Q, dO, the (K, V) stages, the keys' mask info per stage (<= 8 bytes each), WsTileMeta
-     * per stage, mbarriers (Q/dO, full, empty), alignment. */
-    static constexpr int SMEM_BYTES = (2 * BM * D + STAGES * 2 * BN * D) * 2 + STAGES * BN * 8 +
-                                      STAGES * (int)sizeof(WsTileMeta) + (2 + 2 * STAGES) * 8 + 1024;
+    /* Q and dO (a persistent launch adds ITEM_BYTES for a second pair), the (K, V) stages, the
+     * keys' mask info per stage (<= 8 bytes each), WsTileMeta per stage, mbarriers (Q/dO full
+     * and empty, two of each, full[STAGES], empty[STAGES]), alignment. */
+    static constexpr int ITEM_BYTES = 2 * BM * D * 2;
+    static constexpr int SMEM_BYTES = ITEM_BYTES + STAGES * 2 * BN * D * 2 + STAGES * BN * 8 +
+                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 1024;
 };
 
 template <class Cfg, class Policy, bool PERSISTENT>
@@ -310,17 +316,17 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
     typedef typename Policy::RowInfo RowInfo;
     using namespace sm90;
 
+    constexpr int NBUF = PERSISTENT ? 2 : 1, QB = Cfg::ITEM_BYTES;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw_addr = smem_addr(smem_raw);
-    bf16 *sQ = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023));
-    bf16 *sdO = sQ + BM * D;
-    bf16 *sK = sdO + BM * D; /* stage s: K at sK + s*2*BN*D, V BN*D further */
+    bf16 *sQ = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023)); /* [NBUF][Q, dO] */
+    bf16 *sK = sQ + NBUF * 2 * BM * D; /* stage s: K at sK + s*2*BN*D, V BN*D further */
     RowInfo *sKinfo = reinterpret_cast<RowInfo *>(sK + ST * 2 * BN * D); /* [ST][BN] */
     static_assert(sizeof(RowInfo) <= 8, "SMEM_BYTES reserves 8 bytes of mask info per key");
     WsTileMeta *sMeta = reinterpret_cast<WsTileMeta *>(reinterpret_cast<unsigned char *>(sKinfo) + ST * BN * 8);
-    const uint32_t q_addr = smem_addr(sQ), do_addr = smem_addr(sdO), k_addr = smem_addr(sK);
-    const ItemOperand q_op{smem_addr(sMeta + ST)};
-    const StageRing<ST> ring{q_op.bar + 16u};
+    const uint32_t qdo_addr = smem_addr(sQ), k_addr = smem_addr(sK); /* buffer b: Q at qdo_addr + b * QB, dO after */
+    const ItemOperand<NBUF> q_op{smem_addr(sMeta + ST)};
+    const StageRing<ST> ring{q_op.bar + 16u * NBUF};
 
     const int BH = p.B * p.H, n_qt = (p.T + BM - 1) / BM, n_work = BH * n_qt;
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
@@ -328,21 +334,21 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
     ws_setup(ring, q_op, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
-        regs_dealloc<Cfg::P_REGS>();
+        regs_dealloc<PERSISTENT ? Cfg::P_REGS_PERSISTENT : Cfg::P_REGS>();
         const int ptid = tid - Cfg::CONSUMERS;
         int item = 0, first = 0; /* the CTA's items so far, ring items so far */
         WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
-            const int at = pol.query_work(w, BH, n_qt), bh = at / n_qt, qt = at % n_qt;
-            const int q0 = qt * BM, q_len = pol.q_len(bh);
+            int bh;
+            const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
             if (q0 >= q_len) continue;
             const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
             auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
-            q_op.wait_free(item++);
-            producer_copy_rows<BM>(q_addr, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride, q_len - q0,
-                                   q_row_of, ptid);
-            producer_copy_rows<BM>(do_addr, head_base(p.dout, p.o_stride, b, p.T, h, D), p.o_stride, q_len - q0,
-                                   q_row_of, ptid);
-            q_op.commit();
+            const uint32_t q_addr = qdo_addr + q_op.wait_free(item) * QB;
+            producer_copy_rows<BM>(q_addr, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride, q_len - q0, q_row_of,
+                                   ptid);
+            producer_copy_rows<BM>(q_addr + BM * RB, head_base(p.dout, p.o_stride, b, p.T, h, D), p.o_stride,
+                                   q_len - q0, q_row_of, ptid);
+            q_op.commit(item++);
             produce_key_tiles<BM, BN, ST>(ring, p, pol, bh, qt, n_tiles, first, k_addr, sKinfo, sMeta, ptid);
             first += n_tiles;
         }
@@ -350,17 +356,18 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
         return;
     }
 
-    regs_alloc<Cfg::C_REGS>();
+    regs_alloc<PERSISTENT ? Cfg::C_REGS_PERSISTENT : Cfg::C_REGS>();
     const int g = lane / 4, tq = lane % 4;
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16;
     const float sl2 = p.scale_log2;
     int item = 0, first = 0;
     WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
-    const int at = pol.query_work(w, BH, n_qt), bh = at / n_qt, qt = at % n_qt;
-    const int q0 = qt * BM, q_len = pol.q_len(bh);
+    int bh;
+    const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
     if (q0 >= q_len) continue;
     const int b = bh / p.H, h = bh % p.H, k_len = pol.k_len(bh);
     const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
+    const int my_item = item++;
     RowInfo qinfo[2];
     float lse2[2], delta[2];
     load_query_stats_sm90(p, pol, bh, q0 + warp_row + g, q_len, qinfo, lse2, delta);
@@ -369,7 +376,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
     for (int j = 0; j < 32; j++) dq[j] = 0.f;
     uint32_t da[16];
 
-    q_op.acquire(item++);
+    /* The item's Q and dO (waits until they are loaded): this warpgroup's 64 rows. */
+    const uint32_t q_addr = qdo_addr + q_op.acquire(my_item) * QB + wg * 64 * RB, do_addr = q_addr + BM * RB;
     for (int i = first; i < first + n_tiles; i++) { /* ring item i: the (i - first)-th key tile */
         const int s = ring.acquire(i);
         const WsTileMeta m = sMeta[s];
@@ -380,12 +388,10 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++)
-            wgmma_m64n64k16_ss<0, 0>(sc, desc_sw128(q_addr + wg * 64 * RB + 32 * kk), desc_sw128(ks_addr + 32 * kk),
-                                     kk > 0);
+            wgmma_m64n64k16_ss<0, 0>(sc, desc_sw128(q_addr + 32 * kk), desc_sw128(ks_addr + 32 * kk), kk > 0);
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++)
-            wgmma_m64n64k16_ss<0, 0>(dp, desc_sw128(do_addr + wg * 64 * RB + 32 * kk), desc_sw128(vs_addr + 32 * kk),
-                                     kk > 0);
+            wgmma_m64n64k16_ss<0, 0>(dp, desc_sw128(do_addr + 32 * kk), desc_sw128(vs_addr + 32 * kk), kk > 0);
         wgmma_commit();
         wgmma_wait<0>();
         fence_regs(sc);
@@ -422,7 +428,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
         fence_regs_u32(da);
         ring.release(i);
     }
-    q_op.release(); /* every product reading Q and dO has retired */
+    q_op.release(my_item); /* every product reading Q and dO has retired */
     store_dq_sm90(p, pol, bh, b, h, q0 + warp_row + g, q_len, dq, tq);
     first += n_tiles;
     }

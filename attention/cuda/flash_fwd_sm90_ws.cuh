@@ -21,11 +21,12 @@ template <int NWG_, int BN_, int STAGES_, bool PINGPONG_ = false> struct Sm90Fwd
     static constexpr bool PINGPONG = PINGPONG_ && NWG_ == 2;
     static constexpr int MIN_BLOCKS = 1;
     static constexpr int NT = BN / 8, KN = BN / 16, ND = D / 8, ROW_BYTES = D * 2;
-    /* Q, the K/V stages, the keys' mask info [STAGES][BN] (<= 8 bytes each), the stages'
-     * WsTileMeta, the mbarriers (Q full and empty, full[STAGES], empty[STAGES]), slack to
-     * align to 1024. */
-    static constexpr int SMEM_BYTES = (BM * D + STAGES * 2 * BN * D) * 2 + STAGES * BN * 8 +
-                                      STAGES * (int)sizeof(WsTileMeta) + (2 + 2 * STAGES) * 8 + 1024;
+    /* Q (a persistent launch adds ITEM_BYTES for a second Q), the K/V stages, the keys' mask
+     * info [STAGES][BN] (<= 8 bytes each), the stages' WsTileMeta, the mbarriers (Q full and
+     * empty, two of each, full[STAGES], empty[STAGES]), slack to align to 1024. */
+    static constexpr int ITEM_BYTES = BM * D * 2;
+    static constexpr int SMEM_BYTES = ITEM_BYTES + STAGES * 2 * BN * D * 2 + STAGES * BN * 8 +
+                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 1024;
     static_assert(BN == 64 || BN == 128, "wgmma N of S");
     static_assert(STAGES >= 2, "a ring needs two stages");
 };
@@ -41,16 +42,17 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     using namespace sm90;
     static_assert(!(Cfg::PINGPONG && PERSISTENT), "ping-pong turns are counted for one item a CTA");
 
+    constexpr int NBUF = PERSISTENT ? 2 : 1, QB = Cfg::ITEM_BYTES;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw_addr = smem_addr(smem_raw);
-    bf16 *sQ = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023));
-    bf16 *sKV = sQ + BM * D; /* stage s: K at sKV + s*STAGE_ELEMS, V BN*D further */
+    bf16 *sQ = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023)); /* [NBUF] */
+    bf16 *sKV = sQ + NBUF * BM * D; /* stage s: K at sKV + s*STAGE_ELEMS, V BN*D further */
     RowInfo *sKinfo = reinterpret_cast<RowInfo *>(sKV + ST * STAGE_ELEMS); /* [ST][BN] */
     static_assert(sizeof(RowInfo) <= 8, "SMEM_BYTES reserves 8 bytes of mask info per key");
     WsTileMeta *sMeta = reinterpret_cast<WsTileMeta *>(reinterpret_cast<unsigned char *>(sKinfo) + ST * BN * 8);
     const uint32_t q_addr = smem_addr(sQ), kv_addr = smem_addr(sKV);
-    const ItemOperand q_op{smem_addr(sMeta + ST)};
-    const StageRing<ST> ring{q_op.bar + 16u};
+    const ItemOperand<NBUF> q_op{smem_addr(sMeta + ST)};
+    const StageRing<ST> ring{q_op.bar + 16u * NBUF};
 
     const int BH = p.B * p.H, n_qt = (p.T + BM - 1) / BM, n_work = BH * n_qt;
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
@@ -58,18 +60,18 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     ws_setup(ring, q_op, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
-        regs_dealloc<Cfg::P_REGS>();
+        regs_dealloc<PERSISTENT ? Cfg::P_REGS_PERSISTENT : Cfg::P_REGS>();
         const int ptid = tid - Cfg::CONSUMERS;
         int item = 0, first = 0; /* the CTA's items so far, ring items so far */
         WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
-            const int at = pol.query_work(w, BH, n_qt), bh = at / n_qt, qt = at % n_qt;
-            const int q0 = qt * BM, q_len = pol.q_len(bh);
+            int bh;
+            const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
             if (q0 >= q_len) continue;
             const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
-            q_op.wait_free(item++);
-            producer_copy_rows<BM>(q_addr, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride, q_len - q0,
-                                   [&](int r) { return pol.q_row(bh, q0 + r); }, ptid);
-            q_op.commit();
+            const int qb = q_op.wait_free(item);
+            producer_copy_rows<BM>(q_addr + qb * QB, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride,
+                                   q_len - q0, [&](int r) { return pol.q_row(bh, q0 + r); }, ptid);
+            q_op.commit(item++);
             produce_key_tiles<BM, BN, ST>(ring, p, pol, bh, qt, n_tiles, first, kv_addr, sKinfo, sMeta, ptid);
             first += n_tiles;
         }
@@ -78,16 +80,17 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     }
 
     /* Consumer warpgroup wg: query rows [64 wg, 64 wg + 64) of each tile. */
-    regs_alloc<Cfg::C_REGS>();
+    regs_alloc<PERSISTENT ? Cfg::C_REGS_PERSISTENT : Cfg::C_REGS>();
     const int g = lane / 4, tq = lane % 4;
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first tile row of this warp */
     const float sl2 = p.scale_log2;
     int item = 0, first = 0;
     WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
-    const int at = pol.query_work(w, BH, n_qt), bh = at / n_qt, qt = at % n_qt;
-    const int q0 = qt * BM, q_len = pol.q_len(bh);
+    int bh;
+    const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
     if (q0 >= q_len) continue;
     const int b = bh / p.H, h = bh % p.H, k_len = pol.k_len(bh);
+    const int my_item = item++;
     const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
     bf16 *o_base = head_base(p.out, p.o_stride, b, p.T, h, D);
     RowInfo qinfo[2];
@@ -96,6 +99,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
         const int r = q0 + warp_row + hf * 8 + g;
         qinfo[hf] = r < q_len ? pol.q_info(bh, r) : RowInfo{};
     }
+    /* This warpgroup's 64 rows of the item's Q buffer (waits until it is loaded). */
+    const uint32_t qw_addr = q_addr + q_op.acquire(my_item) * QB + wg * 64 * RB;
     float o[ND * 4];
 #pragma unroll
     for (int j = 0; j < ND * 4; j++) o[j] = 0.f;
@@ -110,7 +115,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
         const uint32_t k_addr = kv_addr + ((first + i) % ST) * STAGE_BYTES;
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++)
-            wgmma_s_tile<BN>(s, desc_sw128(q_addr + wg * 64 * RB + 32 * kk), desc_sw128(k_addr + 32 * kk), kk > 0);
+            wgmma_s_tile<BN>(s, desc_sw128(qw_addr + 32 * kk), desc_sw128(k_addr + 32 * kk), kk > 0);
         wgmma_commit();
     };
     auto issue_pv = [&](int i) { /* O += p_cur V_i */
@@ -137,7 +142,6 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     };
     if (PP && wg == 1 && n_tiles > 0) pass_turn();
 
-    q_op.acquire(item++);
     if (n_tiles > 0) {
         const WsTileMeta m = acquire(0);
         take_turn();
@@ -169,7 +173,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
 #pragma unroll
             for (int e = 0; e < 4; e++) o[4 * nd + e] *= alpha[e >> 1];
     }
-    q_op.release(); /* every S product has retired: the producer may load the next item's Q */
+    q_op.release(my_item); /* every S product has retired */
     if (n_tiles > 0) {
 #pragma unroll
         for (int j = 0; j < KN * 4; j++) p_cur[j] = p_next[j];

@@ -38,7 +38,9 @@ cudaError_t launch_tiled(const FlashParams &p, const Policy &pol, int rows, int 
  * most that many (tests use few, so that every CTA takes several items); 0: one an item. */
 template <class Cfg, class Policy, bool PERSISTENT, void (*KERNEL)(FlashParams, Policy)>
 cudaError_t launch_ws(const FlashParams &p, const Policy &pol, int tile, int ctas, cudaStream_t s) {
-    static cudaError_t attr = allow_smem(KERNEL, Cfg::SMEM_BYTES);
+    /* a persistent kernel double-buffers its per-item operand */
+    constexpr int SMEM = Cfg::SMEM_BYTES + (PERSISTENT ? Cfg::ITEM_BYTES : 0);
+    static cudaError_t attr = allow_smem(KERNEL, SMEM);
     if (attr != cudaSuccess) return attr;
     const long n_work = (long)p.B * p.H * ((p.T + tile - 1) / tile);
     long grid = n_work;
@@ -50,7 +52,7 @@ cudaError_t launch_ws(const FlashParams &p, const Policy &pol, int tile, int cta
         if (dev < 0 || dev >= 64) return cudaErrorInvalidDevice;
         if (!resident[dev]) {
             int per_sm = 0, sms = 0;
-            err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, KERNEL, Cfg::THREADS, Cfg::SMEM_BYTES);
+            err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, KERNEL, Cfg::THREADS, SMEM);
             if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
             if (err != cudaSuccess) return err;
             if (per_sm < 1) return cudaErrorInvalidConfiguration; /* the kernel cannot run here */
@@ -60,7 +62,7 @@ cudaError_t launch_ws(const FlashParams &p, const Policy &pol, int tile, int cta
         if (ctas > 0 && grid > ctas) grid = ctas;
     }
     if (grid == 0) return cudaSuccess;
-    KERNEL<<<(unsigned)grid, Cfg::THREADS, Cfg::SMEM_BYTES, s>>>(p, pol);
+    KERNEL<<<(unsigned)grid, Cfg::THREADS, SMEM, s>>>(p, pol);
     return cudaGetLastError();
 }
 

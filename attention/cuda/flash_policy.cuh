@@ -12,9 +12,6 @@
  *   num_query_tiles / query_tile the live query tiles of a key tile (dK, dV: the transpose)
  *   tile_full(qt, kt)            every pair of in-range rows of the tile is allowed, so the
  *                                kernel may skip the per-element mask
- *   query_work / key_work        the order in which a grid takes the tiles of one side: work
- *                                item w -> bh * n_tiles + tile, longest work first, so that the
- *                                grid's tail (or a persistent CTA's last items) are short ones
  * Kernels mask rows past q_len / k_len themselves, so tile_full may ignore the ends.
  * Tile sizes are arguments because the forward and backward kernels tile differently.
  *
@@ -64,15 +61,6 @@ struct DenseCausalPolicy {
     }
     __device__ __forceinline__ int query_tile(int, int kt, int i, int BM, int BN) const {
         return first_query_tile(kt, BM, BN) + i;
-    }
-
-    /* Causal: the last query tiles see the most keys, the first key tiles the most queries;
-     * heads innermost. */
-    __device__ __forceinline__ int query_work(int w, int BH, int n_tiles) const {
-        return (w % BH) * n_tiles + n_tiles - 1 - w / BH;
-    }
-    __device__ __forceinline__ int key_work(int w, int BH, int n_tiles) const {
-        return (w % BH) * n_tiles + w / BH;
     }
 
     /* Full when the tile's last key lies at or before the tile's first query (minus self). */

@@ -37,6 +37,12 @@ template <int NWG, int MIN_BLOCKS> struct WsShape {
     static constexpr int P_REGS = LAUNCH_REGS >= 160 ? 56 : 24;
     static constexpr int C_REGS_FIT = (LAUNCH_REGS * THREADS - 128 * P_REGS) / CONSUMERS / 8 * 8;
     static constexpr int C_REGS = C_REGS_FIT > 240 ? 240 : C_REGS_FIT;
+    /* A persistent producer carries its walk over the items besides the tile loop: at 56
+     * registers ptxas spilled 4 to 24 bytes; at 80 nothing spills on either side. */
+    static constexpr int P_REGS_PERSISTENT = LAUNCH_REGS >= 160 ? 80 : 24;
+    static constexpr int C_REGS_PERSISTENT_FIT =
+        (LAUNCH_REGS * THREADS - 128 * P_REGS_PERSISTENT) / CONSUMERS / 8 * 8;
+    static constexpr int C_REGS_PERSISTENT = C_REGS_PERSISTENT_FIT > 240 ? 240 : C_REGS_PERSISTENT_FIT;
     static constexpr bool PINGPONG = false; /* the forward may turn it on (not persistent then) */
 };
 
@@ -80,37 +86,58 @@ template <int ST> struct StageRing {
 };
 
 /* The operand a CTA loads once per work item and keeps for all of the item's ring items (Q for
- * the forward, Q and dO for dQ, K and V for dK/dV). A persistent CTA reuses its buffer for
- * the next item: full completes its j-th phase when the producer's 128 cp.async arrivals of
- * the CTA's j-th item have landed, empty when every consumer thread has retired the products
- * reading it. Both sides visit the same items, so the phases stay in step. */
-struct ItemOperand {
-    uint32_t bar; /* full, then empty */
+ * the forward, Q and dO for dQ, K and V for dK/dV), in NBUF buffers: item j of the CTA in
+ * buffer j % NBUF. A persistent CTA has two, so that the producer loads the next item's
+ * operand while the consumers still work on the current one. full[b] completes a phase when
+ * the producer's 128 cp.async arrivals have landed, empty[b] when every consumer thread has
+ * retired the products reading it. Both sides visit the same items, so the phases stay in
+ * step. */
+template <int NBUF> struct ItemOperand {
+    uint32_t bar; /* full[NBUF], then empty[NBUF] */
 
-    __device__ __forceinline__ uint32_t full() const { return bar; }
-    __device__ __forceinline__ uint32_t empty() const { return bar + 8u; }
+    __device__ __forceinline__ uint32_t full(int b) const { return bar + 8u * b; }
+    __device__ __forceinline__ uint32_t empty(int b) const { return bar + 8u * (NBUF + b); }
     __device__ __forceinline__ void init(int consumers) const {
-        sm90::mbar_init(full(), 128);
-        sm90::mbar_init(empty(), consumers);
+        for (int b = 0; b < NBUF; b++) {
+            sm90::mbar_init(full(b), 128);
+            sm90::mbar_init(empty(b), consumers);
+        }
     }
-    /* Producer, before loading the operand of the CTA's j-th item. */
-    __device__ __forceinline__ void wait_free(int j) const {
-        if (j > 0) sm90::mbar_wait(empty(), (j - 1) & 1);
+    /* Producer, before loading the operand of the CTA's j-th item; returns its buffer. */
+    __device__ __forceinline__ int wait_free(int j) const {
+        if (j >= NBUF) sm90::mbar_wait(empty(j % NBUF), (j / NBUF - 1) & 1);
+        return j % NBUF;
     }
     /* Producer, after issuing its copies. */
-    __device__ __forceinline__ void commit() const { sm90::mbar_arrive_cp_async(full()); }
-    /* Consumer: every item, even one without ring items, so that the phases stay in step. */
-    __device__ __forceinline__ void acquire(int j) const {
-        sm90::mbar_wait(full(), j & 1);
+    __device__ __forceinline__ void commit(int j) const { sm90::mbar_arrive_cp_async(full(j % NBUF)); }
+    /* Consumer: every item, even one without ring items, so that the phases stay in step;
+     * returns the buffer. */
+    __device__ __forceinline__ int acquire(int j) const {
+        sm90::mbar_wait(full(j % NBUF), (j / NBUF) & 1);
         sm90::fence_proxy_async();
+        return j % NBUF;
     }
-    __device__ __forceinline__ void release() const { sm90::mbar_arrive(empty()); }
+    __device__ __forceinline__ void release(int j) const { sm90::mbar_arrive(empty(j % NBUF)); }
 };
+
+/* Work item w of n_work = BH * n_tiles: heads innermost, query tiles from the last (causal:
+ * the longest lists), key tiles from the first. CTAs running at once then hold nearby tiles
+ * of every head (in the sparse modes, tiles of the same buckets), whose K/V gathers share L2:
+ * ordering every tile by list length instead made the hash forward 1.6x slower (H100,
+ * session 8, attention/cuda/NOTES.md). */
+__device__ __forceinline__ int ws_query_tile(int w, int BH, int n_tiles, int &bh) {
+    bh = w % BH;
+    return n_tiles - 1 - w / BH;
+}
+__device__ __forceinline__ int ws_key_tile(int w, int BH, int &bh) {
+    bh = w % BH;
+    return w / BH;
+}
 
 /* The set-up of every warp-specialised kernel: thread 0 initialises the item operand's
  * barriers and the ring; then the CTA's last __syncthreads: from here on only the mbarriers. */
-template <int ST>
-__device__ __forceinline__ void ws_setup(const StageRing<ST> &ring, const ItemOperand &op, int consumers) {
+template <int ST, int NBUF>
+__device__ __forceinline__ void ws_setup(const StageRing<ST> &ring, const ItemOperand<NBUF> &op, int consumers) {
     if (threadIdx.x == 0) {
         op.init(consumers);
         ring.init(consumers);

@@ -7,7 +7,6 @@
  *   allowed         same group and causal on original positions (qk: group is always 0 on work
  *                   rows, so only positions matter)
  *   key / query tile lists and tile_full   from the plan's exact lists and tile summaries.
- *   query_work / key_work   the lists' tile orders (most live tiles first).
  * The lists are built for one tile shape: the kernel's BM and BN must equal the block_m and
  * block_n the attn_tiles_cuda_t was built with (the arguments are accepted for the interface).
  * Rows of qk_sparse past q_len are dropped queries: their outputs are zero and no kernel over
@@ -26,7 +25,6 @@ struct PlanPolicy {
     const int32_t *group_start_q, *group_start_k;
     const attn_tile_info_t *info_q, *info_k;
     const int32_t *n_key_tiles, *key_tiles, *n_query_tiles, *query_tiles;
-    const int32_t *q_tile_order, *k_tile_order;
     int T, n_groups, n_work_groups, n_q_tiles, n_k_tiles, exclude_self;
 
     struct RowInfo {
@@ -67,8 +65,6 @@ struct PlanPolicy {
     __device__ __forceinline__ int query_tile(int bh, int kt, int i, int, int) const {
         return query_tiles[((long)bh * n_k_tiles + kt) * n_q_tiles + i];
     }
-    __device__ __forceinline__ int query_work(int w, int, int) const { return q_tile_order[w]; }
-    __device__ __forceinline__ int key_work(int w, int, int) const { return k_tile_order[w]; }
     __device__ __forceinline__ bool tile_full(int bh, int qt, int kt, int, int) const {
         return attn_tile_pair_full(info_q[(long)bh * n_q_tiles + qt],
                                    info_k[(long)bh * n_k_tiles + kt], exclude_self);
@@ -92,8 +88,6 @@ inline PlanPolicy make_plan_policy(const attn_row_order_t &rows, const attn_tile
     p.key_tiles = lists.key_tiles;
     p.n_query_tiles = lists.n_query_tiles;
     p.query_tiles = lists.query_tiles;
-    p.q_tile_order = lists.q_tile_order;
-    p.k_tile_order = lists.k_tile_order;
     p.T = rows.T;
     p.n_groups = rows.n_groups;
     p.n_work_groups = rows.n_work_groups;

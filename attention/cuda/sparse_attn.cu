@@ -110,10 +110,12 @@ extern "C" const char *sparse_attn_path(int D) { return use_sm90(D) ? "sm90 wgmm
 extern "C" void sparse_attn_set_persistent(int ctas) { persistent_ctas = ctas; }
 
 extern "C" int sparse_attn_backward_split(int D, int deterministic) {
-    /* Measured (test_sparse_attn --time, H100): with the dQ pass at 2 CTAs/SM the split is the
-     * faster on Hopper (hash nb=16 2.25 vs 2.36 ms, qk 0.5 5.11 vs 5.90); the portable path's
-     * split is slower (3.45 vs 2.89). */
-    return deterministic || use_sm90(D);
+    /* Measured (test_sparse_attn --time, H100, session 8): on Hopper the fused backward (dQ
+     * from dS in shared memory, bulk reductions) beats the split, hash nb=16 2.01 vs 2.15 ms,
+     * and needs no dQ tile lists; on the portable path atomic dQ beats the split (2.92 vs
+     * 3.48). So the split only when asked to be deterministic. */
+    (void)D;
+    return deterministic;
 }
 
 extern "C" void sparse_attn_tile_shape(sparse_attn_pass_t pass, int D, int *block_m, int *block_n) {

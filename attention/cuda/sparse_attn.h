@@ -56,9 +56,8 @@ const char *sparse_attn_path(int D);
 void sparse_attn_set_persistent(int ctas);
 
 /* Whether sparse_attn_backward should be given dQ tile lists (the split dQ pass, no atomics) for
- * head dim D on the path in force: when deterministic, and always on Hopper, where the split is
- * the faster; the portable path otherwise adds dQ with atomics in the dK/dV pass (faster there;
- * H100 measurements in attention/cuda/NOTES.md). */
+ * head dim D on the path in force: only when deterministic; otherwise dQ is added in fp32 by
+ * the dK/dV pass, the faster on both paths (H100 measurements in attention/cuda/NOTES.md). */
 int sparse_attn_backward_split(int D, int deterministic);
 
 /* out [B][T][H][D] (o_stride), lse [B][H][T]. fwd_tiles: SPARSE_ATTN_PASS_FORWARD shape. */
