@@ -164,130 +164,131 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     const float sl2 = p.scale_log2;
     int item = 0, first = 0;
     WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
-    int bh;
-    const int kt = ws_key_tile(w, BH, bh), k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
-    if (k0 >= k_len) continue;
-    const int my_item = item++;
-    const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
-    int key_row[2];
-    RowInfo kinfo[2];
+        int bh;
+        const int kt = ws_key_tile(w, BH, bh), k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
+        if (k0 >= k_len) continue;
+        const int my_item = item++;
+        const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
+        int key_row[2];
+        RowInfo kinfo[2];
 #pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        key_row[hf] = k0 + warp_row + hf * 8 + g;
-        kinfo[hf] = key_row[hf] < k_len ? pol.k_info(bh, key_row[hf]) : RowInfo{};
-    }
-    float dk[32], dv[32];
+        for (int hf = 0; hf < 2; hf++) {
+            key_row[hf] = k0 + warp_row + hf * 8 + g;
+            kinfo[hf] = key_row[hf] < k_len ? pol.k_info(bh, key_row[hf]) : RowInfo{};
+        }
+        float dk[32], dv[32];
 #pragma unroll
-    for (int j = 0; j < 32; j++) dk[j] = dv[j] = 0.f;
-    uint32_t pa[16], da[16]; /* k-block kq (16 queries): registers 4kq .. 4kq+3 */
+        for (int j = 0; j < 32; j++) dk[j] = dv[j] = 0.f;
+        uint32_t pa[16], da[16]; /* k-block kq (16 queries): registers 4kq .. 4kq+3 */
 
-    /* The item's K and V (waits until they are loaded): this warpgroup's 64 key rows. */
-    const uint32_t k_addr = kv_addr + kv_op.acquire(my_item) * KVB;
-    const uint32_t kw_addr = k_addr + wg * 64 * RB, vw_addr = k_addr + BN * RB + wg * 64 * RB;
-    for (int i = first; i < first + n_tiles; i++) { /* ring item i: the (i - first)-th query tile */
-        const int s = ring.acquire(i);
-        const WsTileMeta m = sMeta[s];
-        const uint32_t qs_addr = q_addr + s * STAGE_BYTES, dos_addr = qs_addr + BM * RB;
-        const float *tLse = sLse + s * BM, *tDelta = sDelta + s * BM;
-        const RowInfo *tQinfo = sQinfo + s * BM;
+        /* The item's K and V (waits until they are loaded): this warpgroup's 64 key rows. */
+        const uint32_t k_addr = kv_addr + kv_op.acquire(my_item) * KVB;
+        const uint32_t kw_addr = k_addr + wg * 64 * RB, vw_addr = k_addr + BN * RB + wg * 64 * RB;
+        for (int i = first; i < first + n_tiles; i++) { /* ring item i: the (i - first)-th query tile */
+            const int s = ring.acquire(i);
+            const WsTileMeta m = sMeta[s];
+            const uint32_t qs_addr = q_addr + s * STAGE_BYTES, dos_addr = qs_addr + BM * RB;
+            const float *tLse = sLse + s * BM, *tDelta = sDelta + s * BM;
+            const RowInfo *tQinfo = sQinfo + s * BM;
 
-        float st[32], dpt[32];
-        wgmma_fence();
+            float st[32], dpt[32];
+            wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            wgmma_m64n64k16_ss<0, 0>(st, desc_sw128(kw_addr + 32 * kk), desc_sw128(qs_addr + 32 * kk), kk > 0);
+            for (int kk = 0; kk < D / 16; kk++)
+                wgmma_m64n64k16_ss<0, 0>(st, desc_sw128(kw_addr + 32 * kk), desc_sw128(qs_addr + 32 * kk), kk > 0);
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            wgmma_m64n64k16_ss<0, 0>(dpt, desc_sw128(vw_addr + 32 * kk), desc_sw128(dos_addr + 32 * kk), kk > 0);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(st);
-        fence_regs(dpt);
+            for (int kk = 0; kk < D / 16; kk++)
+                wgmma_m64n64k16_ss<0, 0>(dpt, desc_sw128(vw_addr + 32 * kk), desc_sw128(dos_addr + 32 * kk), kk > 0);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_regs(st);
+            fence_regs(dpt);
 
-        const bool masked = !m.full;
+            const bool masked = !m.full;
 #pragma unroll
-        for (int nq = 0; nq < NQ; nq++)
+            for (int nq = 0; nq < NQ; nq++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
-                float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[col]));
-                /* a select, not a branch (C7513) */
-                const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) & pol.allowed(tQinfo[col], kinfo[hf]);
-                pe = masked & !ok ? 0.f : pe;
-                st[4 * nq + e] = pe;
-                dpt[4 * nq + e] = pe * (dpt[4 * nq + e] - tDelta[col]);
-            }
-#pragma unroll
-        for (int kq = 0; kq < BM / 16; kq++)
-#pragma unroll
-            for (int r = 0; r < 4; r++) {
-                pa[4 * kq + r] = pack_bf16(st[8 * kq + 2 * r], st[8 * kq + 2 * r + 1]);
-                da[4 * kq + r] = pack_bf16(dpt[8 * kq + 2 * r], dpt[8 * kq + 2 * r + 1]);
-            }
-        if constexpr (Cfg::FUSED_DQ) {
-            /* dS^T rows of this warpgroup: da[4kq + r] holds (key row g + 8*(r&1) of the warp,
-             * queries 16kq + 8*(r>>1) + 2tq, +1). */
-            bf16 *ds = sDS + (i & 1) * BN * BM;
+                for (int e = 0; e < 4; e++) {
+                    const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
+                    float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[col]));
+                    /* a select, not a branch (C7513) */
+                    const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) &
+                                    pol.allowed(tQinfo[col], kinfo[hf]);
+                    pe = masked & !ok ? 0.f : pe;
+                    st[4 * nq + e] = pe;
+                    dpt[4 * nq + e] = pe * (dpt[4 * nq + e] - tDelta[col]);
+                }
 #pragma unroll
             for (int kq = 0; kq < BM / 16; kq++)
 #pragma unroll
-                for (int r = 0; r < 4; r++)
-                    *reinterpret_cast<uint32_t *>(
-                        ds + SwizzledTile<BM>::offset_col(warp_row + g + 8 * (r & 1), 16 * kq + 8 * (r >> 1) + 2 * tq)) =
-                        da[4 * kq + r];
-            fence_proxy_async();
-            named_barrier(1, Cfg::CONSUMERS); /* both warpgroups' dS^T rows are in place */
-        }
-        wgmma_fence();
+                for (int r = 0; r < 4; r++) {
+                    pa[4 * kq + r] = pack_bf16(st[8 * kq + 2 * r], st[8 * kq + 2 * r + 1]);
+                    da[4 * kq + r] = pack_bf16(dpt[8 * kq + 2 * r], dpt[8 * kq + 2 * r + 1]);
+                }
+            if constexpr (Cfg::FUSED_DQ) {
+                /* dS^T rows of this warpgroup: da[4kq + r] holds (key row g + 8*(r&1) of the warp,
+                 * queries 16kq + 8*(r>>1) + 2tq, +1). */
+                bf16 *ds = sDS + (i & 1) * BN * BM;
 #pragma unroll
-        for (int kq = 0; kq < BM / 16; kq++)
-            wgmma_m64n64k16_rs<1>(dv, &pa[4 * kq], desc_sw128(dos_addr + kq * 16 * RB), 1);
+                for (int kq = 0; kq < BM / 16; kq++)
 #pragma unroll
-        for (int kq = 0; kq < BM / 16; kq++)
-            wgmma_m64n64k16_rs<1>(dk, &da[4 * kq], desc_sw128(qs_addr + kq * 16 * RB), 1);
-        float dq[16];
-        if constexpr (Cfg::FUSED_DQ) {
-            /* dQ[:, 32 wg ..] = dS K[:, 32 wg ..]: A = dS^T read M-major (k-step = 16 key rows),
-             * B = K read N-major from column 32 wg of its rows. */
-            const uint32_t ds_addr = smem_addr(sDS + (i & 1) * BN * BM);
+                    for (int r = 0; r < 4; r++) {
+                        const int row = warp_row + g + 8 * (r & 1), col = 16 * kq + 8 * (r >> 1) + 2 * tq;
+                        *reinterpret_cast<uint32_t *>(ds + SwizzledTile<BM>::offset_col(row, col)) = da[4 * kq + r];
+                    }
+                fence_proxy_async();
+                named_barrier(1, Cfg::CONSUMERS); /* both warpgroups' dS^T rows are in place */
+            }
+            wgmma_fence();
 #pragma unroll
-            for (int ks = 0; ks < BN / 16; ks++)
-                wgmma_m64n32k16_ss<1, 1>(dq, desc_sw128(ds_addr + ks * 16 * BM * 2),
-                                         desc_sw128(k_addr + ks * 16 * RB + 64 * wg), ks > 0);
-        }
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(dk);
-        fence_regs(dv);
-        fence_regs_u32(pa);
-        fence_regs_u32(da);
-        ring.release(i);
-        if constexpr (Cfg::FUSED_DQ) {
-            fence_regs(dq);
-            /* Staging block (wg, i & 1): its previous bulk reduction (tile i - 2) must have
-             * read it; the thread that issued it waits, then tells the warpgroup. */
-            float *stage_blk = sDqStage + (wg * 2 + (i & 1)) * BM * 32;
-            const int wtid = tid % 128;
-            if (wtid == 0) bulk_wait_read<1>();
-            named_barrier(2 + wg, 128);
+            for (int kq = 0; kq < BM / 16; kq++)
+                wgmma_m64n64k16_rs<1>(dv, &pa[4 * kq], desc_sw128(dos_addr + kq * 16 * RB), 1);
 #pragma unroll
-            for (int j = 0; j < 4; j++)
+            for (int kq = 0; kq < BM / 16; kq++)
+                wgmma_m64n64k16_rs<1>(dk, &da[4 * kq], desc_sw128(qs_addr + kq * 16 * RB), 1);
+            float dq[16];
+            if constexpr (Cfg::FUSED_DQ) {
+                /* dQ[:, 32 wg ..] = dS K[:, 32 wg ..]: A = dS^T read M-major (k-step = 16 key rows),
+                 * B = K read N-major from column 32 wg of its rows. */
+                const uint32_t ds_addr = smem_addr(sDS + (i & 1) * BN * BM);
 #pragma unroll
-                for (int hf = 0; hf < 2; hf++)
-                    *reinterpret_cast<float2 *>(stage_blk + ((wtid / 32) * 16 + g + 8 * hf) * 32 + 8 * j + 2 * tq) =
-                        make_float2(dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
-            fence_proxy_async(); /* the bulk copy reads through the async proxy */
-            named_barrier(2 + wg, 128);
-            if (wtid == 0) {
-                bulk_reduce_add_f32(p.dq_accum + dq_tile_index(bh, (p.T + 63) / 64, m.row0, 32 * wg),
-                                    smem_addr(stage_blk), BM * 32 * 4);
-                bulk_commit();
+                for (int ks = 0; ks < BN / 16; ks++)
+                    wgmma_m64n32k16_ss<1, 1>(dq, desc_sw128(ds_addr + ks * 16 * BM * 2),
+                                             desc_sw128(k_addr + ks * 16 * RB + 64 * wg), ks > 0);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_regs(dk);
+            fence_regs(dv);
+            fence_regs_u32(pa);
+            fence_regs_u32(da);
+            ring.release(i);
+            if constexpr (Cfg::FUSED_DQ) {
+                fence_regs(dq);
+                /* Staging block (wg, i & 1): its previous bulk reduction (tile i - 2) must have
+                 * read it; the thread that issued it waits, then tells the warpgroup. */
+                float *stage_blk = sDqStage + (wg * 2 + (i & 1)) * BM * 32;
+                const int wtid = tid % 128;
+                if (wtid == 0) bulk_wait_read<1>();
+                named_barrier(2 + wg, 128);
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+#pragma unroll
+                    for (int hf = 0; hf < 2; hf++)
+                        *reinterpret_cast<float2 *>(stage_blk + ((wtid / 32) * 16 + g + 8 * hf) * 32 + 8 * j + 2 * tq) =
+                            make_float2(dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
+                fence_proxy_async(); /* the bulk copy reads through the async proxy */
+                named_barrier(2 + wg, 128);
+                if (wtid == 0) {
+                    bulk_reduce_add_f32(p.dq_accum + dq_tile_index(bh, (p.T + 63) / 64, m.row0, 32 * wg),
+                                        smem_addr(stage_blk), BM * 32 * 4);
+                    bulk_commit();
+                }
             }
         }
-    }
-    kv_op.release(my_item); /* every product reading K and V has retired */
-    store_dkdv_sm90(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);
-    first += n_tiles;
+        kv_op.release(my_item); /* every product reading K and V has retired */
+        store_dkdv_sm90(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);
+        first += n_tiles;
     }
     if constexpr (Cfg::FUSED_DQ) {
         if (tid % 128 == 0) bulk_wait_read<0>(); /* shared memory stays until read */
@@ -362,75 +363,75 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
     const float sl2 = p.scale_log2;
     int item = 0, first = 0;
     WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
-    int bh;
-    const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
-    if (q0 >= q_len) continue;
-    const int b = bh / p.H, h = bh % p.H, k_len = pol.k_len(bh);
-    const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
-    const int my_item = item++;
-    RowInfo qinfo[2];
-    float lse2[2], delta[2];
-    load_query_stats_sm90(p, pol, bh, q0 + warp_row + g, q_len, qinfo, lse2, delta);
-    float dq[32];
+        int bh;
+        const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
+        if (q0 >= q_len) continue;
+        const int b = bh / p.H, h = bh % p.H, k_len = pol.k_len(bh);
+        const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
+        const int my_item = item++;
+        RowInfo qinfo[2];
+        float lse2[2], delta[2];
+        load_query_stats_sm90(p, pol, bh, q0 + warp_row + g, q_len, qinfo, lse2, delta);
+        float dq[32];
 #pragma unroll
-    for (int j = 0; j < 32; j++) dq[j] = 0.f;
-    uint32_t da[16];
+        for (int j = 0; j < 32; j++) dq[j] = 0.f;
+        uint32_t da[16];
 
-    /* The item's Q and dO (waits until they are loaded): this warpgroup's 64 rows. */
-    const uint32_t q_addr = qdo_addr + q_op.acquire(my_item) * QB + wg * 64 * RB, do_addr = q_addr + BM * RB;
-    for (int i = first; i < first + n_tiles; i++) { /* ring item i: the (i - first)-th key tile */
-        const int s = ring.acquire(i);
-        const WsTileMeta m = sMeta[s];
-        const RowInfo *tKinfo = sKinfo + s * BN;
-        const uint32_t ks_addr = k_addr + s * STAGE_BYTES, vs_addr = ks_addr + BN * RB;
+        /* The item's Q and dO (waits until they are loaded): this warpgroup's 64 rows. */
+        const uint32_t q_addr = qdo_addr + q_op.acquire(my_item) * QB + wg * 64 * RB, do_addr = q_addr + BM * RB;
+        for (int i = first; i < first + n_tiles; i++) { /* ring item i: the (i - first)-th key tile */
+            const int s = ring.acquire(i);
+            const WsTileMeta m = sMeta[s];
+            const RowInfo *tKinfo = sKinfo + s * BN;
+            const uint32_t ks_addr = k_addr + s * STAGE_BYTES, vs_addr = ks_addr + BN * RB;
 
-        float sc[32], dp[32];
-        wgmma_fence();
+            float sc[32], dp[32];
+            wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            wgmma_m64n64k16_ss<0, 0>(sc, desc_sw128(q_addr + 32 * kk), desc_sw128(ks_addr + 32 * kk), kk > 0);
+            for (int kk = 0; kk < D / 16; kk++)
+                wgmma_m64n64k16_ss<0, 0>(sc, desc_sw128(q_addr + 32 * kk), desc_sw128(ks_addr + 32 * kk), kk > 0);
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            wgmma_m64n64k16_ss<0, 0>(dp, desc_sw128(do_addr + 32 * kk), desc_sw128(vs_addr + 32 * kk), kk > 0);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(sc);
-        fence_regs(dp);
+            for (int kk = 0; kk < D / 16; kk++)
+                wgmma_m64n64k16_ss<0, 0>(dp, desc_sw128(do_addr + 32 * kk), desc_sw128(vs_addr + 32 * kk), kk > 0);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_regs(sc);
+            fence_regs(dp);
 
-        const bool masked = !m.full;
+            const bool masked = !m.full;
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++)
+            for (int nt = 0; nt < BN / 8; nt++)
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int c = m.row0 + nt * 8 + 2 * tq + e;
-                const bool in_range = c < k_len;
-                const RowInfo ki = in_range ? tKinfo[c - m.row0] : RowInfo{};
+                for (int e = 0; e < 2; e++) {
+                    const int c = m.row0 + nt * 8 + 2 * tq + e;
+                    const bool in_range = c < k_len;
+                    const RowInfo ki = in_range ? tKinfo[c - m.row0] : RowInfo{};
 #pragma unroll
-                for (int hf = 0; hf < 2; hf++) {
-                    const int at = 4 * nt + 2 * hf + e;
-                    float pe = exp2_approx(fmaf(sc[at], sl2, -lse2[hf]));
-                    const bool ok = in_range & pol.allowed(qinfo[hf], ki); /* a select (C7513) */
-                    pe = masked & !ok ? 0.f : pe;
-                    sc[at] = pe * (dp[at] - delta[hf]);
+                    for (int hf = 0; hf < 2; hf++) {
+                        const int at = 4 * nt + 2 * hf + e;
+                        float pe = exp2_approx(fmaf(sc[at], sl2, -lse2[hf]));
+                        const bool ok = in_range & pol.allowed(qinfo[hf], ki); /* a select (C7513) */
+                        pe = masked & !ok ? 0.f : pe;
+                        sc[at] = pe * (dp[at] - delta[hf]);
+                    }
                 }
-            }
 #pragma unroll
-        for (int kb = 0; kb < BN / 16; kb++)
+            for (int kb = 0; kb < BN / 16; kb++)
 #pragma unroll
-            for (int r = 0; r < 4; r++) da[4 * kb + r] = pack_bf16(sc[8 * kb + 2 * r], sc[8 * kb + 2 * r + 1]);
-        wgmma_fence();
+                for (int r = 0; r < 4; r++) da[4 * kb + r] = pack_bf16(sc[8 * kb + 2 * r], sc[8 * kb + 2 * r + 1]);
+            wgmma_fence();
 #pragma unroll
-        for (int kb = 0; kb < BN / 16; kb++)
-            wgmma_m64n64k16_rs<1>(dq, &da[4 * kb], desc_sw128(ks_addr + kb * 16 * RB), 1);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(dq);
-        fence_regs_u32(da);
-        ring.release(i);
-    }
-    q_op.release(my_item); /* every product reading Q and dO has retired */
-    store_dq_sm90(p, pol, bh, b, h, q0 + warp_row + g, q_len, dq, tq);
-    first += n_tiles;
+            for (int kb = 0; kb < BN / 16; kb++)
+                wgmma_m64n64k16_rs<1>(dq, &da[4 * kb], desc_sw128(ks_addr + kb * 16 * RB), 1);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_regs(dq);
+            fence_regs_u32(da);
+            ring.release(i);
+        }
+        q_op.release(my_item); /* every product reading Q and dO has retired */
+        store_dq_sm90(p, pol, bh, b, h, q0 + warp_row + g, q_len, dq, tq);
+        first += n_tiles;
     }
 #else
     __trap();

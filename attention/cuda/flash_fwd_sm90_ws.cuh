@@ -86,108 +86,108 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     const float sl2 = p.scale_log2;
     int item = 0, first = 0;
     WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
-    int bh;
-    const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
-    if (q0 >= q_len) continue;
-    const int b = bh / p.H, h = bh % p.H, k_len = pol.k_len(bh);
-    const int my_item = item++;
-    const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
-    bf16 *o_base = head_base(p.out, p.o_stride, b, p.T, h, D);
-    RowInfo qinfo[2];
+        int bh;
+        const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
+        if (q0 >= q_len) continue;
+        const int b = bh / p.H, h = bh % p.H, k_len = pol.k_len(bh);
+        const int my_item = item++;
+        const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
+        bf16 *o_base = head_base(p.out, p.o_stride, b, p.T, h, D);
+        RowInfo qinfo[2];
 #pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        const int r = q0 + warp_row + hf * 8 + g;
-        qinfo[hf] = r < q_len ? pol.q_info(bh, r) : RowInfo{};
-    }
-    /* This warpgroup's 64 rows of the item's Q buffer (waits until it is loaded). */
-    const uint32_t qw_addr = q_addr + q_op.acquire(my_item) * QB + wg * 64 * RB;
-    float o[ND * 4];
+        for (int hf = 0; hf < 2; hf++) {
+            const int r = q0 + warp_row + hf * 8 + g;
+            qinfo[hf] = r < q_len ? pol.q_info(bh, r) : RowInfo{};
+        }
+        /* This warpgroup's 64 rows of the item's Q buffer (waits until it is loaded). */
+        const uint32_t qw_addr = q_addr + q_op.acquire(my_item) * QB + wg * 64 * RB;
+        float o[ND * 4];
 #pragma unroll
-    for (int j = 0; j < ND * 4; j++) o[j] = 0.f;
-    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f}, alpha[2];
-    float s[NT * 4];
-    uint32_t p_cur[KN * 4], p_next[KN * 4];
+        for (int j = 0; j < ND * 4; j++) o[j] = 0.f;
+        float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f}, alpha[2];
+        float s[NT * 4];
+        uint32_t p_cur[KN * 4], p_next[KN * 4];
 
-    /* Ring item first + i holds key tile i. Waits until it is loaded and described; returns
-     * its description. */
-    auto acquire = [&](int i) { return sMeta[ring.acquire(first + i)]; };
-    auto issue_s = [&](int i) {
-        const uint32_t k_addr = kv_addr + ((first + i) % ST) * STAGE_BYTES;
+        /* Ring item first + i holds key tile i. Waits until it is loaded and described; returns
+         * its description. */
+        auto acquire = [&](int i) { return sMeta[ring.acquire(first + i)]; };
+        auto issue_s = [&](int i) {
+            const uint32_t k_addr = kv_addr + ((first + i) % ST) * STAGE_BYTES;
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            wgmma_s_tile<BN>(s, desc_sw128(qw_addr + 32 * kk), desc_sw128(k_addr + 32 * kk), kk > 0);
-        wgmma_commit();
-    };
-    auto issue_pv = [&](int i) { /* O += p_cur V_i */
-        const uint32_t v_addr = kv_addr + ((first + i) % ST) * STAGE_BYTES + BN * RB;
+            for (int kk = 0; kk < D / 16; kk++)
+                wgmma_s_tile<BN>(s, desc_sw128(qw_addr + 32 * kk), desc_sw128(k_addr + 32 * kk), kk > 0);
+            wgmma_commit();
+        };
+        auto issue_pv = [&](int i) { /* O += p_cur V_i */
+            const uint32_t v_addr = kv_addr + ((first + i) % ST) * STAGE_BYTES + BN * RB;
 #pragma unroll
-        for (int kb = 0; kb < KN; kb++)
-            wgmma_m64n64k16_rs<1>(o, &p_cur[4 * kb], desc_sw128(v_addr + kb * 16 * RB), 1);
-        wgmma_commit();
-    };
-    auto softmax = [&](int i, const WsTileMeta &m) {
-        if (!m.full) mask_s_tile<NT>(s, pol, qinfo, sKinfo + ((first + i) % ST) * BN, m.row0, k_len, tq);
-        online_softmax<NT, KN>(s, row_max, row_sum, alpha, p_next, sl2);
-    };
+            for (int kb = 0; kb < KN; kb++)
+                wgmma_m64n64k16_rs<1>(o, &p_cur[4 * kb], desc_sw128(v_addr + kb * 16 * RB), 1);
+            wgmma_commit();
+        };
+        auto softmax = [&](int i, const WsTileMeta &m) {
+            if (!m.full) mask_s_tile<NT>(s, pol, qinfo, sKinfo + ((first + i) % ST) * BN, m.row0, k_len, tq);
+            online_softmax<NT, KN>(s, row_max, row_sum, alpha, p_next, sl2);
+        };
 
-    /* Ping-pong turns: barrier 1 + w is "warpgroup w may issue"; warpgroup 0 goes first. Each
-     * warpgroup issues n_tiles + 1 times and passes the turn after each, except warpgroup 1's
-     * last pass (nobody would take it). */
-    constexpr bool PP = Cfg::PINGPONG;
-    auto take_turn = [&]() {
-        if (PP) named_barrier(1 + wg, 256);
-    };
-    auto pass_turn = [&]() {
-        if (PP) named_barrier_arrive(2 - wg, 256);
-    };
-    if (PP && wg == 1 && n_tiles > 0) pass_turn();
+        /* Ping-pong turns: barrier 1 + w is "warpgroup w may issue"; warpgroup 0 goes first. Each
+         * warpgroup issues n_tiles + 1 times and passes the turn after each, except warpgroup 1's
+         * last pass (nobody would take it). */
+        constexpr bool PP = Cfg::PINGPONG;
+        auto take_turn = [&]() {
+            if (PP) named_barrier(1 + wg, 256);
+        };
+        auto pass_turn = [&]() {
+            if (PP) named_barrier_arrive(2 - wg, 256);
+        };
+        if (PP && wg == 1 && n_tiles > 0) pass_turn();
 
-    if (n_tiles > 0) {
-        const WsTileMeta m = acquire(0);
-        take_turn();
-        wgmma_fence();
-        issue_s(0);
-        pass_turn();
-        wgmma_wait<0>();
-        fence_regs(s);
-        softmax(0, m);
-    }
-    for (int i = 1; i < n_tiles; i++) {
+        if (n_tiles > 0) {
+            const WsTileMeta m = acquire(0);
+            take_turn();
+            wgmma_fence();
+            issue_s(0);
+            pass_turn();
+            wgmma_wait<0>();
+            fence_regs(s);
+            softmax(0, m);
+        }
+        for (int i = 1; i < n_tiles; i++) {
 #pragma unroll
-        for (int j = 0; j < KN * 4; j++) p_cur[j] = p_next[j];
-        const WsTileMeta m = acquire(i);
-        take_turn();
-        wgmma_fence();
-        issue_s(i);
-        issue_pv(i - 1);
-        pass_turn();
-        wgmma_wait<1>(); /* S_i done; P_{i-1} V_{i-1} may still run during the softmax */
-        fence_regs(s);
-        softmax(i, m);
-        wgmma_wait<0>();
-        fence_regs(o);
-        fence_regs_u32(p_cur);
-        ring.release(first + i - 1);
+            for (int j = 0; j < KN * 4; j++) p_cur[j] = p_next[j];
+            const WsTileMeta m = acquire(i);
+            take_turn();
+            wgmma_fence();
+            issue_s(i);
+            issue_pv(i - 1);
+            pass_turn();
+            wgmma_wait<1>(); /* S_i done; P_{i-1} V_{i-1} may still run during the softmax */
+            fence_regs(s);
+            softmax(i, m);
+            wgmma_wait<0>();
+            fence_regs(o);
+            fence_regs_u32(p_cur);
+            ring.release(first + i - 1);
 #pragma unroll
-        for (int nd = 0; nd < ND; nd++)
+            for (int nd = 0; nd < ND; nd++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) o[4 * nd + e] *= alpha[e >> 1];
-    }
-    q_op.release(my_item); /* every S product has retired */
-    if (n_tiles > 0) {
+                for (int e = 0; e < 4; e++) o[4 * nd + e] *= alpha[e >> 1];
+        }
+        q_op.release(my_item); /* every S product has retired */
+        if (n_tiles > 0) {
 #pragma unroll
-        for (int j = 0; j < KN * 4; j++) p_cur[j] = p_next[j];
-        take_turn();
-        wgmma_fence();
-        issue_pv(n_tiles - 1);
-        wgmma_wait<0>();
-        fence_regs(o);
-        fence_regs_u32(p_cur);
-        ring.release(first + n_tiles - 1);
-        if (wg == 0) pass_turn();
-    }
-    store_fwd_rows<ND>(p, pol, bh, o_base, o, row_max, row_sum, q0 + warp_row + g, q_len, tq);
-    first += n_tiles;
+            for (int j = 0; j < KN * 4; j++) p_cur[j] = p_next[j];
+            take_turn();
+            wgmma_fence();
+            issue_pv(n_tiles - 1);
+            wgmma_wait<0>();
+            fence_regs(o);
+            fence_regs_u32(p_cur);
+            ring.release(first + n_tiles - 1);
+            if (wg == 0) pass_turn();
+        }
+        store_fwd_rows<ND>(p, pol, bh, o_base, o, row_max, row_sum, q0 + warp_row + g, q_len, tq);
+        first += n_tiles;
     }
 #else
     __trap(); /* built without sm_90a: the host never launches this kernel then */
