@@ -31,10 +31,15 @@ typedef Sm90BwdWsTiles<2, 3, true> Sm90Fused64; /* the same tiles with dQ (not d
 typedef Sm90DqWsTiles<2, 2> Sm90Dq64; /* BM = 128 queries, BN = 64 keys, warp-specialised */
 
 int force_portable = 0;
-/* Grid of the warp-specialised kernels (flash_launch.cuh, launch_ws): sparse tiles have short
+/* Grid of the warp-specialised kernels (flash_launch.cuh, launch_ws). Sparse tiles have short
  * key loops, so a CTA per tile spends much of its life loading its first operands and storing;
- * persistent CTAs overlap that with the previous tile's products. */
-int persistent_ctas = -1;
+ * persistent CTAs overlap that with the previous tile's products, and in test_sparse_attn
+ * (random Gaussian Q and K, even buckets) they were the faster: hash nb=16 fwd+bwd 2.551 vs
+ * 2.636 ms (H100, session 8). But they take their tiles in a fixed round robin, and in the
+ * trainer (bench_step, GPT-2 small, 16k x 2) the hash step went from 70.2 to 108.5 ms with
+ * them: the model's buckets are uneven, so some CTAs draw far more work than others. Until the
+ * items are handed out dynamically, one CTA per tile (the hardware balances) is the default. */
+int persistent_ctas = 0;
 
 bool use_sm90(int D) { return D == 64 && !force_portable && sm90_available(); }
 
@@ -110,10 +115,11 @@ extern "C" const char *sparse_attn_path(int D) { return use_sm90(D) ? "sm90 wgmm
 extern "C" void sparse_attn_set_persistent(int ctas) { persistent_ctas = ctas; }
 
 extern "C" int sparse_attn_backward_split(int D, int deterministic) {
-    /* Measured (test_sparse_attn --time, H100, session 8): on Hopper the fused backward (dQ
-     * from dS in shared memory, bulk reductions) beats the split, hash nb=16 2.01 vs 2.15 ms,
-     * and needs no dQ tile lists; on the portable path atomic dQ beats the split (2.92 vs
-     * 3.48). So the split only when asked to be deterministic. */
+    /* Measured (test_sparse_attn --time, H100, session 8, B 4 T 16384 H 12): on Hopper the
+     * fused backward (dQ from dS in shared memory, bulk reductions) beats the split, hash
+     * nb=16 1.690 vs 1.940 ms, qk 0.5 3.962 vs 4.595, and needs no dQ tile lists; on the
+     * portable path atomic dQ beats the split (2.93 vs 3.50). So the split only when asked to
+     * be deterministic. */
     (void)D;
     return deterministic;
 }

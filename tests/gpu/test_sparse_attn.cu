@@ -358,7 +358,7 @@ static void run_timing(void) {
         {"qk drop=0.7", {ATTN_QK_SPARSE, 1, 0.7f, 0}, 0},
     };
     /* The portable path (two rows for reference), then the Hopper path with one CTA per tile
-     * and with persistent CTAs (the default). */
+     * (the default) and with persistent CTAs. */
     for (int run = 0; run < 3; run++) {
         const int portable = run == 0;
         sparse_attn_force_portable(portable);
@@ -373,7 +373,7 @@ static void run_timing(void) {
         }
     }
     sparse_attn_force_portable(0);
-    sparse_attn_set_persistent(-1);
+    sparse_attn_set_persistent(0);
     for (int i = 0; i < 8; i++) CUDA_OK(cudaFree(*bufs[i]));
     CUDA_OK(cudaFree(x.lse));
     CUDA_OK(cudaFree(x.ws));
@@ -400,21 +400,21 @@ int main(int argc, char **argv) {
     /* --time: the timing after the checks; --time-only: the timing alone. */
     const int time_only = argc > 1 && strcmp(argv[1], "--time-only") == 0;
     /* The portable kernels first, then the default path if it differs (wgmma on Hopper): with
-     * persistent CTAs as many as fit (the default; on these small shapes about one tile
-     * each), with one CTA per tile, and with 1 and 5 CTAs, each walking many tiles. */
-    const int hopper_grids[] = {-1, 0, 1, 5};
+     * one CTA per tile (the default), persistent CTAs as many as fit (on these small shapes
+     * about one tile each), and 1 and 5 persistent CTAs, each walking many tiles. */
+    const int hopper_grids[] = {0, -1, 1, 5};
     for (int run = 0; run < 5 && !time_only; run++) {
         const int portable = run == 0;
         sparse_attn_force_portable(portable);
         if (!portable && strcmp(sparse_attn_path(64), "mma.sync") == 0) break;
         if (!portable) sparse_attn_set_persistent(hopper_grids[run - 1]);
         printf("=== sparse kernels: %s", sparse_attn_path(64));
-        if (!portable) printf(", grid %d (-1 persistent, 0 a CTA per tile, n persistent with n CTAs)",
+        if (!portable) printf(", grid %d (0 a CTA per tile, -1 persistent, n persistent with n CTAs)",
                               hopper_grids[run - 1]);
         printf("\n");
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], 100 + 17 * i);
     }
-    sparse_attn_set_persistent(-1);
+    sparse_attn_set_persistent(0);
     if (time_only || (argc > 1 && strcmp(argv[1], "--time") == 0)) run_timing();
     return test_summary();
 }
