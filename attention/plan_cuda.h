@@ -78,12 +78,6 @@ void attn_plan_cuda_sort(attn_plan_cuda_t *plan, cudaStream_t stream);
 /* Tile lists of one tile shape (forward and backward kernels may each want their own). */
 typedef struct {
     attn_tile_lists_t lists; /* device pointers; slots past a list's count are unspecified */
-    /* Internal: keys, values and scratch of the radix sort that orders tiles by list length
-     * (both orders in one sort; k_tile_order follows q_tile_order in one allocation). */
-    uint32_t *order_keys, *sorted_keys;
-    int32_t *tile_index;
-    void *sort_temp;
-    size_t sort_temp_bytes;
 } attn_tiles_cuda_t;
 
 void attn_tiles_cuda_init(attn_tiles_cuda_t *tiles, const attn_plan_cuda_t *plan, int block_m,

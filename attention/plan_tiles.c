@@ -82,19 +82,6 @@ void attn_tile_infos(const attn_row_order_t *rows, int keys, int block, attn_til
     }
 }
 
-void attn_order_by_count_desc(const int32_t *counts, int n, int max_count, int32_t *order) {
-    int32_t *next = xcalloc((size_t)max_count + 2, sizeof(int32_t), "tile order histogram");
-    /* Bin v holds count max_count - v, so bin order is count descending. */
-    for (int i = 0; i < n; i++) {
-        if (counts[i] < 0 || counts[i] > max_count)
-            fatal(EXIT_RUNTIME, "attn_order_by_count_desc: count %d outside [0, %d]", counts[i], max_count);
-        next[max_count - counts[i] + 1]++;
-    }
-    for (int v = 0; v <= max_count; v++) next[v + 1] += next[v];
-    for (int i = 0; i < n; i++) order[next[max_count - counts[i]]++] = i;
-    free(next);
-}
-
 /* One direction of the lists: for every "own" tile, the live tiles of the other side, found
  * among the other side's tiles that hold rows of the own tile's groups (rows are grouped, so
  * those form one contiguous range of tiles). */
@@ -150,8 +137,6 @@ void attn_tile_lists_build(attn_tile_lists_t *l, const attn_row_order_t *rows, i
     l->n_query_tiles = xmalloc(nk * sizeof(int32_t), "tile list counts");
     l->key_tiles = xmalloc(nq * l->n_k_tiles * sizeof(int32_t), "key tile lists");
     l->query_tiles = xmalloc(nk * l->n_q_tiles * sizeof(int32_t), "query tile lists");
-    l->q_tile_order = xmalloc(nq * sizeof(int32_t), "query tile order");
-    l->k_tile_order = xmalloc(nk * sizeof(int32_t), "key tile order");
     l->live_tiles = xcalloc(1, sizeof(int64_t), "live tile count");
     attn_tile_infos(rows, 0, block_m, l->info_q);
     attn_tile_infos(rows, 1, block_n, l->info_k);
@@ -161,8 +146,6 @@ void attn_tile_lists_build(attn_tile_lists_t *l, const attn_row_order_t *rows, i
     if (live_transposed != *l->live_tiles)
         fatal(EXIT_RUNTIME, "attention tile lists: %lld live pairs by query tile but %lld by key tile",
               (long long)*l->live_tiles, (long long)live_transposed);
-    attn_order_by_count_desc(l->n_key_tiles, (int)nq, l->n_k_tiles, l->q_tile_order);
-    attn_order_by_count_desc(l->n_query_tiles, (int)nk, l->n_q_tiles, l->k_tile_order);
 }
 
 void attn_tile_lists_free(attn_tile_lists_t *l) {
@@ -172,8 +155,6 @@ void attn_tile_lists_free(attn_tile_lists_t *l) {
     free(l->key_tiles);
     free(l->n_query_tiles);
     free(l->query_tiles);
-    free(l->q_tile_order);
-    free(l->k_tile_order);
     free(l->live_tiles);
     memset(l, 0, sizeof *l);
 }

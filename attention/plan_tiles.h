@@ -20,8 +20,8 @@
  *   key_tiles[(bh*n_q_tiles + qt)*n_k_tiles + i], i < n_key_tiles[bh*n_q_tiles + qt], increasing
  *   query_tiles[(bh*n_k_tiles + kt)*n_q_tiles + i], i < n_query_tiles[bh*n_k_tiles + kt]
  * (the second is the transpose of the first, for the backward pass over key tiles).
- * q_tile_order lists every bh*n_q_tiles + qt by n_key_tiles descending, ties by increasing index
- * (longest work first: the grid's tail is then made of short tiles); k_tile_order likewise.
+ * Kernels take the tiles in a fixed natural order (flash_ws.cuh, ws_query_tile): ordering them
+ * by list length made the CTAs running at once share less of their K/V in L2 (session 8).
  */
 #ifndef ATTENTION_PLAN_TILES_H
 #define ATTENTION_PLAN_TILES_H
@@ -65,8 +65,6 @@ typedef struct {
     attn_tile_info_t *info_k;         /* [BH][n_k_tiles] */
     int32_t *n_key_tiles, *key_tiles; /* see above */
     int32_t *n_query_tiles, *query_tiles;
-    int32_t *q_tile_order;            /* [BH * n_q_tiles] */
-    int32_t *k_tile_order;            /* [BH * n_k_tiles] */
     int64_t *live_tiles;              /* [1]: number of live (qt, kt) pairs over all bh */
 } attn_tile_lists_t;
 
@@ -135,10 +133,6 @@ int64_t attn_causal_tile_pairs(int T, int block_m, int block_n);
 /* Live forward tile pairs of a built plan over its dense causal tile pairs, all (b, h) pooled;
  * -1 for a dense plan. */
 double attn_plan_live_fraction(const attn_plan_t *plan);
-
-/* Stable counting sort of n indices by count descending (ties keep increasing index):
- * order[i] = index. counts in [0, max_count]. */
-void attn_order_by_count_desc(const int32_t *counts, int n, int max_count, int32_t *order);
 
 #ifdef __cplusplus
 }

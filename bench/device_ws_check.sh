@@ -30,7 +30,7 @@ for l in open(sys.argv[1]):
     for k,v in r.get("bwd_variants",{}).items(): print("   bwd %-36s %.3f ms err %.2e"%(k,v["ms"],v["err"]))
 PY
 fi
-echo "== sparse ($(el) s)"; timeout 60 $W/main/test_sparse_attn --time > $OUT/sparse.log 2>&1; echo "rc $?"; grep -A12 "^Timing" $OUT/sparse.log | grep -v "^Sparse stages"; tail -1 $OUT/sparse.log
+echo "== sparse ($(el) s)"; timeout 120 $W/main/test_sparse_attn --time > $OUT/sparse.log 2>&1; echo "rc $?"; grep -A20 "^Timing" $OUT/sparse.log | grep -v "^Sparse stages"; grep -iE "fail|mismatch" $OUT/sparse.log | head -5; tail -1 $OUT/sparse.log
 echo "== model ($(el) s)"; timeout 60 $W/main/test_model_cuda > $OUT/model.log 2>&1; echo "rc $?"; tail -1 $OUT/model.log
 if [ "$ok" = 1 ]; then
 echo "== e2e ($(el) s)"

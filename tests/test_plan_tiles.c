@@ -24,23 +24,6 @@ static float *random_tensor(size_t n, uint64_t key) {
     return x;
 }
 
-/* Order check shared by both directions: a permutation, counts non-increasing, ties by index. */
-static int order_is_valid(const int32_t *order, const int32_t *counts, int n) {
-    char *seen = xcalloc((size_t)n, 1, "order check");
-    int ok = 1;
-    for (int i = 0; i < n && ok; i++) {
-        int v = order[i];
-        if (v < 0 || v >= n || seen[v]) ok = 0;
-        else seen[v] = 1;
-        if (ok && i > 0) {
-            int prev = order[i - 1];
-            if (counts[prev] < counts[v] || (counts[prev] == counts[v] && prev > v)) ok = 0;
-        }
-    }
-    free(seen);
-    return ok;
-}
-
 typedef struct {
     const char *name;
     attn_params_t p;
@@ -151,8 +134,6 @@ static void check_case(const mode_case_t *mc, int B, int T, int H, int bm, int b
     CHECK(bad_full == 0, "%s: %d tiles marked full hold a masked pair", what, bad_full);
     CHECK(*l.live_tiles == live_brute, "%s: live count %lld, brute force %lld", what,
           (long long)*l.live_tiles, (long long)live_brute);
-    CHECK(order_is_valid(l.q_tile_order, l.n_key_tiles, BH * nq), "%s: query tile order", what);
-    CHECK(order_is_valid(l.k_tile_order, l.n_query_tiles, BH * nk), "%s: key tile order", what);
     free(live);
     free(all);
     attn_tile_lists_free(&l);
@@ -198,21 +179,6 @@ static void test_all_modes(void) {
     CHECK(live_tiles_seen > 1000 && dead_candidate_tiles_seen > 1000 && full_tiles_seen > 100,
           "coverage: %d live, %d dead, %d full tiles", live_tiles_seen, dead_candidate_tiles_seen,
           full_tiles_seen);
-}
-
-/* Order by count on a random array against a direct definition (rank by comparison). */
-static void test_order_by_count(void) {
-    enum { N = 500, MAXC = 37 };
-    int32_t counts[N], order[N];
-    for (int i = 0; i < N; i++) counts[i] = (int32_t)(rng_u24(77, i) % (MAXC + 1));
-    attn_order_by_count_desc(counts, N, MAXC, order);
-    int bad = 0;
-    for (int i = 0; i < N; i++) {
-        int rank = 0; /* number of items that must come before i */
-        for (int j = 0; j < N; j++) rank += counts[j] > counts[i] || (counts[j] == counts[i] && j < i);
-        bad += order[rank] != i;
-    }
-    CHECK(bad == 0, "order by count: %d items misplaced", bad);
 }
 
 /* Tile sizes below 1 are a usage error with a message, not a crash. */
@@ -300,7 +266,6 @@ static void test_live_fraction(void) {
 
 int main(void) {
     test_live_fraction();
-    test_order_by_count();
     test_bad_tile_size();
     test_all_modes();
     return test_summary();

@@ -74,7 +74,7 @@ extern "C" void flash_attn_forward(const flash_attn_dims_t *dims, const flash_bf
     p.out = out;
     p.lse = lse;
     DenseCausalPolicy pol = {dims->T, dims->exclude_self ? 1 : 0};
-    cudaError_t err = use_sm90(dims)   ? launch_fwd_sm90_ws<Sm90Fwd64>(p, pol, dims->T, stream)
+    cudaError_t err = use_sm90(dims)   ? launch_fwd_sm90_ws<Sm90Fwd64>(p, pol, stream)
                       : dims->D == 64 ? launch_fwd<Fwd64>(p, pol, dims->T, stream)
                                       : launch_fwd<Fwd128>(p, pol, dims->T, stream);
     check_launch("forward kernel", err);
@@ -123,11 +123,11 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
         p.dq_accum = NULL; /* the preprocess must not zero it in its own layout */
         check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
         if (deterministic) { /* dQ from its own pass, no atomics */
-            check_launch("backward dK/dV", launch_bwd_dkdv_sm90_ws<Sm90DkDv64>(p, pol, T, stream));
-            check_launch("backward dQ", launch_bwd_dq_sm90_ws<Sm90Dq64>(p, pol, T, stream));
+            check_launch("backward dK/dV", launch_bwd_dkdv_sm90_ws<Sm90DkDv64>(p, pol, stream));
+            check_launch("backward dQ", launch_bwd_dq_sm90_ws<Sm90Dq64>(p, pol, stream));
         } else {
             p.dq_accum = accum;
-            check_launch("backward dK/dV/dQ", launch_bwd_fused_sm90_ws<Sm90Fused64>(p, pol, T, stream));
+            check_launch("backward dK/dV/dQ", launch_bwd_fused_sm90_ws<Sm90Fused64>(p, pol, stream));
         }
     } else if (dims->D == 64) {
         check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));

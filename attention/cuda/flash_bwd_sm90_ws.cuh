@@ -40,11 +40,13 @@ template <int NWG_, int STAGES_ = 2, bool FUSED_DQ_ = false> struct Sm90BwdWsTil
     static constexpr int ROW_BYTES = 128;
     /* fused dQ: dS^T [2][BN][BM] bf16 and the staging blocks [2 warpgroups][2][BM][32] fp32 */
     static constexpr int DQ_BYTES = FUSED_DQ_ ? 2 * BN * BM * 2 + 2 * 2 * BM * 32 * 4 : 0;
-    /* K, V, the stages (Q and dO), the fused dQ buffers, lse and delta [STAGES][BM], the
-     * queries' mask info [STAGES][BM] (<= 8 bytes each), WsTileMeta per stage, mbarriers (K/V,
-     * full, empty). */
-    static constexpr int SMEM_BYTES = (2 * BN * D + STAGES * 2 * BM * D) * 2 + DQ_BYTES + STAGES * BM * (4 + 4 + 8) +
-                                      STAGES * (int)sizeof(WsTileMeta) + (1 + 2 * STAGES) * 8 + 1024;
+    /* K and V (a persistent launch adds ITEM_BYTES for a second pair), the stages (Q and dO),
+     * the fused dQ buffers, lse and delta [STAGES][BM], the queries' mask info [STAGES][BM]
+     * (<= 8 bytes each), WsTileMeta per stage, mbarriers (K/V full and empty, two of each,
+     * full[STAGES], empty[STAGES]). */
+    static constexpr int ITEM_BYTES = 2 * BN * D * 2;
+    static constexpr int SMEM_BYTES = ITEM_BYTES + STAGES * 2 * BM * D * 2 + DQ_BYTES + STAGES * BM * (4 + 4 + 8) +
+                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 1024;
 };
 
 /* Index of element (bh, work row r, column c) in the fused backward's dQ accumulator:
@@ -54,28 +56,30 @@ __host__ __device__ __forceinline__ long dq_tile_index(int bh, int n_q_tiles, in
     return ((((long)bh * n_q_tiles + r / 64) * 2 + c / 32) * 64 + r % 64) * 32 + c % 32;
 }
 
-/* dq[b, t, h, :] = bf16(scale * accumulator), 8 columns a thread; rows in natural order. */
-template <int D> __global__ void flash_bwd_convert_dq_tiles_kernel(FlashParams p, long n_rows /* B*T*H */) {
+/* dq[b, q_row(bh, r), h, :] = bf16(scale * accumulator row r), 8 columns a thread, for every
+ * work row r in [0, T) of bh. Rows the kernel never reached (past q_len: dropped qk queries) hold
+ * the zeros of the memset, so every dq row is written. */
+template <int D, class Policy> __global__ void flash_bwd_convert_dq_tiles_kernel(FlashParams p, Policy pol) {
     static_assert(D == 64, "the tile layout holds 64 columns");
     constexpr int LANES = D / 8;
     const long id = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long row = id / LANES;
+    const long row = id / LANES; /* bh * T + r */
     const int part = (int)(id % LANES);
-    if (row >= n_rows) return;
-    const long bt = row / p.H;
-    const int h = (int)(row % p.H), b = (int)(bt / p.T), t = (int)(bt % p.T);
+    if (row >= (long)p.B * p.H * p.T) return;
+    const int bh = (int)(row / p.T), r = (int)(row % p.T), b = bh / p.H, h = bh % p.H;
     const float4 *src = reinterpret_cast<const float4 *>(
-        p.dq_accum + dq_tile_index(b * p.H + h, (p.T + 63) / 64, t, part * 8));
+        p.dq_accum + dq_tile_index(bh, (p.T + 63) / 64, r, part * 8));
     const float4 a = src[0], c = src[1];
     uint4 out;
     out.x = pack_bf16(a.x * p.scale, a.y * p.scale);
     out.y = pack_bf16(a.z * p.scale, a.w * p.scale);
     out.z = pack_bf16(c.x * p.scale, c.y * p.scale);
     out.w = pack_bf16(c.z * p.scale, c.w * p.scale);
-    *reinterpret_cast<uint4 *>(p.dq + bt * p.q_stride + h * D + part * 8) = out;
+    const long t = pol.q_row(bh, r);
+    *reinterpret_cast<uint4 *>(p.dq + ((long)b * p.T + t) * p.q_stride + h * D + part * 8) = out;
 }
 
-template <class Cfg, class Policy>
+template <class Cfg, class Policy, bool PERSISTENT>
 __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel(FlashParams p, Policy pol) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int D = Cfg::D, BN = Cfg::BN, BM = Cfg::BM, ST = Cfg::STAGES, RB = Cfg::ROW_BYTES;
@@ -83,11 +87,11 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     typedef typename Policy::RowInfo RowInfo;
     using namespace sm90;
 
+    constexpr int NBUF = PERSISTENT ? 2 : 1, KVB = Cfg::ITEM_BYTES;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw_addr = smem_addr(smem_raw);
-    bf16 *sK = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023));
-    bf16 *sV = sK + BN * D;
-    bf16 *sQ = sV + BN * D; /* stage s: Q at sQ + s*2*BM*D, dO BM*D further */
+    bf16 *sK = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023)); /* [NBUF][K, V] */
+    bf16 *sQ = sK + NBUF * 2 * BN * D; /* stage s: Q at sQ + s*2*BM*D, dO BM*D further */
     bf16 *sDS = sQ + ST * 2 * BM * D; /* fused dQ: [2][BN][BM], then the staging blocks */
     float *sDqStage = reinterpret_cast<float *>(sDS + (Cfg::FUSED_DQ ? 2 * BN * BM : 0)); /* [2 wg][2][BM][32] */
     float *sLse = reinterpret_cast<float *>(reinterpret_cast<unsigned char *>(sQ + ST * 2 * BM * D) +
@@ -96,183 +100,199 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     RowInfo *sQinfo = reinterpret_cast<RowInfo *>(sDelta + ST * BM); /* [ST][BM] */
     static_assert(sizeof(RowInfo) <= 8, "SMEM_BYTES reserves 8 bytes of mask info per query");
     WsTileMeta *sMeta = reinterpret_cast<WsTileMeta *>(reinterpret_cast<unsigned char *>(sQinfo) + ST * BM * 8);
-    const uint32_t k_addr = smem_addr(sK), v_addr = smem_addr(sV), q_addr = smem_addr(sQ);
-    const uint32_t kv_bar = smem_addr(sMeta + ST);
-    const StageRing<ST> ring{kv_bar + 8u};
+    const uint32_t kv_addr = smem_addr(sK), q_addr = smem_addr(sQ); /* buffer b: K at kv_addr + b * KVB, V after */
+    const ItemOperand<NBUF> kv_op{smem_addr(sMeta + ST)};
+    const StageRing<ST> ring{kv_op.bar + 16u * NBUF};
 
-    const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
-    const int kt = blockIdx.y, k0 = kt * BN;
-    const int q_len = pol.q_len(bh), k_len = pol.k_len(bh);
-    if (k0 >= k_len) return;
+    const int BH = p.B * p.H, n_kt = (p.T + BN - 1) / BN, n_work = BH * n_kt;
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
-    const int n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
 
-    ws_setup(ring, kv_bar, Cfg::CONSUMERS);
+    ws_setup(ring, kv_op, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
-        regs_dealloc<Cfg::P_REGS>();
+        regs_dealloc<PERSISTENT ? Cfg::P_REGS_PERSISTENT : Cfg::P_REGS>();
         const int ptid = tid - Cfg::CONSUMERS;
-        auto k_row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
-        producer_copy_rows<BN>(k_addr, head_base(p.k, p.k_stride, b, p.T, h, D), p.k_stride, k_len - k0, k_row_of,
-                               ptid);
-        producer_copy_rows<BN>(v_addr, head_base(p.v, p.v_stride, b, p.T, h, D), p.v_stride, k_len - k0, k_row_of,
-                               ptid);
-        mbar_arrive_cp_async(kv_bar);
-        const bf16 *q_base = head_base(p.q, p.q_stride, b, p.T, h, D);
-        const bf16 *do_base = head_base(p.dout, p.o_stride, b, p.T, h, D);
-        for (int i = 0; i < n_tiles; i++) {
-            const int qt = pol.query_tile(bh, kt, i, BM, BN), q0 = qt * BM, n_valid = q_len - q0;
-            const bool full = k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
-            /* Statistics of query q0 + ptid: lse (log2 domain) and delta; +inf / 0 past q_len. */
-            float lse2 = INFINITY, dl = 0.f;
-            RowInfo info{};
-            if (ptid < BM && ptid < n_valid) {
-                const long at = (long)bh * p.T + pol.q_row(bh, q0 + ptid);
-                lse2 = lse_to_log2(p.lse[at]);
-                dl = p.delta[at];
-                info = pol.q_info(bh, q0 + ptid);
+        int item = 0, first = 0; /* the CTA's items so far, ring items so far */
+        WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+            int bh;
+            const int kt = ws_key_tile(w, BH, bh), k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
+            if (k0 >= k_len) continue;
+            const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
+            auto k_row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
+            const uint32_t k_addr = kv_addr + kv_op.wait_free(item) * KVB;
+            producer_copy_rows<BN>(k_addr, head_base(p.k, p.k_stride, b, p.T, h, D), p.k_stride, k_len - k0,
+                                   k_row_of, ptid);
+            producer_copy_rows<BN>(k_addr + BN * RB, head_base(p.v, p.v_stride, b, p.T, h, D), p.v_stride,
+                                   k_len - k0, k_row_of, ptid);
+            kv_op.commit(item++);
+            const bf16 *q_base = head_base(p.q, p.q_stride, b, p.T, h, D);
+            const bf16 *do_base = head_base(p.dout, p.o_stride, b, p.T, h, D);
+            for (int i = 0; i < n_tiles; i++) {
+                const int qt = pol.query_tile(bh, kt, i, BM, BN), q0 = qt * BM, n_valid = q_len - q0;
+                const bool full = k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
+                /* Statistics of query q0 + ptid: lse (log2 domain) and delta; +inf / 0 past q_len. */
+                float lse2 = INFINITY, dl = 0.f;
+                RowInfo info{};
+                if (ptid < BM && ptid < n_valid) {
+                    const long at_row = (long)bh * p.T + pol.q_row(bh, q0 + ptid);
+                    lse2 = lse_to_log2(p.lse[at_row]);
+                    dl = p.delta[at_row];
+                    info = pol.q_info(bh, q0 + ptid);
+                }
+                const int s = ring.wait_free(first + i);
+                auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
+                const uint32_t stage = q_addr + s * STAGE_BYTES;
+                producer_copy_rows<BM>(stage, q_base, p.q_stride, n_valid, q_row_of, ptid);
+                producer_copy_rows<BM>(stage + BM * RB, do_base, p.o_stride, n_valid, q_row_of, ptid);
+                if (ptid < BM) {
+                    sLse[s * BM + ptid] = lse2;
+                    sDelta[s * BM + ptid] = dl;
+                    sQinfo[s * BM + ptid] = info;
+                }
+                if (ptid == 0) sMeta[s] = WsTileMeta{q0, full ? 1 : 0};
+                ring.commit(s);
             }
-            const int s = ring.wait_free(i);
-            auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
-            const uint32_t stage = q_addr + s * STAGE_BYTES;
-            producer_copy_rows<BM>(stage, q_base, p.q_stride, n_valid, q_row_of, ptid);
-            producer_copy_rows<BM>(stage + BM * RB, do_base, p.o_stride, n_valid, q_row_of, ptid);
-            if (ptid < BM) {
-                sLse[s * BM + ptid] = lse2;
-                sDelta[s * BM + ptid] = dl;
-                sQinfo[s * BM + ptid] = info;
-            }
-            if (ptid == 0) sMeta[s] = WsTileMeta{q0, full ? 1 : 0};
-            ring.commit(s);
+            first += n_tiles;
         }
         cp_async_wait<0>();
         return;
     }
 
-    regs_alloc<Cfg::C_REGS>();
+    regs_alloc<PERSISTENT ? Cfg::C_REGS_PERSISTENT : Cfg::C_REGS>();
     const int g = lane / 4, tq = lane % 4;
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first key row (in tile) of this warp */
-    int key_row[2];
-    RowInfo kinfo[2];
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        key_row[hf] = k0 + warp_row + hf * 8 + g;
-        kinfo[hf] = key_row[hf] < k_len ? pol.k_info(bh, key_row[hf]) : RowInfo{};
-    }
-    float dk[32], dv[32];
-#pragma unroll
-    for (int j = 0; j < 32; j++) dk[j] = dv[j] = 0.f;
     const float sl2 = p.scale_log2;
-    const uint32_t kw_addr = k_addr + wg * 64 * RB, vw_addr = v_addr + wg * 64 * RB;
-    uint32_t pa[16], da[16]; /* k-block kq (16 queries): registers 4kq .. 4kq+3 */
+    int item = 0, first = 0;
+    WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+        int bh;
+        const int kt = ws_key_tile(w, BH, bh), k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
+        if (k0 >= k_len) continue;
+        const int my_item = item++;
+        const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
+        int key_row[2];
+        RowInfo kinfo[2];
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            key_row[hf] = k0 + warp_row + hf * 8 + g;
+            kinfo[hf] = key_row[hf] < k_len ? pol.k_info(bh, key_row[hf]) : RowInfo{};
+        }
+        float dk[32], dv[32];
+#pragma unroll
+        for (int j = 0; j < 32; j++) dk[j] = dv[j] = 0.f;
+        uint32_t pa[16], da[16]; /* k-block kq (16 queries): registers 4kq .. 4kq+3 */
 
-    if (n_tiles > 0) mbar_wait(kv_bar, 0);
-    for (int i = 0; i < n_tiles; i++) {
-        const int s = ring.acquire(i);
-        const WsTileMeta m = sMeta[s];
-        const uint32_t qs_addr = q_addr + s * STAGE_BYTES, dos_addr = qs_addr + BM * RB;
-        const float *tLse = sLse + s * BM, *tDelta = sDelta + s * BM;
-        const RowInfo *tQinfo = sQinfo + s * BM;
+        /* The item's K and V (waits until they are loaded): this warpgroup's 64 key rows. */
+        const uint32_t k_addr = kv_addr + kv_op.acquire(my_item) * KVB;
+        const uint32_t kw_addr = k_addr + wg * 64 * RB, vw_addr = k_addr + BN * RB + wg * 64 * RB;
+        for (int i = first; i < first + n_tiles; i++) { /* ring item i: the (i - first)-th query tile */
+            const int s = ring.acquire(i);
+            const WsTileMeta m = sMeta[s];
+            const uint32_t qs_addr = q_addr + s * STAGE_BYTES, dos_addr = qs_addr + BM * RB;
+            const float *tLse = sLse + s * BM, *tDelta = sDelta + s * BM;
+            const RowInfo *tQinfo = sQinfo + s * BM;
 
-        float st[32], dpt[32];
-        wgmma_fence();
+            float st[32], dpt[32];
+            wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            wgmma_m64n64k16_ss<0, 0>(st, desc_sw128(kw_addr + 32 * kk), desc_sw128(qs_addr + 32 * kk), kk > 0);
+            for (int kk = 0; kk < D / 16; kk++)
+                wgmma_m64n64k16_ss<0, 0>(st, desc_sw128(kw_addr + 32 * kk), desc_sw128(qs_addr + 32 * kk), kk > 0);
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            wgmma_m64n64k16_ss<0, 0>(dpt, desc_sw128(vw_addr + 32 * kk), desc_sw128(dos_addr + 32 * kk), kk > 0);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(st);
-        fence_regs(dpt);
+            for (int kk = 0; kk < D / 16; kk++)
+                wgmma_m64n64k16_ss<0, 0>(dpt, desc_sw128(vw_addr + 32 * kk), desc_sw128(dos_addr + 32 * kk), kk > 0);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_regs(st);
+            fence_regs(dpt);
 
-        const bool masked = !m.full;
+            const bool masked = !m.full;
 #pragma unroll
-        for (int nq = 0; nq < NQ; nq++)
+            for (int nq = 0; nq < NQ; nq++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
-                float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[col]));
-                /* a select, not a branch (C7513) */
-                const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) & pol.allowed(tQinfo[col], kinfo[hf]);
-                pe = masked & !ok ? 0.f : pe;
-                st[4 * nq + e] = pe;
-                dpt[4 * nq + e] = pe * (dpt[4 * nq + e] - tDelta[col]);
-            }
-#pragma unroll
-        for (int kq = 0; kq < BM / 16; kq++)
-#pragma unroll
-            for (int r = 0; r < 4; r++) {
-                pa[4 * kq + r] = pack_bf16(st[8 * kq + 2 * r], st[8 * kq + 2 * r + 1]);
-                da[4 * kq + r] = pack_bf16(dpt[8 * kq + 2 * r], dpt[8 * kq + 2 * r + 1]);
-            }
-        if constexpr (Cfg::FUSED_DQ) {
-            /* dS^T rows of this warpgroup: da[4kq + r] holds (key row g + 8*(r&1) of the warp,
-             * queries 16kq + 8*(r>>1) + 2tq, +1). */
-            bf16 *ds = sDS + (i & 1) * BN * BM;
+                for (int e = 0; e < 4; e++) {
+                    const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
+                    float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[col]));
+                    /* a select, not a branch (C7513) */
+                    const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) &
+                                    pol.allowed(tQinfo[col], kinfo[hf]);
+                    pe = masked & !ok ? 0.f : pe;
+                    st[4 * nq + e] = pe;
+                    dpt[4 * nq + e] = pe * (dpt[4 * nq + e] - tDelta[col]);
+                }
 #pragma unroll
             for (int kq = 0; kq < BM / 16; kq++)
 #pragma unroll
-                for (int r = 0; r < 4; r++)
-                    *reinterpret_cast<uint32_t *>(
-                        ds + SwizzledTile<BM>::offset_col(warp_row + g + 8 * (r & 1), 16 * kq + 8 * (r >> 1) + 2 * tq)) =
-                        da[4 * kq + r];
-            fence_proxy_async();
-            named_barrier(1, Cfg::CONSUMERS); /* both warpgroups' dS^T rows are in place */
-        }
-        wgmma_fence();
+                for (int r = 0; r < 4; r++) {
+                    pa[4 * kq + r] = pack_bf16(st[8 * kq + 2 * r], st[8 * kq + 2 * r + 1]);
+                    da[4 * kq + r] = pack_bf16(dpt[8 * kq + 2 * r], dpt[8 * kq + 2 * r + 1]);
+                }
+            if constexpr (Cfg::FUSED_DQ) {
+                /* dS^T rows of this warpgroup: da[4kq + r] holds (key row g + 8*(r&1) of the warp,
+                 * queries 16kq + 8*(r>>1) + 2tq, +1). */
+                bf16 *ds = sDS + (i & 1) * BN * BM;
 #pragma unroll
-        for (int kq = 0; kq < BM / 16; kq++)
-            wgmma_m64n64k16_rs<1>(dv, &pa[4 * kq], desc_sw128(dos_addr + kq * 16 * RB), 1);
+                for (int kq = 0; kq < BM / 16; kq++)
 #pragma unroll
-        for (int kq = 0; kq < BM / 16; kq++)
-            wgmma_m64n64k16_rs<1>(dk, &da[4 * kq], desc_sw128(qs_addr + kq * 16 * RB), 1);
-        float dq[16];
-        if constexpr (Cfg::FUSED_DQ) {
-            /* dQ[:, 32 wg ..] = dS K[:, 32 wg ..]: A = dS^T read M-major (k-step = 16 key rows),
-             * B = K read N-major from column 32 wg of its rows. */
-            const uint32_t ds_addr = smem_addr(sDS + (i & 1) * BN * BM);
+                    for (int r = 0; r < 4; r++) {
+                        const int row = warp_row + g + 8 * (r & 1), col = 16 * kq + 8 * (r >> 1) + 2 * tq;
+                        *reinterpret_cast<uint32_t *>(ds + SwizzledTile<BM>::offset_col(row, col)) = da[4 * kq + r];
+                    }
+                fence_proxy_async();
+                named_barrier(1, Cfg::CONSUMERS); /* both warpgroups' dS^T rows are in place */
+            }
+            wgmma_fence();
 #pragma unroll
-            for (int ks = 0; ks < BN / 16; ks++)
-                wgmma_m64n32k16_ss<1, 1>(dq, desc_sw128(ds_addr + ks * 16 * BM * 2),
-                                         desc_sw128(k_addr + ks * 16 * RB + 64 * wg), ks > 0);
-        }
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(dk);
-        fence_regs(dv);
-        fence_regs_u32(pa);
-        fence_regs_u32(da);
-        ring.release(i);
-        if constexpr (Cfg::FUSED_DQ) {
-            fence_regs(dq);
-            /* Staging block (wg, i & 1): its previous bulk reduction (tile i - 2) must have
-             * read it; the thread that issued it waits, then tells the warpgroup. */
-            float *stage_blk = sDqStage + (wg * 2 + (i & 1)) * BM * 32;
-            const int wtid = tid % 128;
-            if (wtid == 0) bulk_wait_read<1>();
-            named_barrier(2 + wg, 128);
+            for (int kq = 0; kq < BM / 16; kq++)
+                wgmma_m64n64k16_rs<1>(dv, &pa[4 * kq], desc_sw128(dos_addr + kq * 16 * RB), 1);
 #pragma unroll
-            for (int j = 0; j < 4; j++)
+            for (int kq = 0; kq < BM / 16; kq++)
+                wgmma_m64n64k16_rs<1>(dk, &da[4 * kq], desc_sw128(qs_addr + kq * 16 * RB), 1);
+            float dq[16];
+            if constexpr (Cfg::FUSED_DQ) {
+                /* dQ[:, 32 wg ..] = dS K[:, 32 wg ..]: A = dS^T read M-major (k-step = 16 key rows),
+                 * B = K read N-major from column 32 wg of its rows. */
+                const uint32_t ds_addr = smem_addr(sDS + (i & 1) * BN * BM);
 #pragma unroll
-                for (int hf = 0; hf < 2; hf++)
-                    *reinterpret_cast<float2 *>(stage_blk + ((wtid / 32) * 16 + g + 8 * hf) * 32 + 8 * j + 2 * tq) =
-                        make_float2(dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
-            fence_proxy_async(); /* the bulk copy reads through the async proxy */
-            named_barrier(2 + wg, 128);
-            if (wtid == 0) {
-                bulk_reduce_add_f32(p.dq_accum + dq_tile_index(bh, (p.T + 63) / 64, m.row0, 32 * wg),
-                                    smem_addr(stage_blk), BM * 32 * 4);
-                bulk_commit();
+                for (int ks = 0; ks < BN / 16; ks++)
+                    wgmma_m64n32k16_ss<1, 1>(dq, desc_sw128(ds_addr + ks * 16 * BM * 2),
+                                             desc_sw128(k_addr + ks * 16 * RB + 64 * wg), ks > 0);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_regs(dk);
+            fence_regs(dv);
+            fence_regs_u32(pa);
+            fence_regs_u32(da);
+            ring.release(i);
+            if constexpr (Cfg::FUSED_DQ) {
+                fence_regs(dq);
+                /* Staging block (wg, i & 1): its previous bulk reduction (tile i - 2) must have
+                 * read it; the thread that issued it waits, then tells the warpgroup. */
+                float *stage_blk = sDqStage + (wg * 2 + (i & 1)) * BM * 32;
+                const int wtid = tid % 128;
+                if (wtid == 0) bulk_wait_read<1>();
+                named_barrier(2 + wg, 128);
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+#pragma unroll
+                    for (int hf = 0; hf < 2; hf++)
+                        *reinterpret_cast<float2 *>(stage_blk + ((wtid / 32) * 16 + g + 8 * hf) * 32 + 8 * j + 2 * tq) =
+                            make_float2(dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
+                fence_proxy_async(); /* the bulk copy reads through the async proxy */
+                named_barrier(2 + wg, 128);
+                if (wtid == 0) {
+                    bulk_reduce_add_f32(p.dq_accum + dq_tile_index(bh, (p.T + 63) / 64, m.row0, 32 * wg),
+                                        smem_addr(stage_blk), BM * 32 * 4);
+                    bulk_commit();
+                }
             }
         }
+        kv_op.release(my_item); /* every product reading K and V has retired */
+        store_dkdv_sm90(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);
+        first += n_tiles;
     }
     if constexpr (Cfg::FUSED_DQ) {
         if (tid % 128 == 0) bulk_wait_read<0>(); /* shared memory stays until read */
     }
-
-    store_dkdv_sm90(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);
 #else
     __trap(); /* built without sm_90a: the host never launches this kernel then */
 #endif
@@ -281,13 +301,15 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
 template <int NWG_, int STAGES_ = 3> struct Sm90DqWsTiles : WsShape<NWG_, 1> {
     static constexpr int D = 64, NWG = NWG_, BM = 64 * NWG_, BN = 64, STAGES = STAGES_, MIN_BLOCKS = 1;
     static constexpr int ROW_BYTES = 128;
-    /* Q, dO, the (K, V) stages, the keys' mask info per stage (<= 8 bytes each), WsTileMeta
-     * per stage, mbarriers (Q/dO, full, empty), alignment. */
-    static constexpr int SMEM_BYTES = (2 * BM * D + STAGES * 2 * BN * D) * 2 + STAGES * BN * 8 +
-                                      STAGES * (int)sizeof(WsTileMeta) + (1 + 2 * STAGES) * 8 + 1024;
+    /* Q and dO (a persistent launch adds ITEM_BYTES for a second pair), the (K, V) stages, the
+     * keys' mask info per stage (<= 8 bytes each), WsTileMeta per stage, mbarriers (Q/dO full
+     * and empty, two of each, full[STAGES], empty[STAGES]), alignment. */
+    static constexpr int ITEM_BYTES = 2 * BM * D * 2;
+    static constexpr int SMEM_BYTES = ITEM_BYTES + STAGES * 2 * BN * D * 2 + STAGES * BN * 8 +
+                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 1024;
 };
 
-template <class Cfg, class Policy>
+template <class Cfg, class Policy, bool PERSISTENT>
 __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(FlashParams p, Policy pol) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, ST = Cfg::STAGES, RB = Cfg::ROW_BYTES;
@@ -295,108 +317,122 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
     typedef typename Policy::RowInfo RowInfo;
     using namespace sm90;
 
+    constexpr int NBUF = PERSISTENT ? 2 : 1, QB = Cfg::ITEM_BYTES;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw_addr = smem_addr(smem_raw);
-    bf16 *sQ = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023));
-    bf16 *sdO = sQ + BM * D;
-    bf16 *sK = sdO + BM * D; /* stage s: K at sK + s*2*BN*D, V BN*D further */
+    bf16 *sQ = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023)); /* [NBUF][Q, dO] */
+    bf16 *sK = sQ + NBUF * 2 * BM * D; /* stage s: K at sK + s*2*BN*D, V BN*D further */
     RowInfo *sKinfo = reinterpret_cast<RowInfo *>(sK + ST * 2 * BN * D); /* [ST][BN] */
     static_assert(sizeof(RowInfo) <= 8, "SMEM_BYTES reserves 8 bytes of mask info per key");
     WsTileMeta *sMeta = reinterpret_cast<WsTileMeta *>(reinterpret_cast<unsigned char *>(sKinfo) + ST * BN * 8);
-    const uint32_t q_addr = smem_addr(sQ), do_addr = smem_addr(sdO), k_addr = smem_addr(sK);
-    const uint32_t q_bar = smem_addr(sMeta + ST);
-    const StageRing<ST> ring{q_bar + 8u};
+    const uint32_t qdo_addr = smem_addr(sQ), k_addr = smem_addr(sK); /* buffer b: Q at qdo_addr + b * QB, dO after */
+    const ItemOperand<NBUF> q_op{smem_addr(sMeta + ST)};
+    const StageRing<ST> ring{q_op.bar + 16u * NBUF};
 
-    const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
-    const int qt = gridDim.y - 1 - blockIdx.y;
-    const int q_len = pol.q_len(bh), k_len = pol.k_len(bh);
-    const int q0 = qt * BM;
-    if (q0 >= q_len) return;
+    const int BH = p.B * p.H, n_qt = (p.T + BM - 1) / BM, n_work = BH * n_qt;
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
-    const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
 
-    ws_setup(ring, q_bar, Cfg::CONSUMERS);
+    ws_setup(ring, q_op, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
-        regs_dealloc<Cfg::P_REGS>();
+        regs_dealloc<PERSISTENT ? Cfg::P_REGS_PERSISTENT : Cfg::P_REGS>();
         const int ptid = tid - Cfg::CONSUMERS;
-        auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
-        producer_copy_rows<BM>(q_addr, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride, q_len - q0, q_row_of,
-                               ptid);
-        producer_copy_rows<BM>(do_addr, head_base(p.dout, p.o_stride, b, p.T, h, D), p.o_stride, q_len - q0,
-                               q_row_of, ptid);
-        mbar_arrive_cp_async(q_bar);
-        produce_key_tiles<BM, BN, ST>(ring, p, pol, bh, qt, n_tiles, k_addr, sKinfo, sMeta, ptid);
+        int item = 0, first = 0; /* the CTA's items so far, ring items so far */
+        WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+            int bh;
+            const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
+            if (q0 >= q_len) continue;
+            const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
+            auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
+            const uint32_t q_addr = qdo_addr + q_op.wait_free(item) * QB;
+            producer_copy_rows<BM>(q_addr, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride, q_len - q0, q_row_of,
+                                   ptid);
+            producer_copy_rows<BM>(q_addr + BM * RB, head_base(p.dout, p.o_stride, b, p.T, h, D), p.o_stride,
+                                   q_len - q0, q_row_of, ptid);
+            q_op.commit(item++);
+            produce_key_tiles<BM, BN, ST>(ring, p, pol, bh, qt, n_tiles, first, k_addr, sKinfo, sMeta, ptid);
+            first += n_tiles;
+        }
+        cp_async_wait<0>(); /* nothing in flight when the CTA's shared memory goes away */
         return;
     }
 
-    regs_alloc<Cfg::C_REGS>();
+    regs_alloc<PERSISTENT ? Cfg::C_REGS_PERSISTENT : Cfg::C_REGS>();
     const int g = lane / 4, tq = lane % 4;
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16;
-    RowInfo qinfo[2];
-    float lse2[2], delta[2];
-    load_query_stats_sm90(p, pol, bh, q0 + warp_row + g, q_len, qinfo, lse2, delta);
-    float dq[32];
-#pragma unroll
-    for (int j = 0; j < 32; j++) dq[j] = 0.f;
     const float sl2 = p.scale_log2;
-    uint32_t da[16];
+    int item = 0, first = 0;
+    WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+        int bh;
+        const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
+        if (q0 >= q_len) continue;
+        const int b = bh / p.H, h = bh % p.H, k_len = pol.k_len(bh);
+        const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
+        const int my_item = item++;
+        RowInfo qinfo[2];
+        float lse2[2], delta[2];
+        load_query_stats_sm90(p, pol, bh, q0 + warp_row + g, q_len, qinfo, lse2, delta);
+        float dq[32];
+#pragma unroll
+        for (int j = 0; j < 32; j++) dq[j] = 0.f;
+        uint32_t da[16];
 
-    if (n_tiles > 0) mbar_wait(q_bar, 0);
-    for (int i = 0; i < n_tiles; i++) {
-        const int s = ring.acquire(i);
-        const WsTileMeta m = sMeta[s];
-        const RowInfo *tKinfo = sKinfo + s * BN;
-        const uint32_t ks_addr = k_addr + s * STAGE_BYTES, vs_addr = ks_addr + BN * RB;
+        /* The item's Q and dO (waits until they are loaded): this warpgroup's 64 rows. */
+        const uint32_t q_addr = qdo_addr + q_op.acquire(my_item) * QB + wg * 64 * RB, do_addr = q_addr + BM * RB;
+        for (int i = first; i < first + n_tiles; i++) { /* ring item i: the (i - first)-th key tile */
+            const int s = ring.acquire(i);
+            const WsTileMeta m = sMeta[s];
+            const RowInfo *tKinfo = sKinfo + s * BN;
+            const uint32_t ks_addr = k_addr + s * STAGE_BYTES, vs_addr = ks_addr + BN * RB;
 
-        float sc[32], dp[32];
-        wgmma_fence();
+            float sc[32], dp[32];
+            wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            wgmma_m64n64k16_ss<0, 0>(sc, desc_sw128(q_addr + wg * 64 * RB + 32 * kk), desc_sw128(ks_addr + 32 * kk),
-                                     kk > 0);
+            for (int kk = 0; kk < D / 16; kk++)
+                wgmma_m64n64k16_ss<0, 0>(sc, desc_sw128(q_addr + 32 * kk), desc_sw128(ks_addr + 32 * kk), kk > 0);
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            wgmma_m64n64k16_ss<0, 0>(dp, desc_sw128(do_addr + wg * 64 * RB + 32 * kk), desc_sw128(vs_addr + 32 * kk),
-                                     kk > 0);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(sc);
-        fence_regs(dp);
+            for (int kk = 0; kk < D / 16; kk++)
+                wgmma_m64n64k16_ss<0, 0>(dp, desc_sw128(do_addr + 32 * kk), desc_sw128(vs_addr + 32 * kk), kk > 0);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_regs(sc);
+            fence_regs(dp);
 
-        const bool masked = !m.full;
+            const bool masked = !m.full;
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++)
+            for (int nt = 0; nt < BN / 8; nt++)
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int c = m.row0 + nt * 8 + 2 * tq + e;
-                const bool in_range = c < k_len;
-                const RowInfo ki = in_range ? tKinfo[c - m.row0] : RowInfo{};
+                for (int e = 0; e < 2; e++) {
+                    const int c = m.row0 + nt * 8 + 2 * tq + e;
+                    const bool in_range = c < k_len;
+                    const RowInfo ki = in_range ? tKinfo[c - m.row0] : RowInfo{};
 #pragma unroll
-                for (int hf = 0; hf < 2; hf++) {
-                    const int at = 4 * nt + 2 * hf + e;
-                    float pe = exp2_approx(fmaf(sc[at], sl2, -lse2[hf]));
-                    const bool ok = in_range & pol.allowed(qinfo[hf], ki); /* a select (C7513) */
-                    pe = masked & !ok ? 0.f : pe;
-                    sc[at] = pe * (dp[at] - delta[hf]);
+                    for (int hf = 0; hf < 2; hf++) {
+                        const int at = 4 * nt + 2 * hf + e;
+                        float pe = exp2_approx(fmaf(sc[at], sl2, -lse2[hf]));
+                        const bool ok = in_range & pol.allowed(qinfo[hf], ki); /* a select (C7513) */
+                        pe = masked & !ok ? 0.f : pe;
+                        sc[at] = pe * (dp[at] - delta[hf]);
+                    }
                 }
-            }
 #pragma unroll
-        for (int kb = 0; kb < BN / 16; kb++)
+            for (int kb = 0; kb < BN / 16; kb++)
 #pragma unroll
-            for (int r = 0; r < 4; r++) da[4 * kb + r] = pack_bf16(sc[8 * kb + 2 * r], sc[8 * kb + 2 * r + 1]);
-        wgmma_fence();
+                for (int r = 0; r < 4; r++) da[4 * kb + r] = pack_bf16(sc[8 * kb + 2 * r], sc[8 * kb + 2 * r + 1]);
+            wgmma_fence();
 #pragma unroll
-        for (int kb = 0; kb < BN / 16; kb++)
-            wgmma_m64n64k16_rs<1>(dq, &da[4 * kb], desc_sw128(ks_addr + kb * 16 * RB), 1);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(dq);
-        fence_regs_u32(da);
-        ring.release(i);
+            for (int kb = 0; kb < BN / 16; kb++)
+                wgmma_m64n64k16_rs<1>(dq, &da[4 * kb], desc_sw128(ks_addr + kb * 16 * RB), 1);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_regs(dq);
+            fence_regs_u32(da);
+            ring.release(i);
+        }
+        q_op.release(my_item); /* every product reading Q and dO has retired */
+        store_dq_sm90(p, pol, bh, b, h, q0 + warp_row + g, q_len, dq, tq);
+        first += n_tiles;
     }
-
-    store_dq_sm90(p, pol, bh, b, h, q0 + warp_row + g, q_len, dq, tq);
 #else
     __trap();
 #endif

@@ -14,21 +14,24 @@
 namespace flash {
 
 /* PINGPONG (two consumer warpgroups): the warpgroups take turns issuing their products
- * (named barriers 1 and 2), so that one's softmax runs while the other's products do. */
+ * (named barriers 1 and 2), so that one's softmax runs while the other's products do. Its
+ * turns are counted per work item: not with a persistent grid. */
 template <int NWG_, int BN_, int STAGES_, bool PINGPONG_ = false> struct Sm90FwdWsTiles : WsShape<NWG_, 1> {
     static constexpr int D = 64, NWG = NWG_, BM = 64 * NWG_, BN = BN_, STAGES = STAGES_;
     static constexpr bool PINGPONG = PINGPONG_ && NWG_ == 2;
     static constexpr int MIN_BLOCKS = 1;
     static constexpr int NT = BN / 8, KN = BN / 16, ND = D / 8, ROW_BYTES = D * 2;
-    /* Q, the K/V stages, the keys' mask info [STAGES][BN] (<= 8 bytes each), the stages'
-     * WsTileMeta, the mbarriers (Q, full[STAGES], empty[STAGES]), slack to align to 1024. */
-    static constexpr int SMEM_BYTES = (BM * D + STAGES * 2 * BN * D) * 2 + STAGES * BN * 8 +
-                                      STAGES * (int)sizeof(WsTileMeta) + (1 + 2 * STAGES) * 8 + 1024;
+    /* Q (a persistent launch adds ITEM_BYTES for a second Q), the K/V stages, the keys' mask
+     * info [STAGES][BN] (<= 8 bytes each), the stages' WsTileMeta, the mbarriers (Q full and
+     * empty, two of each, full[STAGES], empty[STAGES]), slack to align to 1024. */
+    static constexpr int ITEM_BYTES = BM * D * 2;
+    static constexpr int SMEM_BYTES = ITEM_BYTES + STAGES * 2 * BN * D * 2 + STAGES * BN * 8 +
+                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 1024;
     static_assert(BN == 64 || BN == 128, "wgmma N of S");
     static_assert(STAGES >= 2, "a ring needs two stages");
 };
 
-template <class Cfg, class Policy>
+template <class Cfg, class Policy, bool PERSISTENT>
 __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     flash_fwd_sm90_ws_kernel(FlashParams p, Policy pol) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -37,133 +40,155 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     constexpr int STAGE_ELEMS = 2 * BN * D, STAGE_BYTES = STAGE_ELEMS * 2;
     typedef typename Policy::RowInfo RowInfo;
     using namespace sm90;
+    static_assert(!(Cfg::PINGPONG && PERSISTENT), "ping-pong turns are counted for one item a CTA");
 
+    constexpr int NBUF = PERSISTENT ? 2 : 1, QB = Cfg::ITEM_BYTES;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw_addr = smem_addr(smem_raw);
-    bf16 *sQ = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023));
-    bf16 *sKV = sQ + BM * D; /* stage s: K at sKV + s*STAGE_ELEMS, V BN*D further */
+    bf16 *sQ = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023)); /* [NBUF] */
+    bf16 *sKV = sQ + NBUF * BM * D; /* stage s: K at sKV + s*STAGE_ELEMS, V BN*D further */
     RowInfo *sKinfo = reinterpret_cast<RowInfo *>(sKV + ST * STAGE_ELEMS); /* [ST][BN] */
     static_assert(sizeof(RowInfo) <= 8, "SMEM_BYTES reserves 8 bytes of mask info per key");
     WsTileMeta *sMeta = reinterpret_cast<WsTileMeta *>(reinterpret_cast<unsigned char *>(sKinfo) + ST * BN * 8);
-    const uint32_t q_addr = smem_addr(sQ), kv_addr = smem_addr(sKV), q_bar = smem_addr(sMeta + ST);
-    const StageRing<ST> ring{q_bar + 8u};
+    const uint32_t q_addr = smem_addr(sQ), kv_addr = smem_addr(sKV);
+    const ItemOperand<NBUF> q_op{smem_addr(sMeta + ST)};
+    const StageRing<ST> ring{q_op.bar + 16u * NBUF};
 
-    const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
-    const int qt = gridDim.y - 1 - blockIdx.y;
-    const int q_len = pol.q_len(bh), k_len = pol.k_len(bh);
-    const int q0 = qt * BM;
-    if (q0 >= q_len) return;
+    const int BH = p.B * p.H, n_qt = (p.T + BM - 1) / BM, n_work = BH * n_qt;
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
-    const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
 
-    ws_setup(ring, q_bar, Cfg::CONSUMERS);
+    ws_setup(ring, q_op, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
-        regs_dealloc<Cfg::P_REGS>();
+        regs_dealloc<PERSISTENT ? Cfg::P_REGS_PERSISTENT : Cfg::P_REGS>();
         const int ptid = tid - Cfg::CONSUMERS;
-        producer_copy_rows<BM>(q_addr, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride, q_len - q0,
-                               [&](int r) { return pol.q_row(bh, q0 + r); }, ptid);
-        mbar_arrive_cp_async(q_bar);
-        produce_key_tiles<BM, BN, ST>(ring, p, pol, bh, qt, n_tiles, kv_addr, sKinfo, sMeta, ptid);
+        int item = 0, first = 0; /* the CTA's items so far, ring items so far */
+        WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+            int bh;
+            const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
+            if (q0 >= q_len) continue;
+            const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
+            const int qb = q_op.wait_free(item);
+            producer_copy_rows<BM>(q_addr + qb * QB, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride,
+                                   q_len - q0, [&](int r) { return pol.q_row(bh, q0 + r); }, ptid);
+            q_op.commit(item++);
+            produce_key_tiles<BM, BN, ST>(ring, p, pol, bh, qt, n_tiles, first, kv_addr, sKinfo, sMeta, ptid);
+            first += n_tiles;
+        }
+        cp_async_wait<0>(); /* nothing in flight when the CTA's shared memory goes away */
         return;
     }
 
-    /* Consumer warpgroup wg: query rows [64 wg, 64 wg + 64) of the tile. */
-    regs_alloc<Cfg::C_REGS>();
+    /* Consumer warpgroup wg: query rows [64 wg, 64 wg + 64) of each tile. */
+    regs_alloc<PERSISTENT ? Cfg::C_REGS_PERSISTENT : Cfg::C_REGS>();
     const int g = lane / 4, tq = lane % 4;
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first tile row of this warp */
-    bf16 *o_base = head_base(p.out, p.o_stride, b, p.T, h, D);
-    RowInfo qinfo[2];
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        const int r = q0 + warp_row + hf * 8 + g;
-        qinfo[hf] = r < q_len ? pol.q_info(bh, r) : RowInfo{};
-    }
-    float o[ND * 4];
-#pragma unroll
-    for (int j = 0; j < ND * 4; j++) o[j] = 0.f;
-    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f}, alpha[2];
     const float sl2 = p.scale_log2;
-    float s[NT * 4];
-    uint32_t p_cur[KN * 4], p_next[KN * 4];
+    int item = 0, first = 0;
+    WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+        int bh;
+        const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
+        if (q0 >= q_len) continue;
+        const int b = bh / p.H, h = bh % p.H, k_len = pol.k_len(bh);
+        const int my_item = item++;
+        const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
+        bf16 *o_base = head_base(p.out, p.o_stride, b, p.T, h, D);
+        RowInfo qinfo[2];
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            const int r = q0 + warp_row + hf * 8 + g;
+            qinfo[hf] = r < q_len ? pol.q_info(bh, r) : RowInfo{};
+        }
+        /* This warpgroup's 64 rows of the item's Q buffer (waits until it is loaded). */
+        const uint32_t qw_addr = q_addr + q_op.acquire(my_item) * QB + wg * 64 * RB;
+        float o[ND * 4];
+#pragma unroll
+        for (int j = 0; j < ND * 4; j++) o[j] = 0.f;
+        float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f}, alpha[2];
+        float s[NT * 4];
+        uint32_t p_cur[KN * 4], p_next[KN * 4];
 
-    /* Waits until tile i's stage is loaded and described; returns its description. */
-    auto acquire = [&](int i) { return sMeta[ring.acquire(i)]; };
-    auto issue_s = [&](int i) {
-        const uint32_t k_addr = kv_addr + (i % ST) * STAGE_BYTES;
+        /* Ring item first + i holds key tile i. Waits until it is loaded and described; returns
+         * its description. */
+        auto acquire = [&](int i) { return sMeta[ring.acquire(first + i)]; };
+        auto issue_s = [&](int i) {
+            const uint32_t k_addr = kv_addr + ((first + i) % ST) * STAGE_BYTES;
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            wgmma_s_tile<BN>(s, desc_sw128(q_addr + wg * 64 * RB + 32 * kk), desc_sw128(k_addr + 32 * kk), kk > 0);
-        wgmma_commit();
-    };
-    auto issue_pv = [&](int i) { /* O += p_cur V_i */
-        const uint32_t v_addr = kv_addr + (i % ST) * STAGE_BYTES + BN * RB;
+            for (int kk = 0; kk < D / 16; kk++)
+                wgmma_s_tile<BN>(s, desc_sw128(qw_addr + 32 * kk), desc_sw128(k_addr + 32 * kk), kk > 0);
+            wgmma_commit();
+        };
+        auto issue_pv = [&](int i) { /* O += p_cur V_i */
+            const uint32_t v_addr = kv_addr + ((first + i) % ST) * STAGE_BYTES + BN * RB;
 #pragma unroll
-        for (int kb = 0; kb < KN; kb++)
-            wgmma_m64n64k16_rs<1>(o, &p_cur[4 * kb], desc_sw128(v_addr + kb * 16 * RB), 1);
-        wgmma_commit();
-    };
-    auto softmax = [&](int i, const WsTileMeta &m) {
-        if (!m.full) mask_s_tile<NT>(s, pol, qinfo, sKinfo + (i % ST) * BN, m.row0, k_len, tq);
-        online_softmax<NT, KN>(s, row_max, row_sum, alpha, p_next, sl2);
-    };
+            for (int kb = 0; kb < KN; kb++)
+                wgmma_m64n64k16_rs<1>(o, &p_cur[4 * kb], desc_sw128(v_addr + kb * 16 * RB), 1);
+            wgmma_commit();
+        };
+        auto softmax = [&](int i, const WsTileMeta &m) {
+            if (!m.full) mask_s_tile<NT>(s, pol, qinfo, sKinfo + ((first + i) % ST) * BN, m.row0, k_len, tq);
+            online_softmax<NT, KN>(s, row_max, row_sum, alpha, p_next, sl2);
+        };
 
-    /* Ping-pong turns: barrier 1 + w is "warpgroup w may issue"; warpgroup 0 goes first. Each
-     * warpgroup issues n_tiles + 1 times and passes the turn after each, except warpgroup 1's
-     * last pass (nobody would take it). */
-    constexpr bool PP = Cfg::PINGPONG;
-    auto take_turn = [&]() {
-        if (PP) named_barrier(1 + wg, 256);
-    };
-    auto pass_turn = [&]() {
-        if (PP) named_barrier_arrive(2 - wg, 256);
-    };
-    if (PP && wg == 1 && n_tiles > 0) pass_turn();
+        /* Ping-pong turns: barrier 1 + w is "warpgroup w may issue"; warpgroup 0 goes first. Each
+         * warpgroup issues n_tiles + 1 times and passes the turn after each, except warpgroup 1's
+         * last pass (nobody would take it). */
+        constexpr bool PP = Cfg::PINGPONG;
+        auto take_turn = [&]() {
+            if (PP) named_barrier(1 + wg, 256);
+        };
+        auto pass_turn = [&]() {
+            if (PP) named_barrier_arrive(2 - wg, 256);
+        };
+        if (PP && wg == 1 && n_tiles > 0) pass_turn();
 
-    if (n_tiles > 0) {
-        mbar_wait(q_bar, 0);
-        const WsTileMeta m = acquire(0);
-        take_turn();
-        wgmma_fence();
-        issue_s(0);
-        pass_turn();
-        wgmma_wait<0>();
-        fence_regs(s);
-        softmax(0, m);
+        if (n_tiles > 0) {
+            const WsTileMeta m = acquire(0);
+            take_turn();
+            wgmma_fence();
+            issue_s(0);
+            pass_turn();
+            wgmma_wait<0>();
+            fence_regs(s);
+            softmax(0, m);
+        }
+        for (int i = 1; i < n_tiles; i++) {
+#pragma unroll
+            for (int j = 0; j < KN * 4; j++) p_cur[j] = p_next[j];
+            const WsTileMeta m = acquire(i);
+            take_turn();
+            wgmma_fence();
+            issue_s(i);
+            issue_pv(i - 1);
+            pass_turn();
+            wgmma_wait<1>(); /* S_i done; P_{i-1} V_{i-1} may still run during the softmax */
+            fence_regs(s);
+            softmax(i, m);
+            wgmma_wait<0>();
+            fence_regs(o);
+            fence_regs_u32(p_cur);
+            ring.release(first + i - 1);
+#pragma unroll
+            for (int nd = 0; nd < ND; nd++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) o[4 * nd + e] *= alpha[e >> 1];
+        }
+        q_op.release(my_item); /* every S product has retired */
+        if (n_tiles > 0) {
+#pragma unroll
+            for (int j = 0; j < KN * 4; j++) p_cur[j] = p_next[j];
+            take_turn();
+            wgmma_fence();
+            issue_pv(n_tiles - 1);
+            wgmma_wait<0>();
+            fence_regs(o);
+            fence_regs_u32(p_cur);
+            ring.release(first + n_tiles - 1);
+            if (wg == 0) pass_turn();
+        }
+        store_fwd_rows<ND>(p, pol, bh, o_base, o, row_max, row_sum, q0 + warp_row + g, q_len, tq);
+        first += n_tiles;
     }
-    for (int i = 1; i < n_tiles; i++) {
-#pragma unroll
-        for (int j = 0; j < KN * 4; j++) p_cur[j] = p_next[j];
-        const WsTileMeta m = acquire(i);
-        take_turn();
-        wgmma_fence();
-        issue_s(i);
-        issue_pv(i - 1);
-        pass_turn();
-        wgmma_wait<1>(); /* S_i done; P_{i-1} V_{i-1} may still run during the softmax */
-        fence_regs(s);
-        softmax(i, m);
-        wgmma_wait<0>();
-        fence_regs(o);
-        fence_regs_u32(p_cur);
-        ring.release(i - 1);
-#pragma unroll
-        for (int nd = 0; nd < ND; nd++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) o[4 * nd + e] *= alpha[e >> 1];
-    }
-    if (n_tiles > 0) {
-#pragma unroll
-        for (int j = 0; j < KN * 4; j++) p_cur[j] = p_next[j];
-        take_turn();
-        wgmma_fence();
-        issue_pv(n_tiles - 1);
-        wgmma_wait<0>();
-        fence_regs(o);
-        fence_regs_u32(p_cur);
-        if (wg == 0) pass_turn();
-    }
-    store_fwd_rows<ND>(p, pol, bh, o_base, o, row_max, row_sum, q0 + warp_row + g, q_len, tq);
 #else
     __trap(); /* built without sm_90a: the host never launches this kernel then */
 #endif

@@ -32,6 +32,40 @@ cudaError_t launch_tiled(const FlashParams &p, const Policy &pol, int rows, int 
     return cudaGetLastError();
 }
 
+/* Launches a warp-specialised kernel (flash_ws.cuh) over a 1D grid of work items, the tiles of
+ * TILE rows of every (batch, head) of p.T rows: one CTA an item, or for a PERSISTENT kernel
+ * instance ctas < 0: as many CTAs as are resident at once on the current device; ctas > 0: at
+ * most that many (tests use few, so that every CTA takes several items); 0: one an item. */
+template <class Cfg, class Policy, bool PERSISTENT, void (*KERNEL)(FlashParams, Policy)>
+cudaError_t launch_ws(const FlashParams &p, const Policy &pol, int tile, int ctas, cudaStream_t s) {
+    /* a persistent kernel double-buffers its per-item operand */
+    constexpr int SMEM = Cfg::SMEM_BYTES + (PERSISTENT ? Cfg::ITEM_BYTES : 0);
+    static cudaError_t attr = allow_smem(KERNEL, SMEM);
+    if (attr != cudaSuccess) return attr;
+    const long n_work = (long)p.B * p.H * ((p.T + tile - 1) / tile);
+    long grid = n_work;
+    if (PERSISTENT && ctas != 0) {
+        static int resident[64]; /* per device: CTAs resident at once, 0 = not asked yet */
+        int dev = 0;
+        cudaError_t err = cudaGetDevice(&dev);
+        if (err != cudaSuccess) return err;
+        if (dev < 0 || dev >= 64) return cudaErrorInvalidDevice;
+        if (!resident[dev]) {
+            int per_sm = 0, sms = 0;
+            err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, KERNEL, Cfg::THREADS, SMEM);
+            if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+            if (err != cudaSuccess) return err;
+            if (per_sm < 1) return cudaErrorInvalidConfiguration; /* the kernel cannot run here */
+            resident[dev] = per_sm * sms;
+        }
+        if (grid > resident[dev]) grid = resident[dev];
+        if (ctas > 0 && grid > ctas) grid = ctas;
+    }
+    if (grid == 0) return cudaSuccess;
+    KERNEL<<<(unsigned)grid, Cfg::THREADS, SMEM, s>>>(p, pol);
+    return cudaGetLastError();
+}
+
 template <class Cfg, class Policy>
 cudaError_t launch_fwd(const FlashParams &p, const Policy &pol, int q_rows, cudaStream_t s) {
     return launch_tiled<Cfg, Policy, flash_fwd_kernel<Cfg, Policy>>(p, pol, q_rows, Cfg::BM, s);
@@ -65,9 +99,9 @@ cudaError_t launch_fwd_sm90(const FlashParams &p, const Policy &pol, int q_rows,
     return launch_tiled<Cfg, Policy, flash_fwd_sm90_kernel<Cfg, Policy>>(p, pol, q_rows, Cfg::BM, s);
 }
 
-template <class Cfg, class Policy>
-cudaError_t launch_fwd_sm90_ws(const FlashParams &p, const Policy &pol, int q_rows, cudaStream_t s) {
-    return launch_tiled<Cfg, Policy, flash_fwd_sm90_ws_kernel<Cfg, Policy>>(p, pol, q_rows, Cfg::BM, s);
+template <class Cfg, bool PERSISTENT = false, class Policy>
+cudaError_t launch_fwd_sm90_ws(const FlashParams &p, const Policy &pol, cudaStream_t s, int ctas = 0) {
+    return launch_ws<Cfg, Policy, PERSISTENT, flash_fwd_sm90_ws_kernel<Cfg, Policy, PERSISTENT>>(p, pol, Cfg::BM, ctas, s);
 }
 
 template <class Cfg, class Policy, bool ATOMIC_DQ>
@@ -80,28 +114,28 @@ cudaError_t launch_bwd_dq_sm90(const FlashParams &p, const Policy &pol, int q_ro
     return launch_tiled<Cfg, Policy, flash_bwd_dq_sm90_kernel<Cfg, Policy>>(p, pol, q_rows, Cfg::BM, s);
 }
 
-template <class Cfg, class Policy>
-cudaError_t launch_bwd_dkdv_sm90_ws(const FlashParams &p, const Policy &pol, int k_rows, cudaStream_t s) {
-    return launch_tiled<Cfg, Policy, flash_bwd_dkdv_sm90_ws_kernel<Cfg, Policy>>(p, pol, k_rows, Cfg::BN, s);
+template <class Cfg, bool PERSISTENT = false, class Policy>
+cudaError_t launch_bwd_dkdv_sm90_ws(const FlashParams &p, const Policy &pol, cudaStream_t s, int ctas = 0) {
+    return launch_ws<Cfg, Policy, PERSISTENT, flash_bwd_dkdv_sm90_ws_kernel<Cfg, Policy, PERSISTENT>>(p, pol, Cfg::BN, ctas, s);
 }
 
-template <class Cfg, class Policy>
-cudaError_t launch_bwd_dq_sm90_ws(const FlashParams &p, const Policy &pol, int q_rows, cudaStream_t s) {
-    return launch_tiled<Cfg, Policy, flash_bwd_dq_sm90_ws_kernel<Cfg, Policy>>(p, pol, q_rows, Cfg::BM, s);
+template <class Cfg, bool PERSISTENT = false, class Policy>
+cudaError_t launch_bwd_dq_sm90_ws(const FlashParams &p, const Policy &pol, cudaStream_t s, int ctas = 0) {
+    return launch_ws<Cfg, Policy, PERSISTENT, flash_bwd_dq_sm90_ws_kernel<Cfg, Policy, PERSISTENT>>(p, pol, Cfg::BM, ctas, s);
 }
 
 /* The fused backward (Sm90BwdWsTiles<2, S, true>): zeroes the tile-layout dQ accumulator
  * (p.dq_accum, B*H*ceil(T/64)*64*64 floats), runs dK/dV/dQ, converts dQ. The preprocess must
  * have run with p.dq_accum = NULL (it zeroes the other layout). */
-template <class Cfg, class Policy>
-cudaError_t launch_bwd_fused_sm90_ws(const FlashParams &p, const Policy &pol, int k_rows, cudaStream_t s) {
+template <class Cfg, bool PERSISTENT = false, class Policy>
+cudaError_t launch_bwd_fused_sm90_ws(const FlashParams &p, const Policy &pol, cudaStream_t s, int ctas = 0) {
     static_assert(Cfg::FUSED_DQ, "a fused configuration");
     const size_t n = (size_t)p.B * p.H * ((p.T + 63) / 64) * 64 * 64;
     cudaError_t err = cudaMemsetAsync(p.dq_accum, 0, n * sizeof(float), s);
-    if (err == cudaSuccess) err = launch_bwd_dkdv_sm90_ws<Cfg>(p, pol, k_rows, s);
+    if (err == cudaSuccess) err = launch_bwd_dkdv_sm90_ws<Cfg, PERSISTENT>(p, pol, s, ctas);
     if (err != cudaSuccess) return err;
-    const long rows = (long)p.B * p.T * p.H, threads = rows * 8;
-    flash_bwd_convert_dq_tiles_kernel<64><<<(unsigned)((threads + 255) / 256), 256, 0, s>>>(p, rows);
+    const long threads = (long)p.B * p.T * p.H * 8;
+    flash_bwd_convert_dq_tiles_kernel<64, Policy><<<(unsigned)((threads + 255) / 256), 256, 0, s>>>(p, pol);
     return cudaGetLastError();
 }
 

@@ -37,6 +37,13 @@ template <int NWG, int MIN_BLOCKS> struct WsShape {
     static constexpr int P_REGS = LAUNCH_REGS >= 160 ? 56 : 24;
     static constexpr int C_REGS_FIT = (LAUNCH_REGS * THREADS - 128 * P_REGS) / CONSUMERS / 8 * 8;
     static constexpr int C_REGS = C_REGS_FIT > 240 ? 240 : C_REGS_FIT;
+    /* A persistent producer carries its walk over the items besides the tile loop: at 56
+     * registers ptxas spilled 4 to 24 bytes; at 80 nothing spills on either side. */
+    static constexpr int P_REGS_PERSISTENT = LAUNCH_REGS >= 160 ? 80 : 24;
+    static constexpr int C_REGS_PERSISTENT_FIT =
+        (LAUNCH_REGS * THREADS - 128 * P_REGS_PERSISTENT) / CONSUMERS / 8 * 8;
+    static constexpr int C_REGS_PERSISTENT = C_REGS_PERSISTENT_FIT > 240 ? 240 : C_REGS_PERSISTENT_FIT;
+    static constexpr bool PINGPONG = false; /* the forward may turn it on (not persistent then) */
 };
 
 /* Where a stage's tile starts and whether it needs the per-element mask. */
@@ -78,17 +85,72 @@ template <int ST> struct StageRing {
     __device__ __forceinline__ void release(int i) const { sm90::mbar_arrive(empty(i % ST)); }
 };
 
-/* The set-up of every warp-specialised kernel: thread 0 initialises the one-off barrier of
- * the producer's first loads (128 cp.async arrivals) and the ring; then the CTA's last
- * __syncthreads: from here on only the mbarriers. */
-template <int ST>
-__device__ __forceinline__ void ws_setup(const StageRing<ST> &ring, uint32_t first_load_bar, int consumers) {
+/* The operand a CTA loads once per work item and keeps for all of the item's ring items (Q for
+ * the forward, Q and dO for dQ, K and V for dK/dV), in NBUF buffers: item j of the CTA in
+ * buffer j % NBUF. A persistent CTA has two, so that the producer loads the next item's
+ * operand while the consumers still work on the current one. full[b] completes a phase when
+ * the producer's 128 cp.async arrivals have landed, empty[b] when every consumer thread has
+ * retired the products reading it. Both sides visit the same items, so the phases stay in
+ * step. */
+template <int NBUF> struct ItemOperand {
+    uint32_t bar; /* full[NBUF], then empty[NBUF] */
+
+    __device__ __forceinline__ uint32_t full(int b) const { return bar + 8u * b; }
+    __device__ __forceinline__ uint32_t empty(int b) const { return bar + 8u * (NBUF + b); }
+    __device__ __forceinline__ void init(int consumers) const {
+        for (int b = 0; b < NBUF; b++) {
+            sm90::mbar_init(full(b), 128);
+            sm90::mbar_init(empty(b), consumers);
+        }
+    }
+    /* Producer, before loading the operand of the CTA's j-th item; returns its buffer. */
+    __device__ __forceinline__ int wait_free(int j) const {
+        if (j >= NBUF) sm90::mbar_wait(empty(j % NBUF), (j / NBUF - 1) & 1);
+        return j % NBUF;
+    }
+    /* Producer, after issuing its copies. */
+    __device__ __forceinline__ void commit(int j) const { sm90::mbar_arrive_cp_async(full(j % NBUF)); }
+    /* Consumer: every item, even one without ring items, so that the phases stay in step;
+     * returns the buffer. */
+    __device__ __forceinline__ int acquire(int j) const {
+        sm90::mbar_wait(full(j % NBUF), (j / NBUF) & 1);
+        sm90::fence_proxy_async();
+        return j % NBUF;
+    }
+    __device__ __forceinline__ void release(int j) const { sm90::mbar_arrive(empty(j % NBUF)); }
+};
+
+/* Work item w of n_work = BH * n_tiles: heads innermost, query tiles from the last (causal:
+ * the longest lists), key tiles from the first. CTAs running at once then hold nearby tiles
+ * of every head (in the sparse modes, tiles of the same buckets), whose K/V gathers share L2:
+ * ordering every tile by list length instead made the hash forward 1.6x slower (H100,
+ * session 8, attention/cuda/NOTES.md). */
+__device__ __forceinline__ int ws_query_tile(int w, int BH, int n_tiles, int &bh) {
+    bh = w % BH;
+    return n_tiles - 1 - w / BH;
+}
+__device__ __forceinline__ int ws_key_tile(int w, int BH, int &bh) {
+    bh = w % BH;
+    return w / BH;
+}
+
+/* The set-up of every warp-specialised kernel: thread 0 initialises the item operand's
+ * barriers and the ring; then the CTA's last __syncthreads: from here on only the mbarriers. */
+template <int ST, int NBUF>
+__device__ __forceinline__ void ws_setup(const StageRing<ST> &ring, const ItemOperand<NBUF> &op, int consumers) {
     if (threadIdx.x == 0) {
-        sm90::mbar_init(first_load_bar, 128);
+        op.init(consumers);
         ring.init(consumers);
     }
     __syncthreads();
 }
+
+/* The work items of a CTA: items blockIdx.x, + gridDim.x, ... of n_work when PERSISTENT (as
+ * many CTAs as fit at once, each walking its items with the next item's loads in flight under
+ * the current one's products); otherwise item blockIdx.x alone, and the compiler sees one
+ * pass (no loop state kept in registers). */
+#define WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) \
+    for (int w = blockIdx.x; w < (n_work); w = (PERSISTENT) ? w + (int)gridDim.x : (n_work))
 
 /* Copies ROWS rows of 64 bf16 into a swizzled tile by the producer warpgroup (ptid 0..127):
  * chunk id = j * 128 + ptid, so one warp instruction reads 4 whole rows. Rows are looked up all
@@ -113,11 +175,12 @@ __device__ __forceinline__ void producer_copy_rows(uint32_t tile_addr, const bf1
 }
 
 /* The producer loop of the kernels that stream key tiles (forward, dQ): for each live key
- * tile of query tile qt, K and V rows into the stage (BN rows each, V right after K), the keys'
- * mask info and the tile's WsTileMeta. */
+ * tile of query tile qt, K and V rows into the stage of ring item first + i (BN rows each, V
+ * right after K), the keys' mask info and the tile's WsTileMeta. The caller waits for its
+ * copies (cp_async_wait) before the CTA ends. */
 template <int BM, int BN, int ST, class Policy>
 __device__ __forceinline__ void produce_key_tiles(const StageRing<ST> &ring, const FlashParams &p, const Policy &pol,
-                                                  int bh, int qt, int n_tiles, uint32_t kv_addr,
+                                                  int bh, int qt, int n_tiles, int first, uint32_t kv_addr,
                                                   typename Policy::RowInfo *sKinfo, WsTileMeta *sMeta, int ptid) {
     typedef typename Policy::RowInfo RowInfo;
     constexpr int D = 64, STAGE_BYTES = 2 * BN * D * 2;
@@ -128,7 +191,7 @@ __device__ __forceinline__ void produce_key_tiles(const StageRing<ST> &ring, con
         const int kt = pol.key_tile(bh, qt, i, BM, BN), k0 = kt * BN, n_valid = k_len - k0;
         const RowInfo info = ptid < BN && ptid < n_valid ? pol.k_info(bh, k0 + ptid) : RowInfo{};
         const bool full = k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
-        const int s = ring.wait_free(i);
+        const int s = ring.wait_free(first + i);
         const uint32_t stage = kv_addr + s * STAGE_BYTES;
         auto k_row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
         producer_copy_rows<BN>(stage, k_base, p.k_stride, n_valid, k_row_of, ptid);
@@ -137,7 +200,6 @@ __device__ __forceinline__ void produce_key_tiles(const StageRing<ST> &ring, con
         if (ptid == 0) sMeta[s] = WsTileMeta{k0, full ? 1 : 0};
         ring.commit(s);
     }
-    cp_async_wait<0>(); /* nothing in flight when the CTA's shared memory goes away */
 }
 
 } // namespace flash

@@ -2,7 +2,6 @@
  * stages in plan_hash.cuh, plan_sort.cuh and plan_tile_kernels.cuh. */
 #include <string.h>
 
-#include <cub/device/device_radix_sort.cuh>
 #include <cuda_runtime.h>
 
 extern "C" {
@@ -242,19 +241,6 @@ extern "C" void attn_plan_cuda_build(attn_plan_cuda_t *plan, uint64_t key, const
     attn_plan_cuda_sort(plan, stream);
 }
 
-/* Bits of the largest list length: the radix sort looks at no more. */
-static int count_bits(int max_count) {
-    int bits = 1;
-    while ((1L << bits) <= max_count) bits++;
-    return bits;
-}
-
-/* Sort values: the tile index within its side, [0, nq) then [0, nk). */
-__global__ static void tile_index_kernel(int32_t *x, int nq, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] = i < nq ? i : i - nq;
-}
-
 extern "C" void attn_tiles_cuda_init(attn_tiles_cuda_t *t, const attn_plan_cuda_t *plan,
                                      int block_m, int block_n) {
     if (block_m < 1 || block_n < 1)
@@ -278,26 +264,13 @@ extern "C" void attn_tiles_cuda_init(attn_tiles_cuda_t *t, const attn_plan_cuda_
     l->n_query_tiles = device_alloc<int32_t>(nk);
     l->key_tiles = device_alloc<int32_t>(nq * l->n_k_tiles);
     l->query_tiles = device_alloc<int32_t>(nk * l->n_q_tiles);
-    l->q_tile_order = device_alloc<int32_t>(nq + nk);
-    l->k_tile_order = l->q_tile_order + nq;
     l->live_tiles = device_alloc<int64_t>(1);
-    t->order_keys = device_alloc<uint32_t>(nq + nk);
-    t->sorted_keys = device_alloc<uint32_t>(nq + nk);
-    t->tile_index = device_alloc<int32_t>(nq + nk);
-    tile_index_kernel<<<(unsigned)((nq + nk + 255) / 256), 256>>>(t->tile_index, (int)nq, (int)(nq + nk));
-    PLAN_CUDA_OK(cudaGetLastError());
-    PLAN_CUDA_OK(cub::DeviceRadixSort::SortPairs(
-        NULL, t->sort_temp_bytes, (const uint32_t *)NULL, (uint32_t *)NULL, (const int32_t *)NULL,
-        (int32_t *)NULL, (int)(nq + nk), 0, 32));
-    PLAN_CUDA_OK(cudaMalloc(&t->sort_temp, t->sort_temp_bytes));
-    PLAN_CUDA_OK(cudaDeviceSynchronize()); /* the index array is ready before any stream uses it */
 }
 
 extern "C" void attn_tiles_cuda_free(attn_tiles_cuda_t *t) {
     attn_tile_lists_t *l = &t->lists;
     void *device[] = {l->info_q, l->info_k, l->n_key_tiles, l->n_query_tiles, l->key_tiles,
-                      l->query_tiles, l->q_tile_order /* k_tile_order shares it */, l->live_tiles,
-                      t->order_keys, t->sorted_keys, t->tile_index, t->sort_temp};
+                      l->query_tiles, l->live_tiles};
     for (size_t i = 0; i < sizeof device / sizeof device[0]; i++)
         if (device[i]) PLAN_CUDA_OK(cudaFree(device[i]));
     memset(t, 0, sizeof *t);
@@ -311,19 +284,12 @@ extern "C" void attn_tiles_cuda_build(attn_tiles_cuda_t *t, const attn_plan_cuda
     plan::TileArgs a;
     a.rows = plan->rows;
     a.lists = *l;
-    a.order_keys = t->order_keys;
-    a.order_cap = l->n_q_tiles > l->n_k_tiles ? l->n_q_tiles : l->n_k_tiles;
-    a.order_bits = count_bits(a.order_cap);
     const int n = l->BH * (l->n_q_tiles + l->n_k_tiles);
     const unsigned blocks = (unsigned)(((long)n * 32 + 255) / 256);
     plan::tile_info_kernel<<<blocks, 256, 0, stream>>>(a);
     PLAN_CUDA_OK(cudaGetLastError());
     plan::tile_list_kernel<<<blocks, 256, 0, stream>>>(a);
     PLAN_CUDA_OK(cudaGetLastError());
-    size_t bytes = t->sort_temp_bytes;
-    PLAN_CUDA_OK(cub::DeviceRadixSort::SortPairs(t->sort_temp, bytes, t->order_keys, t->sorted_keys,
-                                                 t->tile_index, l->q_tile_order, n, 0,
-                                                 a.order_bits + 1, stream));
 }
 
 extern "C" int64_t attn_tiles_cuda_live_count(const attn_tiles_cuda_t *t, cudaStream_t stream) {

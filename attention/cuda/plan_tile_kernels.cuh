@@ -16,11 +16,6 @@ namespace plan {
 struct TileArgs {
     attn_row_order_t rows;   /* device pointers */
     attn_tile_lists_t lists; /* device pointers */
-    /* Sort keys of both tile orders, [BH*n_q_tiles query tiles | BH*n_k_tiles key tiles]:
-     * (side << order_bits) | (order_cap - list length). One stable ascending radix sort then
-     * yields both orders (query tiles first; longest list first; ties by index). */
-    uint32_t *order_keys;
-    int order_bits, order_cap;
 };
 
 /* Which tile a warp handles: the first BH*n_first warps take side 0, the rest side 1. */
@@ -113,8 +108,6 @@ __global__ void tile_list_kernel(TileArgs a) {
     }
     if (lane != 0) return;
     (keys_own ? l.n_query_tiles : l.n_key_tiles)[own_at] = count;
-    a.order_keys[(keys_own ? (long)l.BH * l.n_q_tiles : 0) + own_at] =
-        ((uint32_t)keys_own << a.order_bits) | (uint32_t)(a.order_cap - count);
     if (!keys_own && count)
         atomicAdd(reinterpret_cast<unsigned long long *>(l.live_tiles), (unsigned long long)count);
 }

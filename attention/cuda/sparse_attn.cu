@@ -26,11 +26,20 @@ typedef FwdTiles<64, 128, 64, 4> Fwd64;
 typedef BwdTiles<64, 128, 64, 8> Bwd64; /* BN = 128 keys, BM = 64 queries */
 typedef DqTiles<64, 64, 64, 4> Dq64;
 typedef Sm90FwdWsTiles<2, 64, 4> Sm90Fwd64; /* warp-specialised; the forward lists' 128 x 64 tiles */
-typedef Sm90BwdTiles<2> Sm90DkDv64; /* BN = 128 keys, BM = 64 queries; with atomic dQ */
-typedef Sm90BwdWsTiles<2, 3> Sm90DkDvWs; /* the same tiles, warp-specialised, without dQ */
+typedef Sm90BwdWsTiles<2, 3> Sm90DkDvWs; /* BN = 128 keys, BM = 64 queries, warp-specialised */
+typedef Sm90BwdWsTiles<2, 3, true> Sm90Fused64; /* the same tiles with dQ (not deterministic) */
 typedef Sm90DqWsTiles<2, 2> Sm90Dq64; /* BM = 128 queries, BN = 64 keys, warp-specialised */
 
 int force_portable = 0;
+/* Grid of the warp-specialised kernels (flash_launch.cuh, launch_ws). Sparse tiles have short
+ * key loops, so a CTA per tile spends much of its life loading its first operands and storing;
+ * persistent CTAs overlap that with the previous tile's products, and in test_sparse_attn
+ * (random Gaussian Q and K, even buckets) they were the faster: hash nb=16 fwd+bwd 2.551 vs
+ * 2.636 ms (H100, session 8). But they take their tiles in a fixed round robin, and in the
+ * trainer (bench_step, GPT-2 small, 16k x 2) the hash step went from 70.2 to 108.5 ms with
+ * them: the model's buckets are uneven, so some CTAs draw far more work than others. Until the
+ * items are handed out dynamically, one CTA per tile (the hardware balances) is the default. */
+int persistent_ctas = 0;
 
 bool use_sm90(int D) { return D == 64 && !force_portable && sm90_available(); }
 
@@ -103,18 +112,23 @@ extern "C" void sparse_attn_force_portable(int on) { force_portable = on != 0; }
 
 extern "C" const char *sparse_attn_path(int D) { return use_sm90(D) ? "sm90 wgmma" : "mma.sync"; }
 
+extern "C" void sparse_attn_set_persistent(int ctas) { persistent_ctas = ctas; }
+
 extern "C" int sparse_attn_backward_split(int D, int deterministic) {
-    /* Measured (test_sparse_attn --time, H100): with the dQ pass at 2 CTAs/SM the split is the
-     * faster on Hopper (hash nb=16 2.25 vs 2.36 ms, qk 0.5 5.11 vs 5.90); the portable path's
-     * split is slower (3.45 vs 2.89). */
-    return deterministic || use_sm90(D);
+    /* Measured (test_sparse_attn --time, H100, session 8, B 4 T 16384 H 12): on Hopper the
+     * fused backward (dQ from dS in shared memory, bulk reductions) beats the split, hash
+     * nb=16 1.690 vs 1.940 ms, qk 0.5 3.962 vs 4.595, and needs no dQ tile lists; on the
+     * portable path atomic dQ beats the split (2.93 vs 3.50). So the split only when asked to
+     * be deterministic. */
+    (void)D;
+    return deterministic;
 }
 
 extern "C" void sparse_attn_tile_shape(sparse_attn_pass_t pass, int D, int *block_m, int *block_n) {
     if (D != 64) fatal(EXIT_USAGE, "sparse_attn: head dim D = %d is not supported (64)", D);
     const bool sm90 = use_sm90(D);
     static_assert(Sm90Fwd64::BM == Fwd64::BM && Sm90Fwd64::BN == Fwd64::BN &&
-                      Sm90DkDv64::BM == Bwd64::BM && Sm90DkDv64::BN == Bwd64::BN &&
+                      Sm90Fused64::BM == Bwd64::BM && Sm90Fused64::BN == Bwd64::BN &&
                       Sm90DkDvWs::BM == Bwd64::BM && Sm90DkDvWs::BN == Bwd64::BN,
                   "forward and dK/dV tile lists serve both paths");
     static_assert(Fwd64::BM == ATTN_FWD_BLOCK_M && Fwd64::BN == ATTN_FWD_BLOCK_N,
@@ -147,7 +161,7 @@ extern "C" void sparse_attn_forward(const attn_plan_cuda_t *plan, const attn_til
     p.out = out;
     p.lse = lse;
     const PlanPolicy pol = make_plan_policy(plan->rows, fwd_tiles->lists);
-    check_launch("forward kernel", use_sm90(dims->D) ? launch_fwd_sm90_ws<Sm90Fwd64>(p, pol, dims->T, stream)
+    check_launch("forward kernel", use_sm90(dims->D) ? launch_fwd_sm90_ws<Sm90Fwd64, true>(p, pol, stream, persistent_ctas)
                                                      : launch_fwd<Fwd64>(p, pol, dims->T, stream));
     zero_dropped_rows(plan, pol, 0, out, dims->o_stride, NULL, 0, lse, stream);
 }
@@ -157,7 +171,9 @@ extern "C" size_t sparse_attn_backward_workspace_bytes(const flash_attn_dims_t *
     check_dims(dims);
     const size_t rows = (size_t)dims->B * dims->T * dims->H;
     size_t bytes = align256(rows * sizeof(float)); /* delta */
-    if (!deterministic) bytes += align256(rows * dims->D * sizeof(float)); /* dQ accumulator */
+    /* dQ accumulator: [B][T][H][D] (portable), or by tiles of 64 rows (sm90 fused), the larger */
+    const size_t tiled = (size_t)dims->B * dims->H * ((dims->T + 63) / 64) * 64 * dims->D;
+    if (!deterministic) bytes += align256((tiled > rows * dims->D ? tiled : rows * dims->D) * sizeof(float));
     return bytes;
 }
 
@@ -193,23 +209,26 @@ extern "C" void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_ti
                                                            align256(rows * sizeof(float)));
     const PlanPolicy kv_pol = make_plan_policy(plan->rows, dkdv_tiles->lists);
     const int T = dims->T;
-    /* The preprocess zeroes the whole dQ accumulator and the convert writes every row, so with
-     * atomic dQ dropped queries get dq = 0 for free; the deterministic dQ pass writes work rows
-     * only. Keys past k_len are never visited by the dK/dV pass. */
+    /* With the fp32 dQ accumulator (not deterministic) the convert writes every row, dropped
+     * queries included (their accumulator rows stay zero); the deterministic dQ pass writes
+     * work rows only. Keys past k_len are never visited by the dK/dV pass. */
     const bool sm90 = use_sm90(dims->D);
+    float *accum = p.dq_accum;
+    if (sm90) p.dq_accum = NULL; /* the fused launch zeroes its own layout; the preprocess must not */
     check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
+    p.dq_accum = accum;
     if (deterministic) {
         check_launch("backward dK/dV",
-                     sm90 ? launch_bwd_dkdv_sm90_ws<Sm90DkDvWs>(p, kv_pol, T, stream)
+                     sm90 ? launch_bwd_dkdv_sm90_ws<Sm90DkDvWs, true>(p, kv_pol, stream, persistent_ctas)
                           : launch_bwd_dkdv<Bwd64, PlanPolicy, false, true>(p, kv_pol, T, stream));
         const PlanPolicy q_pol = make_plan_policy(plan->rows, dq_tiles->lists);
-        check_launch("backward dQ", sm90 ? launch_bwd_dq_sm90_ws<Sm90Dq64>(p, q_pol, T, stream)
+        check_launch("backward dQ", sm90 ? launch_bwd_dq_sm90_ws<Sm90Dq64, true>(p, q_pol, stream, persistent_ctas)
                                          : launch_bwd_dq<Dq64>(p, q_pol, T, stream));
         zero_dropped_rows(plan, q_pol, 0, dq, dims->q_stride, NULL, 0, NULL, stream);
+    } else if (sm90) {
+        check_launch("backward dK/dV/dQ", launch_bwd_fused_sm90_ws<Sm90Fused64, true>(p, kv_pol, stream, persistent_ctas));
     } else {
-        check_launch("backward dK/dV/dQ",
-                     sm90 ? launch_bwd_sm90<Sm90DkDv64, PlanPolicy, true>(p, kv_pol, T, stream)
-                          : launch_bwd_dkdv<Bwd64, PlanPolicy, true, true>(p, kv_pol, T, stream));
+        check_launch("backward dK/dV/dQ", launch_bwd_dkdv<Bwd64, PlanPolicy, true, true>(p, kv_pol, T, stream));
         check_launch("backward dQ convert", launch_bwd_convert_dq<64>(p, stream));
     }
     zero_dropped_rows(plan, kv_pol, 1, dk, dims->k_stride, dv, dims->v_stride, NULL, stream);

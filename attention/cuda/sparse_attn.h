@@ -50,11 +50,14 @@ void sparse_attn_tile_shape(sparse_attn_pass_t pass, int D, int *block_m, int *b
 void sparse_attn_force_portable(int on);
 /* "sm90 wgmma" or "mma.sync": the kernels a call with head dim D runs now. */
 const char *sparse_attn_path(int D);
+/* Grid of the Hopper kernels: 0 (the default) one CTA per tile; ctas < 0 persistent CTAs, as
+ * many as are resident at once, each taking every gridDim-th tile; n > 0 persistent with at
+ * most n CTAs (tests: several tiles a CTA even on small shapes). Why 0: sparse_attn.cu. */
+void sparse_attn_set_persistent(int ctas);
 
 /* Whether sparse_attn_backward should be given dQ tile lists (the split dQ pass, no atomics) for
- * head dim D on the path in force: when deterministic, and always on Hopper, where the split is
- * the faster; the portable path otherwise adds dQ with atomics in the dK/dV pass (faster there;
- * H100 measurements in attention/cuda/NOTES.md). */
+ * head dim D on the path in force: only when deterministic; otherwise dQ is added in fp32 by
+ * the dK/dV pass, the faster on both paths (H100 measurements in attention/cuda/NOTES.md). */
 int sparse_attn_backward_split(int D, int deterministic);
 
 /* out [B][T][H][D] (o_stride), lse [B][H][T]. fwd_tiles: SPARSE_ATTN_PASS_FORWARD shape. */
@@ -68,7 +71,8 @@ void sparse_attn_forward(const attn_plan_cuda_t *plan, const attn_tiles_cuda_t *
 size_t sparse_attn_backward_workspace_bytes(const flash_attn_dims_t *dims, int deterministic);
 
 /* Overwrites dq, dk, dv. dkdv_tiles: SPARSE_ATTN_PASS_DKDV shape. dq_tiles == NULL: dQ is
- * added atomically in fp32 by the dK/dV pass (fast, not bit-reproducible); otherwise
+ * added in fp32 by the dK/dV pass (atomics, or on Hopper bulk reductions of dS K blocks; fast,
+ * not bit-reproducible); otherwise
  * (SPARSE_ATTN_PASS_DQ shape) dQ comes from its own pass, bit-identical across runs, and the
  * workspace must have been sized with deterministic != 0. */
 void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_tiles_cuda_t *dkdv_tiles,

@@ -25,6 +25,8 @@ const char *fwd_names[] = {"api",
                            "ws 3wg BN64 S4",
                            "ws 2wg BN128 S3 pingpong (api)",
                            "ws 2wg BN64 S4 pingpong",
+                           "ws 2wg BN128 S3 persistent",
+                           "ws 2wg BN64 S4 persistent (sparse api)",
                            NULL};
 const char *bwd_names[] = {"api",
                            "mma.sync api",
@@ -35,10 +37,12 @@ const char *bwd_names[] = {"api",
                            "split 3wg + dq 1wg(3cta)",
                            "old api: split 2wg + dq 2wg(2cta)",
                            "ws dkdv 2wg S2 + ws dq 2wg S3",
-                           "ws dkdv 2wg S3 + ws dq 2wg S2 (api)",
+                           "ws dkdv 2wg S3 + ws dq 2wg S2 (api det)",
                            "ws dkdv 2wg S3 + old dq 2wg(2cta)",
-                           "ws fused dQ S3 (bulk reduce)",
+                           "ws fused dQ S3 (bulk reduce, api)",
                            "ws fused dQ S2 (bulk reduce)",
+                           "ws dkdv S3 + ws dq S2 persistent",
+                           "ws fused dQ S3 persistent",
                            NULL};
 
 } // namespace
@@ -70,12 +74,14 @@ extern "C" int bench_fwd_variant(int v, const flash_attn_dims_t *d, const flash_
     case 1: err = launch_fwd<FwdTiles<64, 128, 64, 4>>(p, pol, d->T, s); break;
     case 2: err = launch_fwd_sm90<Sm90FwdTiles<2, 64, 2>>(p, pol, d->T, s); break;
     case 3: err = launch_fwd_sm90<Sm90FwdTiles<2, 128>>(p, pol, d->T, s); break;
-    case 4: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3>>(p, pol, d->T, s); break;
-    case 5: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 4>>(p, pol, d->T, s); break;
-    case 6: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 64, 4>>(p, pol, d->T, s); break;
-    case 7: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<3, 64, 4>>(p, pol, d->T, s); break;
-    case 8: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3, true>>(p, pol, d->T, s); break;
-    case 9: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 64, 4, true>>(p, pol, d->T, s); break;
+    case 4: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3>>(p, pol, s); break;
+    case 5: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 4>>(p, pol, s); break;
+    case 6: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 64, 4>>(p, pol, s); break;
+    case 7: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<3, 64, 4>>(p, pol, s); break;
+    case 8: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3, true>>(p, pol, s); break;
+    case 9: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 64, 4, true>>(p, pol, s); break;
+    case 10: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3>, true>(p, pol, s, -1); break;
+    case 11: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 64, 4>, true>(p, pol, s, -1); break;
     default: return -1;
     }
     return err == cudaSuccess ? 0 : -2;
@@ -136,24 +142,32 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
         if (err == cudaSuccess) err = launch_bwd_dq_sm90<OldDq>(p, pol, d->T, s);
         break;
     case 8:
-        err = launch_bwd_dkdv_sm90_ws<Sm90BwdWsTiles<2, 2>>(p, pol, d->T, s);
-        if (err == cudaSuccess) err = launch_bwd_dq_sm90_ws<Sm90DqWsTiles<2, 3>>(p, pol, d->T, s);
+        err = launch_bwd_dkdv_sm90_ws<Sm90BwdWsTiles<2, 2>>(p, pol, s);
+        if (err == cudaSuccess) err = launch_bwd_dq_sm90_ws<Sm90DqWsTiles<2, 3>>(p, pol, s);
         break;
     case 9:
-        err = launch_bwd_dkdv_sm90_ws<Sm90BwdWsTiles<2, 3>>(p, pol, d->T, s);
-        if (err == cudaSuccess) err = launch_bwd_dq_sm90_ws<Sm90DqWsTiles<2, 2>>(p, pol, d->T, s);
+        err = launch_bwd_dkdv_sm90_ws<Sm90BwdWsTiles<2, 3>>(p, pol, s);
+        if (err == cudaSuccess) err = launch_bwd_dq_sm90_ws<Sm90DqWsTiles<2, 2>>(p, pol, s);
         break;
     case 10:
-        err = launch_bwd_dkdv_sm90_ws<Sm90BwdWsTiles<2, 3>>(p, pol, d->T, s);
+        err = launch_bwd_dkdv_sm90_ws<Sm90BwdWsTiles<2, 3>>(p, pol, s);
         if (err == cudaSuccess) err = launch_bwd_dq_sm90<OldDq>(p, pol, d->T, s);
         break;
     case 11:
         p.dq_accum = accum;
-        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 3, true>>(p, pol, d->T, s);
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 3, true>>(p, pol, s);
         break;
     case 12:
         p.dq_accum = accum;
-        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true>>(p, pol, d->T, s);
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true>>(p, pol, s);
+        break;
+    case 13:
+        err = launch_bwd_dkdv_sm90_ws<Sm90BwdWsTiles<2, 3>, true>(p, pol, s, -1);
+        if (err == cudaSuccess) err = launch_bwd_dq_sm90_ws<Sm90DqWsTiles<2, 2>, true>(p, pol, s, -1);
+        break;
+    case 14:
+        p.dq_accum = accum;
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 3, true>, true>(p, pol, s, -1);
         break;
     default: return -1;
     }

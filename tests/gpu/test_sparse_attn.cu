@@ -346,10 +346,10 @@ static void run_timing(void) {
     flash_attn_force_portable(0);
     printf("\nTiming B=%d T=%d H=%d D=%d, ms per call. Dense: sm90 fwd %.3f, fwd+bwd %.3f; mma.sync fwd %.3f, "
            "fwd+bwd %.3f.\nSparse stages alone: plan (assign + sort), tile lists (fwd, dK/dV, dQ), fwd kernel, "
-           "bwd kernels with atomic or split dQ; then fwd+bwd with everything, and its speed-up over dense "
+           "bwd kernels with dQ added in fp32 (atomics; on sm90 bulk reductions, fused) or split; then fwd+bwd with everything, and its speed-up over dense "
            "sm90; live = live fwd tiles / all tiles\n", B, T, H, D, dense_fwd[0], dense_fb[0], dense_fwd[1], dense_fb[1]);
     printf("| %-26s | %6s | %-17s | %6s | %6s | %6s | %6s | %-15s | %5s |\n", "kernel", "plan", "tiles f/kv/dq",
-           "fwd", "bwd at", "bwd sp", "all at", "all split", "live");
+           "fwd", "bwd nd", "bwd sp", "all nd", "all split", "live");
     struct { const char *name; attn_params_t p; int shared_k; } cfgs[] = {
         {"hash nb=16", {ATTN_HASH_SPARSE, 16, 0.f, 0}, 0},
         {"hash nb=16 shared k", {ATTN_HASH_SPARSE, 16, 0.f, 0}, 1},
@@ -357,16 +357,23 @@ static void run_timing(void) {
         {"qk drop=0.5", {ATTN_QK_SPARSE, 1, 0.5f, 0}, 0},
         {"qk drop=0.7", {ATTN_QK_SPARSE, 1, 0.7f, 0}, 0},
     };
-    for (int portable = 1; portable >= 0; portable--) {
+    /* The portable path (two rows for reference), then the Hopper path with one CTA per tile
+     * (the default) and with persistent CTAs. */
+    for (int run = 0; run < 3; run++) {
+        const int portable = run == 0;
         sparse_attn_force_portable(portable);
+        if (!portable && strcmp(sparse_attn_path(64), "mma.sync") == 0) break;
+        sparse_attn_set_persistent(run == 1 ? 0 : -1);
         for (size_t c = 0; c < sizeof cfgs / sizeof cfgs[0]; c++) {
-            if (portable && c != 0 && c != 3) continue; /* the portable path: two rows for reference */
+            if (portable && c != 0 && c != 3) continue;
             char label[64];
-            snprintf(label, sizeof label, "%s %s", cfgs[c].name, portable ? "mma.sync" : sparse_attn_path(64));
+            snprintf(label, sizeof label, "%s %s", cfgs[c].name,
+                     portable ? "mma.sync" : run == 1 ? "sm90 cta/tile" : "sm90 persist");
             bench_sparse(label, &cfgs[c].p, cfgs[c].shared_k, &x, dense_fwd[0], dense_fb[0]);
         }
     }
     sparse_attn_force_portable(0);
+    sparse_attn_set_persistent(0);
     for (int i = 0; i < 8; i++) CUDA_OK(cudaFree(*bufs[i]));
     CUDA_OK(cudaFree(x.lse));
     CUDA_OK(cudaFree(x.ws));
@@ -392,13 +399,22 @@ int main(int argc, char **argv) {
     };
     /* --time: the timing after the checks; --time-only: the timing alone. */
     const int time_only = argc > 1 && strcmp(argv[1], "--time-only") == 0;
-    /* The portable kernels first, then the default path if it differs (wgmma on Hopper). */
-    for (int portable = 1; portable >= 0 && !time_only; portable--) {
+    /* The portable kernels first, then the default path if it differs (wgmma on Hopper): with
+     * one CTA per tile (the default), persistent CTAs as many as fit (on these small shapes
+     * about one tile each), and 1 and 5 persistent CTAs, each walking many tiles. */
+    const int hopper_grids[] = {0, -1, 1, 5};
+    for (int run = 0; run < 5 && !time_only; run++) {
+        const int portable = run == 0;
         sparse_attn_force_portable(portable);
         if (!portable && strcmp(sparse_attn_path(64), "mma.sync") == 0) break;
-        printf("=== sparse kernels: %s\n", sparse_attn_path(64));
+        if (!portable) sparse_attn_set_persistent(hopper_grids[run - 1]);
+        printf("=== sparse kernels: %s", sparse_attn_path(64));
+        if (!portable) printf(", grid %d (0 a CTA per tile, -1 persistent, n persistent with n CTAs)",
+                              hopper_grids[run - 1]);
+        printf("\n");
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], 100 + 17 * i);
     }
+    sparse_attn_set_persistent(0);
     if (time_only || (argc > 1 && strcmp(argv[1], "--time") == 0)) run_timing();
     return test_summary();
 }
