@@ -43,10 +43,10 @@ template <int NWG_, int STAGES_ = 2, bool FUSED_DQ_ = false> struct Sm90BwdWsTil
     /* K and V (a persistent launch adds ITEM_BYTES for a second pair), the stages (Q and dO),
      * the fused dQ buffers, lse and delta [STAGES][BM], the queries' mask info [STAGES][BM]
      * (<= 8 bytes each), WsTileMeta per stage, mbarriers (K/V full and empty, two of each,
-     * full[STAGES], empty[STAGES]). */
+     * full[STAGES], empty[STAGES]), the item indices (flash_ws.cuh, ws_draw). */
     static constexpr int ITEM_BYTES = 2 * BN * D * 2;
     static constexpr int SMEM_BYTES = ITEM_BYTES + STAGES * 2 * BM * D * 2 + DQ_BYTES + STAGES * BM * (4 + 4 + 8) +
-                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 1024;
+                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 16 + 1024;
 };
 
 /* Index of element (bh, work row r, column c) in the fused backward's dQ accumulator:
@@ -103,6 +103,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     const uint32_t kv_addr = smem_addr(sK), q_addr = smem_addr(sQ); /* buffer b: K at kv_addr + b * KVB, V after */
     const ItemOperand<NBUF> kv_op{smem_addr(sMeta + ST)};
     const StageRing<ST> ring{kv_op.bar + 16u * NBUF};
+    int *sItem = reinterpret_cast<int *>(reinterpret_cast<uint64_t *>(sMeta + ST) + 2 * NBUF + 2 * ST); /* [NBUF] */
+    volatile int *sDraw = sItem + NBUF;
 
     const int BH = p.B * p.H, n_kt = (p.T + BN - 1) / BN, n_work = BH * n_kt;
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
@@ -113,46 +115,56 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
         regs_dealloc<PERSISTENT ? Cfg::P_REGS_PERSISTENT : Cfg::P_REGS>();
         const int ptid = tid - Cfg::CONSUMERS;
         int item = 0, first = 0; /* the CTA's items so far, ring items so far */
-        WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+        for (int w = blockIdx.x; w < n_work;) {
             int bh;
             const int kt = ws_key_tile(w, BH, bh), k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
-            if (k0 >= k_len) continue;
-            const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
-            auto k_row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
-            const uint32_t k_addr = kv_addr + kv_op.wait_free(item) * KVB;
-            producer_copy_rows<BN>(k_addr, head_base(p.k, p.k_stride, b, p.T, h, D), p.k_stride, k_len - k0,
-                                   k_row_of, ptid);
-            producer_copy_rows<BN>(k_addr + BN * RB, head_base(p.v, p.v_stride, b, p.T, h, D), p.v_stride,
-                                   k_len - k0, k_row_of, ptid);
-            kv_op.commit(item++);
-            const bf16 *q_base = head_base(p.q, p.q_stride, b, p.T, h, D);
-            const bf16 *do_base = head_base(p.dout, p.o_stride, b, p.T, h, D);
-            for (int i = 0; i < n_tiles; i++) {
-                const int qt = pol.query_tile(bh, kt, i, BM, BN), q0 = qt * BM, n_valid = q_len - q0;
-                const bool full = k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
-                /* Statistics of query q0 + ptid: lse (log2 domain) and delta; +inf / 0 past q_len. */
-                float lse2 = INFINITY, dl = 0.f;
-                RowInfo info{};
-                if (ptid < BM && ptid < n_valid) {
-                    const long at_row = (long)bh * p.T + pol.q_row(bh, q0 + ptid);
-                    lse2 = lse_to_log2(p.lse[at_row]);
-                    dl = p.delta[at_row];
-                    info = pol.q_info(bh, q0 + ptid);
+            const int drawn = PERSISTENT ? ws_draw(p.work_counter, n_work, ptid) : n_work;
+            if (k0 < k_len) { /* tiles past the work rows are nobody's work */
+                const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
+                auto k_row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
+                const int kb = kv_op.wait_free(item);
+                const uint32_t k_addr = kv_addr + kb * KVB;
+                producer_copy_rows<BN>(k_addr, head_base(p.k, p.k_stride, b, p.T, h, D), p.k_stride, k_len - k0,
+                                       k_row_of, ptid);
+                producer_copy_rows<BN>(k_addr + BN * RB, head_base(p.v, p.v_stride, b, p.T, h, D), p.v_stride,
+                                       k_len - k0, k_row_of, ptid);
+                if (PERSISTENT && ptid == 0) sItem[kb] = w;
+                kv_op.commit(item++, ptid);
+                const bf16 *q_base = head_base(p.q, p.q_stride, b, p.T, h, D);
+                const bf16 *do_base = head_base(p.dout, p.o_stride, b, p.T, h, D);
+                for (int i = 0; i < n_tiles; i++) {
+                    const int qt = pol.query_tile(bh, kt, i, BM, BN), q0 = qt * BM, n_valid = q_len - q0;
+                    const bool full = k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
+                    /* Statistics of query q0 + ptid: lse (log2 domain) and delta; +inf / 0 past q_len. */
+                    float lse2 = INFINITY, dl = 0.f;
+                    RowInfo info{};
+                    if (ptid < BM && ptid < n_valid) {
+                        const long at_row = (long)bh * p.T + pol.q_row(bh, q0 + ptid);
+                        lse2 = lse_to_log2(p.lse[at_row]);
+                        dl = p.delta[at_row];
+                        info = pol.q_info(bh, q0 + ptid);
+                    }
+                    const int s = ring.wait_free(first + i);
+                    auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
+                    const uint32_t stage = q_addr + s * STAGE_BYTES;
+                    producer_copy_rows<BM>(stage, q_base, p.q_stride, n_valid, q_row_of, ptid);
+                    producer_copy_rows<BM>(stage + BM * RB, do_base, p.o_stride, n_valid, q_row_of, ptid);
+                    if (ptid < BM) {
+                        sLse[s * BM + ptid] = lse2;
+                        sDelta[s * BM + ptid] = dl;
+                        sQinfo[s * BM + ptid] = info;
+                    }
+                    if (ptid == 0) sMeta[s] = WsTileMeta{q0, full ? 1 : 0};
+                    ring.commit(s);
                 }
-                const int s = ring.wait_free(first + i);
-                auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
-                const uint32_t stage = q_addr + s * STAGE_BYTES;
-                producer_copy_rows<BM>(stage, q_base, p.q_stride, n_valid, q_row_of, ptid);
-                producer_copy_rows<BM>(stage + BM * RB, do_base, p.o_stride, n_valid, q_row_of, ptid);
-                if (ptid < BM) {
-                    sLse[s * BM + ptid] = lse2;
-                    sDelta[s * BM + ptid] = dl;
-                    sQinfo[s * BM + ptid] = info;
-                }
-                if (ptid == 0) sMeta[s] = WsTileMeta{q0, full ? 1 : 0};
-                ring.commit(s);
+                first += n_tiles;
             }
-            first += n_tiles;
+            w = PERSISTENT ? ws_share(drawn, sDraw, ptid) : n_work;
+        }
+        if (PERSISTENT) { /* the end of the walk */
+            const int last = kv_op.wait_free(item);
+            if (ptid == 0) sItem[last] = -1;
+            kv_op.commit(item, ptid);
         }
         cp_async_wait<0>();
         return;
@@ -162,12 +174,17 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     const int g = lane / 4, tq = lane % 4;
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first key row (in tile) of this warp */
     const float sl2 = p.scale_log2;
-    int item = 0, first = 0;
-    WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+    int first = 0;
+    for (int my_item = 0;; my_item++) {
+        /* A persistent CTA learns its next item with the item's K and V; otherwise it has one. */
+        int w = blockIdx.x;
+        if (PERSISTENT) {
+            w = sItem[kv_op.acquire(my_item)];
+            if (w < 0) break;
+        }
         int bh;
         const int kt = ws_key_tile(w, BH, bh), k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
-        if (k0 >= k_len) continue;
-        const int my_item = item++;
+        if (k0 >= k_len) break; /* one-item CTAs only: the producer skips such items */
         const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
         int key_row[2];
         RowInfo kinfo[2];
@@ -182,7 +199,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
         uint32_t pa[16], da[16]; /* k-block kq (16 queries): registers 4kq .. 4kq+3 */
 
         /* The item's K and V (waits until they are loaded): this warpgroup's 64 key rows. */
-        const uint32_t k_addr = kv_addr + kv_op.acquire(my_item) * KVB;
+        const uint32_t k_addr = kv_addr + (PERSISTENT ? my_item % NBUF : kv_op.acquire(my_item)) * KVB;
         const uint32_t kw_addr = k_addr + wg * 64 * RB, vw_addr = k_addr + BN * RB + wg * 64 * RB;
         for (int i = first; i < first + n_tiles; i++) { /* ring item i: the (i - first)-th query tile */
             const int s = ring.acquire(i);
@@ -289,6 +306,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
         kv_op.release(my_item); /* every product reading K and V has retired */
         store_dkdv_sm90(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);
         first += n_tiles;
+        if (!PERSISTENT) break;
     }
     if constexpr (Cfg::FUSED_DQ) {
         if (tid % 128 == 0) bulk_wait_read<0>(); /* shared memory stays until read */
@@ -303,10 +321,10 @@ template <int NWG_, int STAGES_ = 3> struct Sm90DqWsTiles : WsShape<NWG_, 1> {
     static constexpr int ROW_BYTES = 128;
     /* Q and dO (a persistent launch adds ITEM_BYTES for a second pair), the (K, V) stages, the
      * keys' mask info per stage (<= 8 bytes each), WsTileMeta per stage, mbarriers (Q/dO full
-     * and empty, two of each, full[STAGES], empty[STAGES]), alignment. */
+     * and empty, two of each, full[STAGES], empty[STAGES]), the item indices, alignment. */
     static constexpr int ITEM_BYTES = 2 * BM * D * 2;
     static constexpr int SMEM_BYTES = ITEM_BYTES + STAGES * 2 * BN * D * 2 + STAGES * BN * 8 +
-                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 1024;
+                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 16 + 1024;
 };
 
 template <class Cfg, class Policy, bool PERSISTENT>
@@ -328,6 +346,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
     const uint32_t qdo_addr = smem_addr(sQ), k_addr = smem_addr(sK); /* buffer b: Q at qdo_addr + b * QB, dO after */
     const ItemOperand<NBUF> q_op{smem_addr(sMeta + ST)};
     const StageRing<ST> ring{q_op.bar + 16u * NBUF};
+    int *sItem = reinterpret_cast<int *>(reinterpret_cast<uint64_t *>(sMeta + ST) + 2 * NBUF + 2 * ST); /* [NBUF] */
+    volatile int *sDraw = sItem + NBUF;
 
     const int BH = p.B * p.H, n_qt = (p.T + BM - 1) / BM, n_work = BH * n_qt;
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
@@ -338,20 +358,30 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
         regs_dealloc<PERSISTENT ? Cfg::P_REGS_PERSISTENT : Cfg::P_REGS>();
         const int ptid = tid - Cfg::CONSUMERS;
         int item = 0, first = 0; /* the CTA's items so far, ring items so far */
-        WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+        for (int w = blockIdx.x; w < n_work;) {
             int bh;
             const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
-            if (q0 >= q_len) continue;
-            const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
-            auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
-            const uint32_t q_addr = qdo_addr + q_op.wait_free(item) * QB;
-            producer_copy_rows<BM>(q_addr, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride, q_len - q0, q_row_of,
-                                   ptid);
-            producer_copy_rows<BM>(q_addr + BM * RB, head_base(p.dout, p.o_stride, b, p.T, h, D), p.o_stride,
-                                   q_len - q0, q_row_of, ptid);
-            q_op.commit(item++);
-            produce_key_tiles<BM, BN, ST>(ring, p, pol, bh, qt, n_tiles, first, k_addr, sKinfo, sMeta, ptid);
-            first += n_tiles;
+            const int drawn = PERSISTENT ? ws_draw(p.work_counter, n_work, ptid) : n_work;
+            if (q0 < q_len) { /* tiles past the work rows are nobody's work */
+                const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
+                auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
+                const int qb = q_op.wait_free(item);
+                const uint32_t q_addr = qdo_addr + qb * QB;
+                producer_copy_rows<BM>(q_addr, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride, q_len - q0, q_row_of,
+                                       ptid);
+                producer_copy_rows<BM>(q_addr + BM * RB, head_base(p.dout, p.o_stride, b, p.T, h, D), p.o_stride,
+                                       q_len - q0, q_row_of, ptid);
+                if (PERSISTENT && ptid == 0) sItem[qb] = w;
+                q_op.commit(item++, ptid);
+                produce_key_tiles<BM, BN, ST>(ring, p, pol, bh, qt, n_tiles, first, k_addr, sKinfo, sMeta, ptid);
+                first += n_tiles;
+            }
+            w = PERSISTENT ? ws_share(drawn, sDraw, ptid) : n_work;
+        }
+        if (PERSISTENT) { /* the end of the walk */
+            const int last = q_op.wait_free(item);
+            if (ptid == 0) sItem[last] = -1;
+            q_op.commit(item, ptid);
         }
         cp_async_wait<0>(); /* nothing in flight when the CTA's shared memory goes away */
         return;
@@ -361,14 +391,19 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
     const int g = lane / 4, tq = lane % 4;
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16;
     const float sl2 = p.scale_log2;
-    int item = 0, first = 0;
-    WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+    int first = 0;
+    for (int my_item = 0;; my_item++) {
+        /* A persistent CTA learns its next item with the item's Q and dO; otherwise it has one. */
+        int w = blockIdx.x;
+        if (PERSISTENT) {
+            w = sItem[q_op.acquire(my_item)];
+            if (w < 0) break;
+        }
         int bh;
         const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
-        if (q0 >= q_len) continue;
+        if (q0 >= q_len) break; /* one-item CTAs only: the producer skips such items */
         const int b = bh / p.H, h = bh % p.H, k_len = pol.k_len(bh);
         const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
-        const int my_item = item++;
         RowInfo qinfo[2];
         float lse2[2], delta[2];
         load_query_stats_sm90(p, pol, bh, q0 + warp_row + g, q_len, qinfo, lse2, delta);
@@ -378,7 +413,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
         uint32_t da[16];
 
         /* The item's Q and dO (waits until they are loaded): this warpgroup's 64 rows. */
-        const uint32_t q_addr = qdo_addr + q_op.acquire(my_item) * QB + wg * 64 * RB, do_addr = q_addr + BM * RB;
+        const uint32_t q_addr = qdo_addr + (PERSISTENT ? my_item % NBUF : q_op.acquire(my_item)) * QB + wg * 64 * RB;
+        const uint32_t do_addr = q_addr + BM * RB;
         for (int i = first; i < first + n_tiles; i++) { /* ring item i: the (i - first)-th key tile */
             const int s = ring.acquire(i);
             const WsTileMeta m = sMeta[s];
@@ -432,6 +468,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
         q_op.release(my_item); /* every product reading Q and dO has retired */
         store_dq_sm90(p, pol, bh, b, h, q0 + warp_row + g, q_len, dq, tq);
         first += n_tiles;
+        if (!PERSISTENT) break;
     }
 #else
     __trap();

@@ -35,7 +35,9 @@ cudaError_t launch_tiled(const FlashParams &p, const Policy &pol, int rows, int 
 /* Launches a warp-specialised kernel (flash_ws.cuh) over a 1D grid of work items, the tiles of
  * TILE rows of every (batch, head) of p.T rows: one CTA an item, or for a PERSISTENT kernel
  * instance ctas < 0: as many CTAs as are resident at once on the current device; ctas > 0: at
- * most that many (tests use few, so that every CTA takes several items); 0: one an item. */
+ * most that many (tests use few, so that every CTA takes several items); 0: one an item. A
+ * persistent grid draws its items from p.work_counter (one int of device memory, zeroed here
+ * on the stream: one launch at a time per counter). */
 template <class Cfg, class Policy, bool PERSISTENT, void (*KERNEL)(FlashParams, Policy)>
 cudaError_t launch_ws(const FlashParams &p, const Policy &pol, int tile, int ctas, cudaStream_t s) {
     /* a persistent kernel double-buffers its per-item operand */
@@ -62,6 +64,11 @@ cudaError_t launch_ws(const FlashParams &p, const Policy &pol, int tile, int cta
         if (ctas > 0 && grid > ctas) grid = ctas;
     }
     if (grid == 0) return cudaSuccess;
+    if (grid < n_work) {
+        if (!p.work_counter) return cudaErrorInvalidValue;
+        const cudaError_t err = cudaMemsetAsync(p.work_counter, 0, sizeof(int), s);
+        if (err != cudaSuccess) return err;
+    }
     KERNEL<<<(unsigned)grid, Cfg::THREADS, SMEM, s>>>(p, pol);
     return cudaGetLastError();
 }

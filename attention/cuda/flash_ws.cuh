@@ -89,9 +89,9 @@ template <int ST> struct StageRing {
  * the forward, Q and dO for dQ, K and V for dK/dV), in NBUF buffers: item j of the CTA in
  * buffer j % NBUF. A persistent CTA has two, so that the producer loads the next item's
  * operand while the consumers still work on the current one. full[b] completes a phase when
- * the producer's 128 cp.async arrivals have landed, empty[b] when every consumer thread has
- * retired the products reading it. Both sides visit the same items, so the phases stay in
- * step. */
+ * the producer's 128 cp.async arrivals have landed and, in a persistent CTA (NBUF = 2),
+ * producer thread 0 has arrived after storing the item's index (sItem[b]; -1 ends the walk);
+ * empty[b] when every consumer thread has retired the products reading it. */
 template <int NBUF> struct ItemOperand {
     uint32_t bar; /* full[NBUF], then empty[NBUF] */
 
@@ -99,7 +99,7 @@ template <int NBUF> struct ItemOperand {
     __device__ __forceinline__ uint32_t empty(int b) const { return bar + 8u * (NBUF + b); }
     __device__ __forceinline__ void init(int consumers) const {
         for (int b = 0; b < NBUF; b++) {
-            sm90::mbar_init(full(b), 128);
+            sm90::mbar_init(full(b), NBUF > 1 ? 129 : 128);
             sm90::mbar_init(empty(b), consumers);
         }
     }
@@ -108,8 +108,11 @@ template <int NBUF> struct ItemOperand {
         if (j >= NBUF) sm90::mbar_wait(empty(j % NBUF), (j / NBUF - 1) & 1);
         return j % NBUF;
     }
-    /* Producer, after issuing its copies. */
-    __device__ __forceinline__ void commit(int j) const { sm90::mbar_arrive_cp_async(full(j % NBUF)); }
+    /* Producer, after issuing its copies and (thread 0) storing the item's index. */
+    __device__ __forceinline__ void commit(int j, int ptid) const {
+        sm90::mbar_arrive_cp_async(full(j % NBUF));
+        if (NBUF > 1 && ptid == 0) sm90::mbar_arrive(full(j % NBUF));
+    }
     /* Consumer: every item, even one without ring items, so that the phases stay in step;
      * returns the buffer. */
     __device__ __forceinline__ int acquire(int j) const {
@@ -145,12 +148,25 @@ __device__ __forceinline__ void ws_setup(const StageRing<ST> &ring, const ItemOp
     __syncthreads();
 }
 
-/* The work items of a CTA: items blockIdx.x, + gridDim.x, ... of n_work when PERSISTENT (as
- * many CTAs as fit at once, each walking its items with the next item's loads in flight under
- * the current one's products); otherwise item blockIdx.x alone, and the compiler sees one
- * pass (no loop state kept in registers). */
-#define WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) \
-    for (int w = blockIdx.x; w < (n_work); w = (PERSISTENT) ? w + (int)gridDim.x : (n_work))
+/* The work items of a CTA. One CTA per item (gridDim.x == n_work): item blockIdx.x. A
+ * persistent CTA: blockIdx.x first, then gridDim.x + atomicAdd(work_counter, 1) until n_work,
+ * so that a CTA that drew short tiles comes back for more, as the hardware's scheduling does
+ * for a grid of one CTA per tile (a fixed round robin made the trainer's hash step 1.5x
+ * slower: its buckets are uneven). The producer draws; the consumers read each item's index
+ * from sItem[buffer] once its operand is full. ws_draw is called by every producer thread
+ * (thread 0's value counts) early, ws_share when the value is needed, so that the atomic's
+ * latency hides under the item's copies. */
+__device__ __forceinline__ int ws_draw(int *work_counter, int n_work, int ptid) {
+    return ptid == 0 && (int)gridDim.x < n_work ? (int)gridDim.x + atomicAdd(work_counter, 1) : n_work;
+}
+constexpr int WS_PRODUCER_BARRIER = 4; /* 1..3: ping-pong turns, fused dQ */
+__device__ __forceinline__ int ws_share(int drawn, volatile int *slot, int ptid) {
+    if (ptid == 0) *slot = drawn;
+    sm90::named_barrier(WS_PRODUCER_BARRIER, 128);
+    const int w = *slot;
+    sm90::named_barrier(WS_PRODUCER_BARRIER, 128); /* all have read it before the next draw */
+    return w;
+}
 
 /* Copies ROWS rows of 64 bf16 into a swizzled tile by the producer warpgroup (ptid 0..127):
  * chunk id = j * 128 + ptid, so one warp instruction reads 4 whole rows. Rows are looked up all

@@ -161,6 +161,7 @@ extern "C" void sparse_attn_forward(const attn_plan_cuda_t *plan, const attn_til
     p.out = out;
     p.lse = lse;
     const PlanPolicy pol = make_plan_policy(plan->rows, fwd_tiles->lists);
+    p.work_counter = fwd_tiles->work_counter;
     check_launch("forward kernel", use_sm90(dims->D) ? launch_fwd_sm90_ws<Sm90Fwd64, true>(p, pol, stream, persistent_ctas)
                                                      : launch_fwd<Fwd64>(p, pol, dims->T, stream));
     zero_dropped_rows(plan, pol, 0, out, dims->o_stride, NULL, 0, lse, stream);
@@ -217,11 +218,13 @@ extern "C" void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_ti
     if (sm90) p.dq_accum = NULL; /* the fused launch zeroes its own layout; the preprocess must not */
     check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
     p.dq_accum = accum;
+    p.work_counter = dkdv_tiles->work_counter;
     if (deterministic) {
         check_launch("backward dK/dV",
                      sm90 ? launch_bwd_dkdv_sm90_ws<Sm90DkDvWs, true>(p, kv_pol, stream, persistent_ctas)
                           : launch_bwd_dkdv<Bwd64, PlanPolicy, false, true>(p, kv_pol, T, stream));
         const PlanPolicy q_pol = make_plan_policy(plan->rows, dq_tiles->lists);
+        p.work_counter = dq_tiles->work_counter;
         check_launch("backward dQ", sm90 ? launch_bwd_dq_sm90_ws<Sm90Dq64, true>(p, q_pol, stream, persistent_ctas)
                                          : launch_bwd_dq<Dq64>(p, q_pol, T, stream));
         zero_dropped_rows(plan, q_pol, 0, dq, dims->q_stride, NULL, 0, NULL, stream);

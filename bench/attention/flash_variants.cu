@@ -45,6 +45,15 @@ const char *bwd_names[] = {"api",
                            "ws fused dQ S3 persistent",
                            NULL};
 
+/* The persistent variants' work counter (one int of device memory for the process; the bench
+ * runs one variant at a time on one device). NULL if it could not be allocated: the launch
+ * then fails with cudaErrorInvalidValue. */
+int *work_counter() {
+    static int *counter = NULL;
+    if (!counter && cudaMalloc(&counter, sizeof(int)) != cudaSuccess) counter = NULL;
+    return counter;
+}
+
 } // namespace
 
 extern "C" const char *bench_variant_name(int fwd, int v) {
@@ -69,6 +78,7 @@ extern "C" int bench_fwd_variant(int v, const flash_attn_dims_t *d, const flash_
     p.out = out;
     p.lse = lse;
     DenseCausalPolicy pol = {d->T, d->exclude_self};
+    p.work_counter = work_counter();
     cudaError_t err;
     switch (v) {
     case 1: err = launch_fwd<FwdTiles<64, 128, 64, 4>>(p, pol, d->T, s); break;
@@ -111,6 +121,7 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
     p.delta = static_cast<float *>(ws);
     p.dq_accum = reinterpret_cast<float *>(static_cast<char *>(ws) + ((rows * 4 + 255) & ~(size_t)255));
     DenseCausalPolicy pol = {d->T, d->exclude_self};
+    p.work_counter = work_counter();
     const bool split = v >= 3; /* dQ in its own pass or fused: the preprocess zeroes nothing */
     float *const accum = p.dq_accum;
     typedef Sm90DqTiles<2, 2> OldDq;
