@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The device check this branch still needs (written in session 7, never run: the device budget
-# ran out): GPU tests of the API's warp-specialised configurations and the fused backward, the
-# dense bench with variants, sparse timing, end to end against compiled PyTorch, scfa, model and
-# plan tests (the plan build profiled with nsys if the machine has it). Each part is bounded so
-# the whole fits one call; logs under $OUT. Prepare here:
+# One device call for the attention kernels (sessions 7-8): the flash GPU tests, the dense
+# bench with variants, the sparse tests and timing (test_sparse_attn --time: every Hopper grid),
+# the model tests, end to end against compiled PyTorch (bench_step, torch_gpt.py), scfa.py, the
+# plan tests (profiled with nsys where the machine has it; the lent H100s have not). Each part
+# is bounded so the whole fits one call (about 200 s); logs under $OUT. Prepare here:
 #   bash bench/attention/build.sh carry/flash
 #   make build/tests/gpu/{test_sparse_attn,test_model_cuda,test_plan_cuda}
 #   tar cJf carry/ws/tests.tar.xz -C <dir holding main/ with those three binaries> main
