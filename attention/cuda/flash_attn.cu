@@ -83,12 +83,7 @@ extern "C" void flash_attn_forward(const flash_attn_dims_t *dims, const flash_bf
 extern "C" size_t flash_attn_backward_workspace_bytes(const flash_attn_dims_t *dims,
                                                       int deterministic) {
     check_dims(dims);
-    const size_t rows = (size_t)dims->B * dims->T * dims->H;
-    size_t bytes = align256(rows * sizeof(float)); /* delta */
-    /* dQ accumulator: [B][T][H][D], or by tiles of 64 rows (the sm90 fused backward) */
-    const size_t tiled = (size_t)dims->B * dims->H * ((dims->T + 63) / 64) * 64 * dims->D;
-    if (!deterministic) bytes += align256((tiled > rows * dims->D ? tiled : rows * dims->D) * sizeof(float));
-    return bytes;
+    return backward_workspace_bytes(dims, deterministic);
 }
 
 extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_bf16_t *q,
@@ -111,11 +106,7 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
     p.dq = dq;
     p.dk = dk;
     p.dv = dv;
-    const size_t rows = (size_t)dims->B * dims->T * dims->H;
-    p.delta = static_cast<float *>(workspace);
-    p.dq_accum = deterministic ? NULL
-                               : reinterpret_cast<float *>(static_cast<char *>(workspace) +
-                                                           align256(rows * sizeof(float)));
+    set_backward_workspace(p, dims, workspace, deterministic);
     DenseCausalPolicy pol = {dims->T, dims->exclude_self ? 1 : 0};
     const int T = dims->T;
     if (use_sm90(dims)) {

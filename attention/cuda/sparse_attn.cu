@@ -169,12 +169,7 @@ extern "C" void sparse_attn_forward(const attn_plan_cuda_t *plan, const attn_til
 extern "C" size_t sparse_attn_backward_workspace_bytes(const flash_attn_dims_t *dims,
                                                        int deterministic) {
     check_dims(dims);
-    const size_t rows = (size_t)dims->B * dims->T * dims->H;
-    size_t bytes = align256(rows * sizeof(float)); /* delta */
-    /* dQ accumulator: [B][T][H][D] (portable), or by tiles of 64 rows (sm90 fused), the larger */
-    const size_t tiled = (size_t)dims->B * dims->H * ((dims->T + 63) / 64) * 64 * dims->D;
-    if (!deterministic) bytes += align256((tiled > rows * dims->D ? tiled : rows * dims->D) * sizeof(float));
-    return bytes;
+    return backward_workspace_bytes(dims, deterministic);
 }
 
 extern "C" void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_tiles_cuda_t *dkdv_tiles,
@@ -202,11 +197,7 @@ extern "C" void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_ti
     p.dq = dq;
     p.dk = dk;
     p.dv = dv;
-    const size_t rows = (size_t)dims->B * dims->T * dims->H;
-    p.delta = static_cast<float *>(workspace);
-    p.dq_accum = deterministic ? NULL
-                               : reinterpret_cast<float *>(static_cast<char *>(workspace) +
-                                                           align256(rows * sizeof(float)));
+    set_backward_workspace(p, dims, workspace, deterministic);
     const PlanPolicy kv_pol = make_plan_policy(plan->rows, dkdv_tiles->lists);
     const int T = dims->T;
     /* With the fp32 dQ accumulator (not deterministic) the convert writes every row, dropped

@@ -107,9 +107,7 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
     p.dq = dq;
     p.dk = dk;
     p.dv = dv;
-    const size_t rows = (size_t)d->B * d->T * d->H;
-    p.delta = static_cast<float *>(ws);
-    p.dq_accum = reinterpret_cast<float *>(static_cast<char *>(ws) + ((rows * 4 + 255) & ~(size_t)255));
+    set_backward_workspace(p, d, ws, 0);
     DenseCausalPolicy pol = {d->T, d->exclude_self};
     const bool split = v >= 3; /* dQ in its own pass or fused: the preprocess zeroes nothing */
     float *const accum = p.dq_accum;
