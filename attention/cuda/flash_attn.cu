@@ -110,18 +110,15 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
     DenseCausalPolicy pol = {dims->T, dims->exclude_self ? 1 : 0};
     const int T = dims->T;
     if (use_sm90(dims)) {
-        float *accum = p.dq_accum;
-        p.dq_accum = NULL; /* the preprocess must not zero it in its own layout */
-        check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
+        check_launch("backward preprocess", launch_bwd_preprocess<64>(p, false, stream));
         if (deterministic) { /* dQ from its own pass, no atomics */
             check_launch("backward dK/dV", launch_bwd_dkdv_sm90_ws<Sm90DkDv64>(p, pol, stream));
             check_launch("backward dQ", launch_bwd_dq_sm90_ws<Sm90Dq64>(p, pol, stream));
         } else {
-            p.dq_accum = accum;
             check_launch("backward dK/dV/dQ", launch_bwd_fused_sm90_ws<Sm90Fused64>(p, pol, stream));
         }
     } else if (dims->D == 64) {
-        check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
+        check_launch("backward preprocess", launch_bwd_preprocess<64>(p, !deterministic, stream));
         if (deterministic) {
             check_launch("backward dK/dV", launch_bwd_dkdv<Bwd64, DenseCausalPolicy, false, true>(
                                                p, pol, T, stream));
@@ -132,7 +129,7 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
             check_launch("backward dQ convert", launch_bwd_convert_dq<64>(p, stream));
         }
     } else {
-        check_launch("backward preprocess", launch_bwd_preprocess<128>(p, stream));
+        check_launch("backward preprocess", launch_bwd_preprocess<128>(p, !deterministic, stream));
         if (deterministic) {
             check_launch("backward dK/dV",
                          launch_bwd_dkdv<Bwd128, DenseCausalPolicy, false, false>(p, pol, T, stream));

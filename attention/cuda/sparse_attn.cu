@@ -204,10 +204,8 @@ extern "C" void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_ti
      * queries included (their accumulator rows stay zero); the deterministic dQ pass writes
      * work rows only. Keys past k_len are never visited by the dK/dV pass. */
     const bool sm90 = use_sm90(dims->D);
-    float *accum = p.dq_accum;
-    if (sm90) p.dq_accum = NULL; /* the fused launch zeroes its own layout; the preprocess must not */
-    check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
-    p.dq_accum = accum;
+    /* the portable atomic dQ adds into the preprocess's zeroes; the fused launch zeroes its own layout */
+    check_launch("backward preprocess", launch_bwd_preprocess<64>(p, !deterministic && !sm90, stream));
     if (deterministic) {
         check_launch("backward dK/dV",
                      sm90 ? launch_bwd_dkdv_sm90_ws<Sm90DkDvWs, true>(p, kv_pol, stream, persistent_ctas)
