@@ -83,12 +83,7 @@ extern "C" void flash_attn_forward(const flash_attn_dims_t *dims, const flash_bf
 extern "C" size_t flash_attn_backward_workspace_bytes(const flash_attn_dims_t *dims,
                                                       int deterministic) {
     check_dims(dims);
-    const size_t rows = (size_t)dims->B * dims->T * dims->H;
-    size_t bytes = align256(rows * sizeof(float)); /* delta */
-    /* dQ accumulator: [B][T][H][D], or by tiles of 64 rows (the sm90 fused backward) */
-    const size_t tiled = (size_t)dims->B * dims->H * ((dims->T + 63) / 64) * 64 * dims->D;
-    if (!deterministic) bytes += align256((tiled > rows * dims->D ? tiled : rows * dims->D) * sizeof(float));
-    return bytes;
+    return backward_workspace_bytes(dims, deterministic);
 }
 
 extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_bf16_t *q,
@@ -111,26 +106,19 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
     p.dq = dq;
     p.dk = dk;
     p.dv = dv;
-    const size_t rows = (size_t)dims->B * dims->T * dims->H;
-    p.delta = static_cast<float *>(workspace);
-    p.dq_accum = deterministic ? NULL
-                               : reinterpret_cast<float *>(static_cast<char *>(workspace) +
-                                                           align256(rows * sizeof(float)));
+    set_backward_workspace(p, dims, workspace, deterministic);
     DenseCausalPolicy pol = {dims->T, dims->exclude_self ? 1 : 0};
     const int T = dims->T;
     if (use_sm90(dims)) {
-        float *accum = p.dq_accum;
-        p.dq_accum = NULL; /* the preprocess must not zero it in its own layout */
-        check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
+        check_launch("backward preprocess", launch_bwd_preprocess<64>(p, false, stream));
         if (deterministic) { /* dQ from its own pass, no atomics */
             check_launch("backward dK/dV", launch_bwd_dkdv_sm90_ws<Sm90DkDv64>(p, pol, stream));
             check_launch("backward dQ", launch_bwd_dq_sm90_ws<Sm90Dq64>(p, pol, stream));
         } else {
-            p.dq_accum = accum;
             check_launch("backward dK/dV/dQ", launch_bwd_fused_sm90_ws<Sm90Fused64>(p, pol, stream));
         }
     } else if (dims->D == 64) {
-        check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
+        check_launch("backward preprocess", launch_bwd_preprocess<64>(p, !deterministic, stream));
         if (deterministic) {
             check_launch("backward dK/dV", launch_bwd_dkdv<Bwd64, DenseCausalPolicy, false, true>(
                                                p, pol, T, stream));
@@ -141,7 +129,7 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
             check_launch("backward dQ convert", launch_bwd_convert_dq<64>(p, stream));
         }
     } else {
-        check_launch("backward preprocess", launch_bwd_preprocess<128>(p, stream));
+        check_launch("backward preprocess", launch_bwd_preprocess<128>(p, !deterministic, stream));
         if (deterministic) {
             check_launch("backward dK/dV",
                          launch_bwd_dkdv<Bwd128, DenseCausalPolicy, false, false>(p, pol, T, stream));

@@ -29,10 +29,11 @@ __device__ __forceinline__ float lse_to_log2(float lse) {
     return lse == -INFINITY ? INFINITY : lse * FLASH_LOG2E;
 }
 
-/* delta[bh][t] = sum_d dout * out over every memory row; also zeroes dq_accum when given.
- * D/8 threads per (b, t, h) row, 16-byte loads. */
+/* delta[bh][t] = sum_d dout * out over every memory row; with zero_accum also zeroes dq_accum
+ * in its [B][T][H][D] layout (the atomic-dQ kernels add into it). D/8 threads per (b, t, h)
+ * row, 16-byte loads. */
 template <int D>
-__global__ void flash_bwd_preprocess_kernel(FlashParams p, long n_rows /* B*T*H */) {
+__global__ void flash_bwd_preprocess_kernel(FlashParams p, long n_rows /* B*T*H */, int zero_accum) {
     constexpr int LANES = D / 8;
     long id = (long)blockIdx.x * blockDim.x + threadIdx.x;
     long row = id / LANES; /* (b*T + t)*H + h */
@@ -51,7 +52,7 @@ __global__ void flash_bwd_preprocess_kernel(FlashParams p, long n_rows /* B*T*H 
             float2 of = __bfloat1622float2(o2[j]), df = __bfloat1622float2(d2[j]);
             acc = fmaf(of.x, df.x, fmaf(of.y, df.y, acc));
         }
-        if (p.dq_accum) {
+        if (zero_accum) {
             float4 *z = reinterpret_cast<float4 *>(p.dq_accum + row * D + part * 8);
             z[0] = make_float4(0.f, 0.f, 0.f, 0.f);
             z[1] = make_float4(0.f, 0.f, 0.f, 0.f);

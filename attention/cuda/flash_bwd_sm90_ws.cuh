@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     ws_setup(ring, kv_op, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
-        regs_dealloc<PERSISTENT ? Cfg::P_REGS_PERSISTENT : Cfg::P_REGS>();
+        ws_producer_regs<Cfg, PERSISTENT>();
         const int ptid = tid - Cfg::CONSUMERS;
         int item = 0, first = 0; /* the CTA's items so far, ring items so far */
         for (int w = blockIdx.x; w < n_work;) {
@@ -170,7 +170,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
         return;
     }
 
-    regs_alloc<PERSISTENT ? Cfg::C_REGS_PERSISTENT : Cfg::C_REGS>();
+    ws_consumer_regs<Cfg, PERSISTENT>();
     const int g = lane / 4, tq = lane % 4;
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first key row (in tile) of this warp */
     const float sl2 = p.scale_log2;
@@ -355,7 +355,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
     ws_setup(ring, q_op, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
-        regs_dealloc<PERSISTENT ? Cfg::P_REGS_PERSISTENT : Cfg::P_REGS>();
+        ws_producer_regs<Cfg, PERSISTENT>();
         const int ptid = tid - Cfg::CONSUMERS;
         int item = 0, first = 0; /* the CTA's items so far, ring items so far */
         for (int w = blockIdx.x; w < n_work;) {
@@ -387,7 +387,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
         return;
     }
 
-    regs_alloc<PERSISTENT ? Cfg::C_REGS_PERSISTENT : Cfg::C_REGS>();
+    ws_consumer_regs<Cfg, PERSISTENT>();
     const int g = lane / 4, tq = lane % 4;
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16;
     const float sl2 = p.scale_log2;

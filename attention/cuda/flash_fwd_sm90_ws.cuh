@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     ws_setup(ring, q_op, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
-        regs_dealloc<PERSISTENT ? Cfg::P_REGS_PERSISTENT : Cfg::P_REGS>();
+        ws_producer_regs<Cfg, PERSISTENT>();
         const int ptid = tid - Cfg::CONSUMERS;
         int item = 0, first = 0; /* the CTA's items so far, ring items so far */
         for (int w = blockIdx.x; w < n_work;) {
@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     }
 
     /* Consumer warpgroup wg: query rows [64 wg, 64 wg + 64) of each tile. */
-    regs_alloc<PERSISTENT ? Cfg::C_REGS_PERSISTENT : Cfg::C_REGS>();
+    ws_consumer_regs<Cfg, PERSISTENT>();
     const int g = lane / 4, tq = lane % 4;
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first tile row of this warp */
     const float sl2 = p.scale_log2;

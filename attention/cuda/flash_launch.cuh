@@ -78,9 +78,10 @@ cudaError_t launch_fwd(const FlashParams &p, const Policy &pol, int q_rows, cuda
     return launch_tiled<Cfg, Policy, flash_fwd_kernel<Cfg, Policy>>(p, pol, q_rows, Cfg::BM, s);
 }
 
-template <int D> cudaError_t launch_bwd_preprocess(const FlashParams &p, cudaStream_t s) {
+/* zero_accum: the atomic-dQ kernels follow and add into p.dq_accum ([B][T][H][D]). */
+template <int D> cudaError_t launch_bwd_preprocess(const FlashParams &p, bool zero_accum, cudaStream_t s) {
     const long rows = (long)p.B * p.T * p.H, threads = rows * (D / 8);
-    flash_bwd_preprocess_kernel<D><<<(unsigned)((threads + 255) / 256), 256, 0, s>>>(p, rows);
+    flash_bwd_preprocess_kernel<D><<<(unsigned)((threads + 255) / 256), 256, 0, s>>>(p, rows, zero_accum ? 1 : 0);
     return cudaGetLastError();
 }
 
@@ -132,8 +133,8 @@ cudaError_t launch_bwd_dq_sm90_ws(const FlashParams &p, const Policy &pol, cudaS
 }
 
 /* The fused backward (Sm90BwdWsTiles<2, S, true>): zeroes the tile-layout dQ accumulator
- * (p.dq_accum, B*H*ceil(T/64)*64*64 floats), runs dK/dV/dQ, converts dQ. The preprocess must
- * have run with p.dq_accum = NULL (it zeroes the other layout). */
+ * (p.dq_accum, B*H*ceil(T/64)*64*64 floats), runs dK/dV/dQ, converts dQ. The preprocess runs
+ * before it without zero_accum (that is the other layout). */
 template <class Cfg, bool PERSISTENT = false, class Policy>
 cudaError_t launch_bwd_fused_sm90_ws(const FlashParams &p, const Policy &pol, cudaStream_t s, int ctas = 0) {
     static_assert(Cfg::FUSED_DQ, "a fused configuration");

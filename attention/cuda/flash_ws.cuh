@@ -10,7 +10,7 @@
  * The producer is a whole warpgroup because registers are allocated per warpgroup slot (each SM
  * sub-partition holds one warp of a warpgroup): with a lone producer warp the 9 warps' share was
  * 168 registers a thread and the consumers spilled. setmaxnreg moves registers from the producer
- * (P_REGS) to the consumers (C_REGS).
+ * to the consumers (WsShape::Regs; ws_producer_regs, ws_consumer_regs).
  *
  * Ring protocol, item i in stage i % ST, its (i / ST)-th use of the stage:
  *   full[s]   each producer thread arrives twice: when its cp.async copies have landed
@@ -25,6 +25,7 @@
 #define ATTENTION_CUDA_FLASH_WS_CUH
 
 #include "attention/cuda/flash_common.cuh"
+#include "attention/cuda/flash_params.cuh"
 #include "attention/cuda/flash_sm90.cuh"
 
 namespace flash {
@@ -34,17 +35,24 @@ template <int NWG, int MIN_BLOCKS> struct WsShape {
     static constexpr int CONSUMERS = 128 * NWG, THREADS = CONSUMERS + 128;
     /* The launch's share (65536 / MIN_BLOCKS / THREADS, rounded down to 8 registers), split. */
     static constexpr int LAUNCH_REGS = (65536 / MIN_BLOCKS / THREADS) / 8 * 8;
-    static constexpr int P_REGS = LAUNCH_REGS >= 160 ? 56 : 24;
-    static constexpr int C_REGS_FIT = (LAUNCH_REGS * THREADS - 128 * P_REGS) / CONSUMERS / 8 * 8;
-    static constexpr int C_REGS = C_REGS_FIT > 240 ? 240 : C_REGS_FIT;
-    /* A persistent producer carries its walk over the items besides the tile loop: at 56
-     * registers ptxas spilled 4 to 24 bytes; at 80 nothing spills on either side. */
-    static constexpr int P_REGS_PERSISTENT = LAUNCH_REGS >= 160 ? 80 : 24;
-    static constexpr int C_REGS_PERSISTENT_FIT =
-        (LAUNCH_REGS * THREADS - 128 * P_REGS_PERSISTENT) / CONSUMERS / 8 * 8;
-    static constexpr int C_REGS_PERSISTENT = C_REGS_PERSISTENT_FIT > 240 ? 240 : C_REGS_PERSISTENT_FIT;
+    /* A producer of P registers; the consumers share the rest (multiples of 8, at most 240). */
+    template <int P> struct Split {
+        static constexpr int PRODUCER = P, FIT = (LAUNCH_REGS * THREADS - 128 * P) / CONSUMERS / 8 * 8;
+        static constexpr int CONSUMER = FIT > 240 ? 240 : FIT;
+    };
+    /* Producer 56 registers; 80 when persistent: it carries its walk over the items besides the
+     * tile loop, and at 56 ptxas spilled 4 to 24 bytes (at 80 nothing spills on either side). */
+    template <bool PERSISTENT> using Regs = Split<LAUNCH_REGS >= 160 ? (PERSISTENT ? 80 : 56) : 24>;
     static constexpr bool PINGPONG = false; /* the forward may turn it on (not persistent then) */
 };
+
+/* The first thing each side of a warp-specialised kernel does: setmaxnreg to its share. */
+template <class Cfg, bool PERSISTENT> __device__ __forceinline__ void ws_producer_regs() {
+    sm90::regs_dealloc<Cfg::template Regs<PERSISTENT>::PRODUCER>();
+}
+template <class Cfg, bool PERSISTENT> __device__ __forceinline__ void ws_consumer_regs() {
+    sm90::regs_alloc<Cfg::template Regs<PERSISTENT>::CONSUMER>();
+}
 
 /* Where a stage's tile starts and whether it needs the per-element mask. */
 struct WsTileMeta {

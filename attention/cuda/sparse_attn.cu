@@ -170,12 +170,7 @@ extern "C" void sparse_attn_forward(const attn_plan_cuda_t *plan, const attn_til
 extern "C" size_t sparse_attn_backward_workspace_bytes(const flash_attn_dims_t *dims,
                                                        int deterministic) {
     check_dims(dims);
-    const size_t rows = (size_t)dims->B * dims->T * dims->H;
-    size_t bytes = align256(rows * sizeof(float)); /* delta */
-    /* dQ accumulator: [B][T][H][D] (portable), or by tiles of 64 rows (sm90 fused), the larger */
-    const size_t tiled = (size_t)dims->B * dims->H * ((dims->T + 63) / 64) * 64 * dims->D;
-    if (!deterministic) bytes += align256((tiled > rows * dims->D ? tiled : rows * dims->D) * sizeof(float));
-    return bytes;
+    return backward_workspace_bytes(dims, deterministic);
 }
 
 extern "C" void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_tiles_cuda_t *dkdv_tiles,
@@ -203,21 +198,15 @@ extern "C" void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_ti
     p.dq = dq;
     p.dk = dk;
     p.dv = dv;
-    const size_t rows = (size_t)dims->B * dims->T * dims->H;
-    p.delta = static_cast<float *>(workspace);
-    p.dq_accum = deterministic ? NULL
-                               : reinterpret_cast<float *>(static_cast<char *>(workspace) +
-                                                           align256(rows * sizeof(float)));
+    set_backward_workspace(p, dims, workspace, deterministic);
     const PlanPolicy kv_pol = make_plan_policy(plan->rows, dkdv_tiles->lists);
     const int T = dims->T;
     /* With the fp32 dQ accumulator (not deterministic) the convert writes every row, dropped
      * queries included (their accumulator rows stay zero); the deterministic dQ pass writes
      * work rows only. Keys past k_len are never visited by the dK/dV pass. */
     const bool sm90 = use_sm90(dims->D);
-    float *accum = p.dq_accum;
-    if (sm90) p.dq_accum = NULL; /* the fused launch zeroes its own layout; the preprocess must not */
-    check_launch("backward preprocess", launch_bwd_preprocess<64>(p, stream));
-    p.dq_accum = accum;
+    /* the portable atomic dQ adds into the preprocess's zeroes; the fused launch zeroes its own layout */
+    check_launch("backward preprocess", launch_bwd_preprocess<64>(p, !deterministic && !sm90, stream));
     p.work_counter = dkdv_tiles->work_counter;
     if (deterministic) {
         check_launch("backward dK/dV",

@@ -117,16 +117,12 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
     p.dq = dq;
     p.dk = dk;
     p.dv = dv;
-    const size_t rows = (size_t)d->B * d->T * d->H;
-    p.delta = static_cast<float *>(ws);
-    p.dq_accum = reinterpret_cast<float *>(static_cast<char *>(ws) + ((rows * 4 + 255) & ~(size_t)255));
+    set_backward_workspace(p, d, ws, 0);
     DenseCausalPolicy pol = {d->T, d->exclude_self};
     p.work_counter = work_counter();
     const bool split = v >= 3; /* dQ in its own pass or fused: the preprocess zeroes nothing */
-    float *const accum = p.dq_accum;
     typedef Sm90DqTiles<2, 2> OldDq;
-    if (split) p.dq_accum = NULL;
-    cudaError_t err = launch_bwd_preprocess<64>(p, s);
+    cudaError_t err = launch_bwd_preprocess<64>(p, !split, s);
     if (err != cudaSuccess) return -2;
     typedef DenseCausalPolicy P;
     switch (v) {
@@ -165,11 +161,9 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
         if (err == cudaSuccess) err = launch_bwd_dq_sm90<OldDq>(p, pol, d->T, s);
         break;
     case 11:
-        p.dq_accum = accum;
         err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 3, true>>(p, pol, s);
         break;
     case 12:
-        p.dq_accum = accum;
         err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true>>(p, pol, s);
         break;
     case 13:
@@ -177,7 +171,6 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
         if (err == cudaSuccess) err = launch_bwd_dq_sm90_ws<Sm90DqWsTiles<2, 2>, true>(p, pol, s, -1);
         break;
     case 14:
-        p.dq_accum = accum;
         err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 3, true>, true>(p, pol, s, -1);
         break;
     default: return -1;
