@@ -32,7 +32,6 @@ typedef DqTiles<128, 64, 32, 4> Dq128;
 typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90Fwd64;
 typedef Sm90BwdWsTiles<2, 3> Sm90DkDv64;
 typedef Sm90DqWsTiles<2, 2> Sm90Dq64;
-typedef Sm90BwdWsTiles<2, 3, true> Sm90Fused64; /* dK, dV, dQ in one pass (not deterministic) */
 
 void check_launch(const char *what, cudaError_t err) { api_check_launch("flash_attn", what, err); }
 
@@ -115,7 +114,7 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
             check_launch("backward dK/dV", launch_bwd_dkdv_sm90_ws<Sm90DkDv64>(p, pol, stream));
             check_launch("backward dQ", launch_bwd_dq_sm90_ws<Sm90Dq64>(p, pol, stream));
         } else {
-            check_launch("backward dK/dV/dQ", launch_bwd_fused_sm90_ws<Sm90Fused64>(p, pol, stream));
+            check_launch("backward dK/dV/dQ", launch_bwd_fused_sm90_ws_scheduled<3>(bwd_schedule(), p, pol, stream));
         }
     } else if (dims->D == 64) {
         check_launch("backward preprocess", launch_bwd_preprocess<64>(p, !deterministic, stream));

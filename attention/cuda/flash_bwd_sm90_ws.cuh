@@ -33,20 +33,57 @@ namespace flash {
  * fp32 accumulator by one bulk reduction (cp.reduce.async.bulk). The accumulator is laid out
  * by tiles (dq_tile_index) so that each block is contiguous; flash_bwd_convert_dq_tiles_kernel
  * turns it into dq. Not deterministic (the additions' order varies). */
-template <int NWG_, int STAGES_ = 2, bool FUSED_DQ_ = false> struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
+template <int NWG_, int STAGES_ = 2, bool FUSED_DQ_ = false, bool DEFER_DQ_ = false, bool PINGPONG_ = false>
+struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
     static constexpr int D = 64, NWG = NWG_, BN = 64 * NWG_, BM = 64, STAGES = STAGES_, MIN_BLOCKS = 1;
-    static constexpr bool FUSED_DQ = FUSED_DQ_;
+    static constexpr bool FUSED_DQ = FUSED_DQ_, DEFER_DQ = DEFER_DQ_, PINGPONG = PINGPONG_;
     static_assert(!FUSED_DQ_ || NWG_ == 2, "the fused dQ splits its 64 columns over two warpgroups");
+    static_assert(!DEFER_DQ_ || FUSED_DQ_, "only the fused dQ can be deferred");
+    static_assert(!PINGPONG_ || DEFER_DQ_, "ping-pong turns need the deferred dQ (no barrier between the turns)");
     static constexpr int ROW_BYTES = 128;
-    /* fused dQ: dS^T [2][BN][BM] bf16 and the staging blocks [2 warpgroups][2][BM][32] fp32 */
-    static constexpr int DQ_BYTES = FUSED_DQ_ ? 2 * BN * BM * 2 + 2 * 2 * BM * 32 * 4 : 0;
+    /* dS^T buffers: two (by tile parity) behind a named barrier; three in a ring of mbarriers
+     * when the dQ is deferred. */
+    static constexpr int DS_BUFS = DEFER_DQ_ ? 3 : 2;
+    /* fused dQ: dS^T [DS_BUFS][BN][BM] bf16 and the staging blocks [2 warpgroups][2][BM][32] fp32 */
+    static constexpr int DQ_BYTES = FUSED_DQ_ ? DS_BUFS * BN * BM * 2 + 2 * 2 * BM * 32 * 4 : 0;
     /* K and V (a persistent launch adds ITEM_BYTES for a second pair), the stages (Q and dO),
      * the fused dQ buffers, lse and delta [STAGES][BM], the queries' mask info [STAGES][BM]
      * (<= 8 bytes each), WsTileMeta per stage, mbarriers (K/V full and empty, two of each,
-     * full[STAGES], empty[STAGES]), the item indices (flash_ws.cuh, ws_draw). */
+     * full[STAGES], empty[STAGES]), the item indices (flash_ws.cuh, ws_draw), the dS^T ring's
+     * mbarriers (full and empty per buffer, deferred dQ). */
     static constexpr int ITEM_BYTES = 2 * BN * D * 2;
     static constexpr int SMEM_BYTES = ITEM_BYTES + STAGES * 2 * BM * D * 2 + DQ_BYTES + STAGES * BM * (4 + 4 + 8) +
-                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 16 + 1024;
+                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 16 +
+                                      (DEFER_DQ_ ? 2 * DS_BUFS * 8 : 0) + 1024;
+};
+
+/* The deferred dQ's ring of dS^T buffers, written and read by both consumer warpgroups: tile i
+ * in buffer i % NB. full[b] completes when all 256 consumer threads have written their part
+ * (each fences to the async proxy first: wgmma reads it), empty[b] when all 256 have retired
+ * their dQ products reading it. */
+template <int NB> struct DsRing {
+    uint32_t bar; /* full[NB], then empty[NB] */
+    __device__ __forceinline__ uint32_t full(int b) const { return bar + 8u * b; }
+    __device__ __forceinline__ uint32_t empty(int b) const { return bar + 8u * (NB + b); }
+    __device__ __forceinline__ void init() const {
+        for (int b = 0; b < NB; b++) {
+            sm90::mbar_init(full(b), 256);
+            sm90::mbar_init(empty(b), 256);
+        }
+    }
+    __device__ __forceinline__ int wait_free(int i) const {
+        if (i >= NB) sm90::mbar_wait(empty(i % NB), (i / NB - 1) & 1);
+        return i % NB;
+    }
+    __device__ __forceinline__ void publish(int i) const {
+        sm90::fence_proxy_async();
+        sm90::mbar_arrive(full(i % NB));
+    }
+    __device__ __forceinline__ int acquire(int i) const {
+        sm90::mbar_wait(full(i % NB), (i / NB) & 1);
+        return i % NB;
+    }
+    __device__ __forceinline__ void release(int i) const { sm90::mbar_arrive(empty(i % NB)); }
 };
 
 /* Index of element (bh, work row r, column c) in the fused backward's dQ accumulator:
@@ -92,8 +129,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     const uint32_t raw_addr = smem_addr(smem_raw);
     bf16 *sK = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023)); /* [NBUF][K, V] */
     bf16 *sQ = sK + NBUF * 2 * BN * D; /* stage s: Q at sQ + s*2*BM*D, dO BM*D further */
-    bf16 *sDS = sQ + ST * 2 * BM * D; /* fused dQ: [2][BN][BM], then the staging blocks */
-    float *sDqStage = reinterpret_cast<float *>(sDS + (Cfg::FUSED_DQ ? 2 * BN * BM : 0)); /* [2 wg][2][BM][32] */
+    bf16 *sDS = sQ + ST * 2 * BM * D; /* fused dQ: [DS_BUFS][BN][BM], then the staging blocks */
+    float *sDqStage = reinterpret_cast<float *>(sDS + (Cfg::FUSED_DQ ? Cfg::DS_BUFS * BN * BM : 0)); /* [2 wg][2][BM][32] */
     float *sLse = reinterpret_cast<float *>(reinterpret_cast<unsigned char *>(sQ + ST * 2 * BM * D) +
                                             Cfg::DQ_BYTES); /* [ST][BM], log2 domain */
     float *sDelta = sLse + ST * BM;
@@ -105,10 +142,12 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     const StageRing<ST> ring{kv_op.bar + 16u * NBUF};
     int *sItem = reinterpret_cast<int *>(reinterpret_cast<uint64_t *>(sMeta + ST) + 2 * NBUF + 2 * ST); /* [NBUF] */
     volatile int *sDraw = sItem + NBUF;
+    const DsRing<Cfg::DS_BUFS> ds_ring{smem_addr(sItem) + 16u}; /* deferred dQ only */
 
     const int BH = p.B * p.H, n_kt = (p.T + BN - 1) / BN, n_work = BH * n_kt;
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
 
+    if (Cfg::DEFER_DQ && tid == 0) ds_ring.init(); /* before ws_setup's __syncthreads */
     ws_setup(ring, kv_op, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
@@ -171,9 +210,53 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     }
 
     ws_consumer_regs<Cfg, PERSISTENT>();
-    const int g = lane / 4, tq = lane % 4;
+    const int g = lane / 4, tq = lane % 4, wtid = tid % 128;
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first key row (in tile) of this warp */
     const float sl2 = p.scale_log2;
+    constexpr bool DEFER = Cfg::DEFER_DQ, PP = Cfg::PINGPONG;
+
+    /* Ping-pong turns (as in the forward): barrier 5 + w is "warpgroup w may issue"; warpgroup
+     * 0 goes first; per item of n tiles each issues 2 n + 1 times (S/dP, then dV/dK/dQ per
+     * tile, the last dQ) and passes the turn after each, except warpgroup 1's last: every
+     * item starts afresh, so a persistent CTA may take turns too. */
+    auto take_turn = [&]() {
+        if (PP) named_barrier(5 + wg, 256);
+    };
+    auto pass_turn = [&]() {
+        if (PP) named_barrier_arrive(6 - wg, 256);
+    };
+
+    /* dQ[:, 32 wg ..] = dS K[:, 32 wg ..] of the tile whose dS^T is in buffer buf: A = dS^T read
+     * M-major (k-step = 16 key rows), B = K read N-major from column 32 wg of its rows. */
+    auto issue_dq = [&](float (&dq)[16], int buf, uint32_t k_addr) {
+        const uint32_t ds_addr = smem_addr(sDS + buf * BN * BM);
+#pragma unroll
+        for (int ks = 0; ks < BN / 16; ks++)
+            wgmma_m64n32k16_ss<1, 1>(dq, desc_sw128(ds_addr + ks * 16 * BM * 2), desc_sw128(k_addr + ks * 16 * RB + 64 * wg),
+                                     ks > 0);
+    };
+    /* The 64 x 32 fp32 block goes through staging block (wg, parity) and is added to the tile
+     * accumulator by one bulk reduction; the block's previous reduction (two tiles ago) must
+     * have read it: the thread that issued it waits, then tells the warpgroup. */
+    auto reduce_dq = [&](const float (&dq)[16], int parity, int bh, int row0) {
+        float *stage_blk = sDqStage + (wg * 2 + parity) * BM * 32;
+        if (wtid == 0) bulk_wait_read<1>();
+        named_barrier(2 + wg, 128);
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++)
+                *reinterpret_cast<float2 *>(stage_blk + ((wtid / 32) * 16 + g + 8 * hf) * 32 + 8 * j + 2 * tq) =
+                    make_float2(dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
+        fence_proxy_async(); /* the bulk copy reads through the async proxy */
+        named_barrier(2 + wg, 128);
+        if (wtid == 0) {
+            bulk_reduce_add_f32(p.dq_accum + dq_tile_index(bh, (p.T + 63) / 64, row0, 32 * wg), smem_addr(stage_blk),
+                                BM * 32 * 4);
+            bulk_commit();
+        }
+    };
+
     int first = 0;
     for (int my_item = 0;; my_item++) {
         /* A persistent CTA learns its next item with the item's K and V; otherwise it has one. */
@@ -201,6 +284,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
         /* The item's K and V (waits until they are loaded): this warpgroup's 64 key rows. */
         const uint32_t k_addr = kv_addr + (PERSISTENT ? my_item % NBUF : kv_op.acquire(my_item)) * KVB;
         const uint32_t kw_addr = k_addr + wg * 64 * RB, vw_addr = k_addr + BN * RB + wg * 64 * RB;
+        if (PP && wg == 1 && n_tiles > 0) pass_turn();
+        int prev_row0 = 0; /* deferred dQ: the previous tile's first query */
         for (int i = first; i < first + n_tiles; i++) { /* ring item i: the (i - first)-th query tile */
             const int s = ring.acquire(i);
             const WsTileMeta m = sMeta[s];
@@ -209,32 +294,54 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             const RowInfo *tQinfo = sQinfo + s * BM;
 
             float st[32], dpt[32];
+            take_turn();
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++)
                 wgmma_m64n64k16_ss<0, 0>(st, desc_sw128(kw_addr + 32 * kk), desc_sw128(qs_addr + 32 * kk), kk > 0);
+            if (DEFER) wgmma_commit(); /* the exponentials start while dP^T runs */
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++)
                 wgmma_m64n64k16_ss<0, 0>(dpt, desc_sw128(vw_addr + 32 * kk), desc_sw128(dos_addr + 32 * kk), kk > 0);
             wgmma_commit();
-            wgmma_wait<0>();
-            fence_regs(st);
-            fence_regs(dpt);
+            pass_turn();
 
             const bool masked = !m.full;
+            if constexpr (DEFER) {
+                wgmma_wait<1>();
+                fence_regs(st);
 #pragma unroll
-            for (int nq = 0; nq < NQ; nq++)
+                for (int nq = 0; nq < NQ; nq++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
-                    float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[col]));
-                    /* a select, not a branch (C7513) */
-                    const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) &
-                                    pol.allowed(tQinfo[col], kinfo[hf]);
-                    pe = masked & !ok ? 0.f : pe;
-                    st[4 * nq + e] = pe;
-                    dpt[4 * nq + e] = pe * (dpt[4 * nq + e] - tDelta[col]);
-                }
+                    for (int e = 0; e < 4; e++) {
+                        const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
+                        float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[col]));
+                        const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) &
+                                        pol.allowed(tQinfo[col], kinfo[hf]);
+                        st[4 * nq + e] = masked & !ok ? 0.f : pe;
+                    }
+                wgmma_wait<0>();
+                fence_regs(dpt);
+#pragma unroll
+                for (int j = 0; j < 32; j++) dpt[j] = st[j] * (dpt[j] - tDelta[(j / 4) * 8 + 2 * tq + (j & 1)]);
+            } else {
+                wgmma_wait<0>();
+                fence_regs(st);
+                fence_regs(dpt);
+#pragma unroll
+                for (int nq = 0; nq < NQ; nq++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
+                        float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[col]));
+                        /* a select, not a branch (C7513) */
+                        const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) &
+                                        pol.allowed(tQinfo[col], kinfo[hf]);
+                        pe = masked & !ok ? 0.f : pe;
+                        st[4 * nq + e] = pe;
+                        dpt[4 * nq + e] = pe * (dpt[4 * nq + e] - tDelta[col]);
+                    }
+            }
 #pragma unroll
             for (int kq = 0; kq < BM / 16; kq++)
 #pragma unroll
@@ -244,8 +351,12 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
                 }
             if constexpr (Cfg::FUSED_DQ) {
                 /* dS^T rows of this warpgroup: da[4kq + r] holds (key row g + 8*(r&1) of the warp,
-                 * queries 16kq + 8*(r>>1) + 2tq, +1). */
-                bf16 *ds = sDS + (i & 1) * BN * BM;
+                 * queries 16kq + 8*(r>>1) + 2tq, +1). Deferred: into the ring (its buffer's last
+                 * readers, the dQ of tile i - DS_BUFS, done), published; the dQ of tile i - 1
+                 * below needs the other warpgroup's half of that tile. Otherwise: buffer i & 1,
+                 * then both warpgroups meet, and this tile's dQ follows. */
+                const int buf = DEFER ? ds_ring.wait_free(i) : (i & 1);
+                bf16 *ds = sDS + buf * BN * BM;
 #pragma unroll
                 for (int kq = 0; kq < BM / 16; kq++)
 #pragma unroll
@@ -253,9 +364,15 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
                         const int row = warp_row + g + 8 * (r & 1), col = 16 * kq + 8 * (r >> 1) + 2 * tq;
                         *reinterpret_cast<uint32_t *>(ds + SwizzledTile<BM>::offset_col(row, col)) = da[4 * kq + r];
                     }
-                fence_proxy_async();
-                named_barrier(1, Cfg::CONSUMERS); /* both warpgroups' dS^T rows are in place */
+                if (DEFER) {
+                    ds_ring.publish(i);
+                    if (i > first) ds_ring.acquire(i - 1);
+                } else {
+                    fence_proxy_async();
+                    named_barrier(1, Cfg::CONSUMERS); /* both warpgroups' dS^T rows are in place */
+                }
             }
+            take_turn();
             wgmma_fence();
 #pragma unroll
             for (int kq = 0; kq < BM / 16; kq++)
@@ -264,44 +381,36 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             for (int kq = 0; kq < BM / 16; kq++)
                 wgmma_m64n64k16_rs<1>(dk, &da[4 * kq], desc_sw128(qs_addr + kq * 16 * RB), 1);
             float dq[16];
-            if constexpr (Cfg::FUSED_DQ) {
-                /* dQ[:, 32 wg ..] = dS K[:, 32 wg ..]: A = dS^T read M-major (k-step = 16 key rows),
-                 * B = K read N-major from column 32 wg of its rows. */
-                const uint32_t ds_addr = smem_addr(sDS + (i & 1) * BN * BM);
-#pragma unroll
-                for (int ks = 0; ks < BN / 16; ks++)
-                    wgmma_m64n32k16_ss<1, 1>(dq, desc_sw128(ds_addr + ks * 16 * BM * 2),
-                                             desc_sw128(k_addr + ks * 16 * RB + 64 * wg), ks > 0);
-            }
+            const bool dq_now = Cfg::FUSED_DQ && (!DEFER || i > first);
+            if (dq_now) issue_dq(dq, DEFER ? (i - 1) % Cfg::DS_BUFS : (i & 1), k_addr);
             wgmma_commit();
+            pass_turn();
             wgmma_wait<0>();
             fence_regs(dk);
             fence_regs(dv);
             fence_regs_u32(pa);
             fence_regs_u32(da);
             ring.release(i);
-            if constexpr (Cfg::FUSED_DQ) {
+            if (dq_now) {
                 fence_regs(dq);
-                /* Staging block (wg, i & 1): its previous bulk reduction (tile i - 2) must have
-                 * read it; the thread that issued it waits, then tells the warpgroup. */
-                float *stage_blk = sDqStage + (wg * 2 + (i & 1)) * BM * 32;
-                const int wtid = tid % 128;
-                if (wtid == 0) bulk_wait_read<1>();
-                named_barrier(2 + wg, 128);
-#pragma unroll
-                for (int j = 0; j < 4; j++)
-#pragma unroll
-                    for (int hf = 0; hf < 2; hf++)
-                        *reinterpret_cast<float2 *>(stage_blk + ((wtid / 32) * 16 + g + 8 * hf) * 32 + 8 * j + 2 * tq) =
-                            make_float2(dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
-                fence_proxy_async(); /* the bulk copy reads through the async proxy */
-                named_barrier(2 + wg, 128);
-                if (wtid == 0) {
-                    bulk_reduce_add_f32(p.dq_accum + dq_tile_index(bh, (p.T + 63) / 64, m.row0, 32 * wg),
-                                        smem_addr(stage_blk), BM * 32 * 4);
-                    bulk_commit();
-                }
+                if (DEFER) ds_ring.release(i - 1);
+                reduce_dq(dq, DEFER ? (i - 1) & 1 : i & 1, bh, DEFER ? prev_row0 : m.row0);
             }
+            prev_row0 = m.row0;
+        }
+        if (DEFER && n_tiles > 0) { /* the last tile's dQ */
+            const int last = first + n_tiles - 1;
+            float dq[16];
+            const int buf = ds_ring.acquire(last);
+            take_turn();
+            wgmma_fence();
+            issue_dq(dq, buf, k_addr);
+            wgmma_commit();
+            if (wg == 0) pass_turn();
+            wgmma_wait<0>();
+            fence_regs(dq);
+            ds_ring.release(last);
+            reduce_dq(dq, last & 1, bh, prev_row0);
         }
         kv_op.release(my_item); /* every product reading K and V has retired */
         store_dkdv_sm90(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);

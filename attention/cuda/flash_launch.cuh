@@ -4,8 +4,11 @@
 #define ATTENTION_CUDA_FLASH_LAUNCH_CUH
 
 #include <cuda_runtime.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "attention/cuda/flash_bwd.cuh"
+#include "attention/cuda/flash_checks.cuh"
 #include "attention/cuda/flash_bwd_sm90.cuh"
 #include "attention/cuda/flash_bwd_sm90_ws.cuh"
 #include "attention/cuda/flash_fwd.cuh"
@@ -145,6 +148,40 @@ cudaError_t launch_bwd_fused_sm90_ws(const FlashParams &p, const Policy &pol, cu
     const long threads = (long)p.B * p.T * p.H * 8;
     flash_bwd_convert_dq_tiles_kernel<64, Policy><<<(unsigned)((threads + 255) / 256), 256, 0, s>>>(p, pol);
     return cudaGetLastError();
+}
+
+/* How the two consumer warpgroups of the fused Hopper backward share the tensor cores
+ * (flash_bwd_sm90_ws.cuh): LOCKSTEP meets at a barrier every tile to compute that tile's dQ;
+ * DEFERRED computes each tile's dQ with the next tile's dV/dK (a ring of dS^T buffers, no
+ * barrier between the warpgroups); PINGPONG adds turns so that one warpgroup's exponentials
+ * run under the other's products. Chosen by the environment variable FLASH_BWD_SCHEDULE
+ * (lockstep, deferred, pingpong), read once; unset: the default below. */
+enum BwdSchedule { BWD_LOCKSTEP, BWD_DEFERRED, BWD_PINGPONG };
+constexpr BwdSchedule BWD_SCHEDULE_DEFAULT = BWD_LOCKSTEP;
+inline BwdSchedule bwd_schedule() {
+    static int cached = -1;
+    if (cached < 0) {
+        const char *v = getenv("FLASH_BWD_SCHEDULE");
+        if (!v || !*v) cached = BWD_SCHEDULE_DEFAULT;
+        else if (!strcmp(v, "lockstep")) cached = BWD_LOCKSTEP;
+        else if (!strcmp(v, "deferred")) cached = BWD_DEFERRED;
+        else if (!strcmp(v, "pingpong")) cached = BWD_PINGPONG;
+        else fatal(EXIT_USAGE, "FLASH_BWD_SCHEDULE = '%s': expected lockstep, deferred or pingpong", v);
+    }
+    return (BwdSchedule)cached;
+}
+
+/* The fused backward of two consumer warpgroups and STAGES query stages under a schedule
+ * (flash_checks.cuh, bwd_schedule). */
+template <int STAGES, bool PERSISTENT = false, class Policy>
+cudaError_t launch_bwd_fused_sm90_ws_scheduled(BwdSchedule schedule, const FlashParams &p, const Policy &pol,
+                                               cudaStream_t s, int ctas = 0) {
+    switch (schedule) {
+    case BWD_DEFERRED: return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true, true>, PERSISTENT>(p, pol, s, ctas);
+    case BWD_PINGPONG:
+        return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true, true, true>, PERSISTENT>(p, pol, s, ctas);
+    default: return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true>, PERSISTENT>(p, pol, s, ctas);
+    }
 }
 
 /* The Hopper kernels run when the device is sm_90 and this binary carries sm_90 machine code

@@ -218,7 +218,8 @@ extern "C" void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_ti
                                          : launch_bwd_dq<Dq64>(p, q_pol, T, stream));
         zero_dropped_rows(plan, q_pol, 0, dq, dims->q_stride, NULL, 0, NULL, stream);
     } else if (sm90) {
-        check_launch("backward dK/dV/dQ", launch_bwd_fused_sm90_ws<Sm90Fused64, true>(p, kv_pol, stream, persistent_ctas));
+        check_launch("backward dK/dV/dQ", launch_bwd_fused_sm90_ws_scheduled<3, true>(bwd_schedule(), p, kv_pol, stream,
+                                                                                          persistent_ctas));
     } else {
         check_launch("backward dK/dV/dQ", launch_bwd_dkdv<Bwd64, PlanPolicy, true, true>(p, kv_pol, T, stream));
         check_launch("backward dQ convert", launch_bwd_convert_dq<64>(p, stream));

@@ -43,6 +43,9 @@ const char *bwd_names[] = {"api",
                            "ws fused dQ S2 (bulk reduce)",
                            "ws dkdv S3 + ws dq S2 persistent",
                            "ws fused dQ S3 persistent",
+                           "ws fused deferred dQ S3",
+                           "ws fused deferred dQ S3 pingpong",
+                           "ws fused deferred dQ S2 pingpong",
                            NULL};
 
 /* The persistent variants' work counter (one int of device memory for the process; the bench
@@ -172,6 +175,15 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
         break;
     case 14:
         err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 3, true>, true>(p, pol, s, -1);
+        break;
+    case 15:
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 3, true, true>>(p, pol, s);
+        break;
+    case 16:
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 3, true, true, true>>(p, pol, s);
+        break;
+    case 17:
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true, true, true>>(p, pol, s);
         break;
     default: return -1;
     }
