@@ -310,16 +310,24 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             if constexpr (DEFER) {
                 wgmma_wait<1>();
                 fence_regs(st);
+                if (masked) { /* a uniform branch: most tiles skip the per-element mask */
 #pragma unroll
-                for (int nq = 0; nq < NQ; nq++)
+                    for (int nq = 0; nq < NQ; nq++)
 #pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
-                        float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[col]));
-                        const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) &
-                                        pol.allowed(tQinfo[col], kinfo[hf]);
-                        st[4 * nq + e] = masked & !ok ? 0.f : pe;
-                    }
+                        for (int e = 0; e < 4; e++) {
+                            const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
+                            const float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[col]));
+                            const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) &
+                                            pol.allowed(tQinfo[col], kinfo[hf]);
+                            st[4 * nq + e] = ok ? pe : 0.f;
+                        }
+                } else {
+#pragma unroll
+                    for (int nq = 0; nq < NQ; nq++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++)
+                            st[4 * nq + e] = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[nq * 8 + 2 * tq + (e & 1)]));
+                }
                 wgmma_wait<0>();
                 fence_regs(dpt);
 #pragma unroll
