@@ -319,6 +319,13 @@ static void bench_sparse(const char *label, const attn_params_t *p, int shared_k
     attn_plan_cuda_free(&plan);
 }
 
+/* SPARSE_TEST_HOPPER_ONLY=1 leaves out the portable kernels (checks and timing rows): for runs
+ * that vary only the Hopper kernels, such as FLASH_BWD_SCHEDULE. */
+static int hopper_only(void) {
+    const char *v = getenv("SPARSE_TEST_HOPPER_ONLY");
+    return v && strcmp(v, "1") == 0;
+}
+
 static void run_timing(void) {
     bench_bufs_t x;
     const int B = 4, T = 16384, H = 12;
@@ -359,7 +366,7 @@ static void run_timing(void) {
     };
     /* The portable path (two rows for reference), then the Hopper path with one CTA per tile
      * (the default) and with persistent CTAs. */
-    for (int run = 0; run < 3; run++) {
+    for (int run = hopper_only(); run < 3; run++) {
         const int portable = run == 0;
         sparse_attn_force_portable(portable);
         if (!portable && strcmp(sparse_attn_path(64), "mma.sync") == 0) break;
@@ -403,7 +410,7 @@ int main(int argc, char **argv) {
      * one CTA per tile (the default), persistent CTAs as many as fit (on these small shapes
      * about one tile each), and 1 and 5 persistent CTAs, each walking many tiles. */
     const int hopper_grids[] = {0, -1, 1, 5};
-    for (int run = 0; run < 5 && !time_only; run++) {
+    for (int run = hopper_only(); run < 5 && !time_only; run++) {
         const int portable = run == 0;
         sparse_attn_force_portable(portable);
         if (!portable && strcmp(sparse_attn_path(64), "mma.sync") == 0) break;
