@@ -61,29 +61,13 @@ struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
  * in buffer i % NB. full[b] completes when all 256 consumer threads have written their part
  * (each fences to the async proxy first: wgmma reads it), empty[b] when all 256 have retired
  * their dQ products reading it. */
-template <int NB> struct DsRing {
-    uint32_t bar; /* full[NB], then empty[NB] */
-    __device__ __forceinline__ uint32_t full(int b) const { return bar + 8u * b; }
-    __device__ __forceinline__ uint32_t empty(int b) const { return bar + 8u * (NB + b); }
-    __device__ __forceinline__ void init() const {
-        for (int b = 0; b < NB; b++) {
-            sm90::mbar_init(full(b), 256);
-            sm90::mbar_init(empty(b), 256);
-        }
-    }
-    __device__ __forceinline__ int wait_free(int i) const {
-        if (i >= NB) sm90::mbar_wait(empty(i % NB), (i / NB - 1) & 1);
-        return i % NB;
-    }
+template <int NB> struct DsRing : MbarRing<NB> {
+    __device__ __forceinline__ void init() const { MbarRing<NB>::init(256, 256); }
     __device__ __forceinline__ void publish(int i) const {
         sm90::fence_proxy_async();
-        sm90::mbar_arrive(full(i % NB));
+        sm90::mbar_arrive(this->full(i % NB));
     }
-    __device__ __forceinline__ int acquire(int i) const {
-        sm90::mbar_wait(full(i % NB), (i / NB) & 1);
-        return i % NB;
-    }
-    __device__ __forceinline__ void release(int i) const { sm90::mbar_arrive(empty(i % NB)); }
+    __device__ __forceinline__ int acquire(int i) const { return this->wait_full(i); }
 };
 
 /* Index of element (bh, work row r, column c) in the fused backward's dQ accumulator:

@@ -60,37 +60,51 @@ struct WsTileMeta {
     int full; /* every in-range pair of the tile is allowed */
 };
 
-template <int ST> struct StageRing {
-    uint32_t bar; /* full[ST], then empty[ST] (8 bytes each) */
+/* N buffers, each behind a full and an empty mbarrier: use i of the ring is in buffer i % N,
+ * the (i / N)-th use of that buffer. The three rings below (the producer's stages, the per-item
+ * operand, the fused backward's dS^T buffers) differ only in who arrives on the full barrier. */
+template <int N> struct MbarRing {
+    uint32_t bar; /* full[N], then empty[N] (8 bytes each) */
 
-    __device__ __forceinline__ uint32_t full(int s) const { return bar + 8u * s; }
-    __device__ __forceinline__ uint32_t empty(int s) const { return bar + 8u * (ST + s); }
+    __device__ __forceinline__ uint32_t full(int b) const { return bar + 8u * b; }
+    __device__ __forceinline__ uint32_t empty(int b) const { return bar + 8u * (N + b); }
     /* One thread, before the CTA's barrier. */
-    __device__ __forceinline__ void init(int consumers) const {
-        for (int s = 0; s < ST; s++) {
-            sm90::mbar_init(full(s), 256);
-            sm90::mbar_init(empty(s), consumers);
+    __device__ __forceinline__ void init(int full_count, int empty_count) const {
+        for (int b = 0; b < N; b++) {
+            sm90::mbar_init(full(b), full_count);
+            sm90::mbar_init(empty(b), empty_count);
         }
     }
-    /* Producer: waits until item i's stage is free (its previous item released); returns it. */
+    /* Filler: waits until use i's buffer is free (its previous use released); returns it. */
     __device__ __forceinline__ int wait_free(int i) const {
-        const int s = i % ST;
-        if (i >= ST) sm90::mbar_wait(empty(s), (i / ST - 1) & 1);
-        return s;
+        const int b = i % N;
+        if (i >= N) sm90::mbar_wait(empty(b), (i / N - 1) & 1);
+        return b;
     }
+    /* Reader: waits until use i's buffer is full; returns it. */
+    __device__ __forceinline__ int wait_full(int i) const {
+        const int b = i % N;
+        sm90::mbar_wait(full(b), (i / N) & 1);
+        return b;
+    }
+    __device__ __forceinline__ void release(int i) const { sm90::mbar_arrive(empty(i % N)); }
+};
+
+/* The producer's ring of ST stages. full: each producer thread arrives twice, when its cp.async
+ * copies have landed and after its ordinary stores (256 arrivals); empty: every consumer thread. */
+template <int ST> struct StageRing : MbarRing<ST> {
+    __device__ __forceinline__ void init(int consumers) const { MbarRing<ST>::init(256, consumers); }
     /* Producer: after issuing the stage's copies and its ordinary stores. */
     __device__ __forceinline__ void commit(int s) const {
-        sm90::mbar_arrive_cp_async(full(s));
-        sm90::mbar_arrive(full(s));
+        sm90::mbar_arrive_cp_async(this->full(s));
+        sm90::mbar_arrive(this->full(s));
     }
     /* Consumer: waits until item i is in its stage; returns the stage. */
     __device__ __forceinline__ int acquire(int i) const {
-        const int s = i % ST;
-        sm90::mbar_wait(full(s), (i / ST) & 1);
+        const int s = this->wait_full(i);
         sm90::fence_proxy_async();
         return s;
     }
-    __device__ __forceinline__ void release(int i) const { sm90::mbar_arrive(empty(i % ST)); }
 };
 
 /* The operand a CTA loads once per work item and keeps for all of the item's ring items (Q for
@@ -99,36 +113,22 @@ template <int ST> struct StageRing {
  * operand while the consumers still work on the current one. full[b] completes a phase when
  * the producer's 128 cp.async arrivals have landed and, in a persistent CTA (NBUF = 2),
  * producer thread 0 has arrived after storing the item's index (sItem[b]; -1 ends the walk);
- * empty[b] when every consumer thread has retired the products reading it. */
-template <int NBUF> struct ItemOperand {
-    uint32_t bar; /* full[NBUF], then empty[NBUF] */
-
-    __device__ __forceinline__ uint32_t full(int b) const { return bar + 8u * b; }
-    __device__ __forceinline__ uint32_t empty(int b) const { return bar + 8u * (NBUF + b); }
+ * empty[b] when every consumer thread has retired the products reading it. The consumers
+ * acquire every item, even one without ring items, so that the phases stay in step. */
+template <int NBUF> struct ItemOperand : MbarRing<NBUF> {
     __device__ __forceinline__ void init(int consumers) const {
-        for (int b = 0; b < NBUF; b++) {
-            sm90::mbar_init(full(b), NBUF > 1 ? 129 : 128);
-            sm90::mbar_init(empty(b), consumers);
-        }
-    }
-    /* Producer, before loading the operand of the CTA's j-th item; returns its buffer. */
-    __device__ __forceinline__ int wait_free(int j) const {
-        if (j >= NBUF) sm90::mbar_wait(empty(j % NBUF), (j / NBUF - 1) & 1);
-        return j % NBUF;
+        MbarRing<NBUF>::init(NBUF > 1 ? 129 : 128, consumers);
     }
     /* Producer, after issuing its copies and (thread 0) storing the item's index. */
     __device__ __forceinline__ void commit(int j, int ptid) const {
-        sm90::mbar_arrive_cp_async(full(j % NBUF));
-        if (NBUF > 1 && ptid == 0) sm90::mbar_arrive(full(j % NBUF));
+        sm90::mbar_arrive_cp_async(this->full(j % NBUF));
+        if (NBUF > 1 && ptid == 0) sm90::mbar_arrive(this->full(j % NBUF));
     }
-    /* Consumer: every item, even one without ring items, so that the phases stay in step;
-     * returns the buffer. */
     __device__ __forceinline__ int acquire(int j) const {
-        sm90::mbar_wait(full(j % NBUF), (j / NBUF) & 1);
+        const int b = this->wait_full(j);
         sm90::fence_proxy_async();
-        return j % NBUF;
+        return b;
     }
-    __device__ __forceinline__ void release(int j) const { sm90::mbar_arrive(empty(j % NBUF)); }
 };
 
 /* Work item w of n_work = BH * n_tiles: heads innermost, query tiles from the last (causal:
