@@ -37,8 +37,11 @@ int force_portable = 0;
  * (random Gaussian Q and K, even buckets) they were the faster: hash nb=16 fwd+bwd 2.551 vs
  * 2.636 ms (H100, session 8). But they take their tiles in a fixed round robin, and in the
  * trainer (bench_step, GPT-2 small, 16k x 2) the hash step went from 70.2 to 108.5 ms with
- * them: the model's buckets are uneven, so some CTAs draw far more work than others. Until the
- * items are handed out dynamically, one CTA per tile (the hardware balances) is the default. */
+ * them: the model's buckets are uneven, so some CTAs draw far more work than others. The items
+ * are now drawn from an atomic counter (flash_ws.cuh, ws_draw), not yet measured in the
+ * trainer; until then one CTA per tile (the hardware balances) is the default. With 0 the
+ * one-item instances run: their consumers get 224 registers (208 in a persistent CTA, whose
+ * producer needs 80) and a single item-operand buffer. */
 int persistent_ctas = 0;
 
 bool use_sm90(int D) { return D == 64 && !force_portable && sm90_available(); }
@@ -162,8 +165,11 @@ extern "C" void sparse_attn_forward(const attn_plan_cuda_t *plan, const attn_til
     p.lse = lse;
     const PlanPolicy pol = make_plan_policy(plan->rows, fwd_tiles->lists);
     p.work_counter = fwd_tiles->work_counter;
-    check_launch("forward kernel", use_sm90(dims->D) ? launch_fwd_sm90_ws<Sm90Fwd64, true>(p, pol, stream, persistent_ctas)
-                                                     : launch_fwd<Fwd64>(p, pol, dims->T, stream));
+    cudaError_t err;
+    if (!use_sm90(dims->D)) err = launch_fwd<Fwd64>(p, pol, dims->T, stream);
+    else if (persistent_ctas) err = launch_fwd_sm90_ws<Sm90Fwd64, true>(p, pol, stream, persistent_ctas);
+    else err = launch_fwd_sm90_ws<Sm90Fwd64>(p, pol, stream);
+    check_launch("forward kernel", err);
     zero_dropped_rows(plan, pol, 0, out, dims->o_stride, NULL, 0, lse, stream);
 }
 
@@ -208,18 +214,24 @@ extern "C" void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_ti
     /* the portable atomic dQ adds into the preprocess's zeroes; the fused launch zeroes its own layout */
     check_launch("backward preprocess", launch_bwd_preprocess<64>(p, !deterministic && !sm90, stream));
     p.work_counter = dkdv_tiles->work_counter;
+    const int ctas = persistent_ctas;
+    cudaError_t err;
     if (deterministic) {
-        check_launch("backward dK/dV",
-                     sm90 ? launch_bwd_dkdv_sm90_ws<Sm90DkDvWs, true>(p, kv_pol, stream, persistent_ctas)
-                          : launch_bwd_dkdv<Bwd64, PlanPolicy, false, true>(p, kv_pol, T, stream));
+        if (!sm90) err = launch_bwd_dkdv<Bwd64, PlanPolicy, false, true>(p, kv_pol, T, stream);
+        else if (ctas) err = launch_bwd_dkdv_sm90_ws<Sm90DkDvWs, true>(p, kv_pol, stream, ctas);
+        else err = launch_bwd_dkdv_sm90_ws<Sm90DkDvWs>(p, kv_pol, stream);
+        check_launch("backward dK/dV", err);
         const PlanPolicy q_pol = make_plan_policy(plan->rows, dq_tiles->lists);
         p.work_counter = dq_tiles->work_counter;
-        check_launch("backward dQ", sm90 ? launch_bwd_dq_sm90_ws<Sm90Dq64, true>(p, q_pol, stream, persistent_ctas)
-                                         : launch_bwd_dq<Dq64>(p, q_pol, T, stream));
+        if (!sm90) err = launch_bwd_dq<Dq64>(p, q_pol, T, stream);
+        else if (ctas) err = launch_bwd_dq_sm90_ws<Sm90Dq64, true>(p, q_pol, stream, ctas);
+        else err = launch_bwd_dq_sm90_ws<Sm90Dq64>(p, q_pol, stream);
+        check_launch("backward dQ", err);
         zero_dropped_rows(plan, q_pol, 0, dq, dims->q_stride, NULL, 0, NULL, stream);
     } else if (sm90) {
-        check_launch("backward dK/dV/dQ", launch_bwd_fused_sm90_ws_scheduled<3, true>(bwd_schedule(), p, kv_pol, stream,
-                                                                                          persistent_ctas));
+        if (ctas) err = launch_bwd_fused_sm90_ws_scheduled<3, true>(bwd_schedule(), p, kv_pol, stream, ctas);
+        else err = launch_bwd_fused_sm90_ws_scheduled<3>(bwd_schedule(), p, kv_pol, stream);
+        check_launch("backward dK/dV/dQ", err);
     } else {
         check_launch("backward dK/dV/dQ", launch_bwd_dkdv<Bwd64, PlanPolicy, true, true>(p, kv_pol, T, stream));
         check_launch("backward dQ convert", launch_bwd_convert_dq<64>(p, stream));
