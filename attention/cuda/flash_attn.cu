@@ -57,6 +57,11 @@ extern "C" const char *flash_attn_path(const flash_attn_dims_t *dims) {
     return use_sm90(dims) ? "sm90 wgmma" : "mma.sync";
 }
 
+extern "C" const char *flash_attn_bwd_schedule(void) {
+    static const char *names[] = {"lockstep", "deferred", "pingpong"};
+    return names[bwd_schedule()];
+}
+
 extern "C" void flash_attn_forward(const flash_attn_dims_t *dims, const flash_bf16_t *q,
                                    const flash_bf16_t *k, const flash_bf16_t *v,
                                    flash_bf16_t *out, float *lse, cudaStream_t stream) {
