@@ -103,6 +103,28 @@ template <int D_, int BN_, int BM_, int NW_> struct BwdTiles {
     static_assert(BM % 64 == 0 && NW % QM == 0 && NDW % 2 == 0, "dQ split");
 };
 
+/* dK (scaled) and dV of the thread's two key rows key_row[hf] (hf = 0, 1: a warp's rows g and
+ * g + 8), at their memory rows; dk and dv in the m16n8 accumulator layout, D / 8 n-tiles of 4
+ * (the portable kernels' [D/8][4] and the wgmma kernels' flat arrays alike). */
+template <int D, class Policy>
+__device__ __forceinline__ void store_dkdv_rows(const FlashParams &p, const Policy &pol, int bh, int b, int h,
+                                                const int key_row[2], int k_len, const float *dk, const float *dv,
+                                                int tq) {
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        if (key_row[hf] >= k_len) continue;
+        const int mem = pol.k_row(bh, key_row[hf]);
+        bf16 *dk_dst = head_base(p.dk, p.k_stride, b, p.T, h, D) + (long)mem * p.k_stride + 2 * tq;
+        bf16 *dv_dst = head_base(p.dv, p.v_stride, b, p.T, h, D) + (long)mem * p.v_stride + 2 * tq;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++) {
+            *reinterpret_cast<uint32_t *>(dk_dst + nd * 8) =
+                pack_bf16(dk[4 * nd + 2 * hf] * p.scale, dk[4 * nd + 2 * hf + 1] * p.scale);
+            *reinterpret_cast<uint32_t *>(dv_dst + nd * 8) = pack_bf16(dv[4 * nd + 2 * hf], dv[4 * nd + 2 * hf + 1]);
+        }
+    }
+}
+
 /* KV_REGS keeps this warp's K and V fragments in registers for the whole loop; without it
  * they are re-read from shared memory at each use (head dim 128: not enough registers). */
 template <class Cfg, class Policy, bool ATOMIC_DQ, bool KV_REGS>
@@ -326,20 +348,7 @@ __global__ void __launch_bounds__(Cfg::THREADS) flash_bwd_dkdv_kernel(FlashParam
     }
     cp_async_wait<0>();
 
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        if (key_row[hf] >= k_len) continue;
-        const int mem = pol.k_row(bh, key_row[hf]);
-        bf16 *dk_dst = head_base(p.dk, p.k_stride, b, p.T, h, D) + (long)mem * p.k_stride + 2 * tq;
-        bf16 *dv_dst = head_base(p.dv, p.v_stride, b, p.T, h, D) + (long)mem * p.v_stride + 2 * tq;
-#pragma unroll
-        for (int nd = 0; nd < ND; nd++) {
-            *reinterpret_cast<uint32_t *>(dk_dst + nd * 8) =
-                pack_bf16(dk[nd][2 * hf] * p.scale, dk[nd][2 * hf + 1] * p.scale);
-            *reinterpret_cast<uint32_t *>(dv_dst + nd * 8) =
-                pack_bf16(dv[nd][2 * hf], dv[nd][2 * hf + 1]);
-        }
-    }
+    store_dkdv_rows<D>(p, pol, bh, b, h, key_row, k_len, &dk[0][0], &dv[0][0], tq);
 }
 
 template <int D_, int BM_, int BN_, int NW_> struct DqTiles {

@@ -26,27 +26,6 @@ namespace flash {
  * (flash_bwd_sm90_ws.cuh). A thread holds two rows of its warp's 16 (hf = 0, 1: row0, row0 + 8)
  * in the m64nN accumulator layout, 32 values a row-pair (8 n-tiles of 4). */
 
-/* dK (scaled) and dV of the thread's two key rows key_row[hf], at their memory rows. */
-template <class Policy>
-__device__ __forceinline__ void store_dkdv_sm90(const FlashParams &p, const Policy &pol, int bh, int b, int h,
-                                                const int key_row[2], int k_len, const float *dk, const float *dv,
-                                                int tq) {
-    constexpr int D = 64;
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        if (key_row[hf] >= k_len) continue;
-        const int mem = pol.k_row(bh, key_row[hf]);
-        bf16 *dk_dst = head_base(p.dk, p.k_stride, b, p.T, h, D) + (long)mem * p.k_stride + 2 * tq;
-        bf16 *dv_dst = head_base(p.dv, p.v_stride, b, p.T, h, D) + (long)mem * p.v_stride + 2 * tq;
-#pragma unroll
-        for (int nd = 0; nd < D / 8; nd++) {
-            *reinterpret_cast<uint32_t *>(dk_dst + nd * 8) =
-                pack_bf16(dk[4 * nd + 2 * hf] * p.scale, dk[4 * nd + 2 * hf + 1] * p.scale);
-            *reinterpret_cast<uint32_t *>(dv_dst + nd * 8) = pack_bf16(dv[4 * nd + 2 * hf], dv[4 * nd + 2 * hf + 1]);
-        }
-    }
-}
-
 /* Mask info, lse (log2 domain) and delta of the thread's two query rows row0 + 8 hf; rows past
  * q_len get lse = +inf (probabilities exactly 0) and delta 0. */
 template <class Policy>
@@ -358,7 +337,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
         fence_regs_u32(da);
     }
     cp_async_wait<0>();
-    store_dkdv_sm90(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);
+    store_dkdv_rows<64>(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);
 #else
     __trap(); /* built without sm_90a: the host never launches this kernel then */
 #endif

@@ -405,7 +405,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             reduce_dq(dq, last & 1, bh, prev_row0);
         }
         kv_op.release(my_item); /* every product reading K and V has retired */
-        store_dkdv_sm90(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);
+        store_dkdv_rows<64>(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);
         first += n_tiles;
         if (!PERSISTENT) break;
     }
