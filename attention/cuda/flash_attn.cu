@@ -62,6 +62,8 @@ extern "C" const char *flash_attn_bwd_schedule(void) {
     return names[bwd_schedule()];
 }
 
+extern "C" int flash_attn_bwd_query_tile(void) { return bwd_query_tile(); }
+
 extern "C" void flash_attn_forward(const flash_attn_dims_t *dims, const flash_bf16_t *q,
                                    const flash_bf16_t *k, const flash_bf16_t *v,
                                    flash_bf16_t *out, float *lse, cudaStream_t stream) {
@@ -119,7 +121,10 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
             check_launch("backward dK/dV", launch_bwd_dkdv_sm90_ws<Sm90DkDv64>(p, pol, stream));
             check_launch("backward dQ", launch_bwd_dq_sm90_ws<Sm90Dq64>(p, pol, stream));
         } else {
-            check_launch("backward dK/dV/dQ", launch_bwd_fused_sm90_ws_scheduled<3>(bwd_schedule(), p, pol, stream));
+            const cudaError_t err = bwd_query_tile() == 128
+                                        ? launch_bwd_fused_sm90_ws_scheduled<2, false, 128>(bwd_schedule(), p, pol, stream)
+                                        : launch_bwd_fused_sm90_ws_scheduled<3>(bwd_schedule(), p, pol, stream);
+            check_launch("backward dK/dV/dQ", err);
         }
     } else if (dims->D == 64) {
         check_launch("backward preprocess", launch_bwd_preprocess<64>(p, !deterministic, stream));

@@ -171,16 +171,33 @@ inline BwdSchedule bwd_schedule() {
     return (BwdSchedule)cached;
 }
 
-/* The fused backward of two consumer warpgroups and STAGES query stages under a schedule
- * (flash_checks.cuh, bwd_schedule). */
-template <int STAGES, bool PERSISTENT = false, class Policy>
+/* The dense backward's query tile: 64 (the sparse kernels' tile) or 128 (Sm90BwdWsTiles BM = 128,
+ * 128 x 128 tile pairs), from the environment variable FLASH_BWD_QUERY_TILE, read once; unset:
+ * the default below. The sparse backward's tile is fixed by its plan's tile lists. */
+constexpr int BWD_QUERY_TILE_DEFAULT = 64;
+inline int bwd_query_tile() {
+    static int cached = 0;
+    if (!cached) {
+        const char *v = getenv("FLASH_BWD_QUERY_TILE");
+        if (!v || !*v) cached = BWD_QUERY_TILE_DEFAULT;
+        else if (!strcmp(v, "64")) cached = 64;
+        else if (!strcmp(v, "128")) cached = 128;
+        else fatal(EXIT_USAGE, "FLASH_BWD_QUERY_TILE = '%s': expected 64 or 128", v);
+    }
+    return cached;
+}
+
+/* The fused backward of two consumer warpgroups, STAGES query stages and BM queries a tile
+ * under a schedule (bwd_schedule). */
+template <int STAGES, bool PERSISTENT = false, int BM = 64, class Policy>
 cudaError_t launch_bwd_fused_sm90_ws_scheduled(BwdSchedule schedule, const FlashParams &p, const Policy &pol,
                                                cudaStream_t s, int ctas = 0) {
     switch (schedule) {
-    case BWD_DEFERRED: return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true, true>, PERSISTENT>(p, pol, s, ctas);
+    case BWD_DEFERRED:
+        return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true, true, false, BM>, PERSISTENT>(p, pol, s, ctas);
     case BWD_PINGPONG:
-        return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true, true, true>, PERSISTENT>(p, pol, s, ctas);
-    default: return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true>, PERSISTENT>(p, pol, s, ctas);
+        return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true, true, true, BM>, PERSISTENT>(p, pol, s, ctas);
+    default: return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true, false, false, BM>, PERSISTENT>(p, pol, s, ctas);
     }
 }
 
