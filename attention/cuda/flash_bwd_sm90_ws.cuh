@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     int g = lane / 4, tq = lane % 4, wtid = tid % 128;
     int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first key row (in tile) of this warp */
     const float sl2 = p.scale_log2;
-    constexpr bool DEFER = Cfg::DEFER_DQ, PP = Cfg::PINGPONG;
+    constexpr bool DEFER = Cfg::DEFER_DQ, PP = Cfg::PINGPONG, STAGED = BM == 128 && !DEFER;
 
     /* Ping-pong turns (as in the forward): barrier 5 + w is "warpgroup w may issue"; warpgroup
      * 0 goes first; per item of n tiles each issues 2 n + 1 times (S/dP, then dV/dK/dQ per
@@ -417,6 +417,35 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
                     fence_proxy_async();
                     named_barrier(1, Cfg::CONSUMERS); /* both warpgroups' dS^T rows are in place */
                 }
+            }
+            if constexpr (STAGED) {
+                /* The wide lockstep tile (FA3's order): dV, dQ, then dK, each waited for in turn,
+                 * so that P^T's registers are free before dK and dQ's block is staged while dK
+                 * runs (ptxas spills 48 bytes instead of 68; dV issued before the warpgroups
+                 * meet spilled 92). */
+                float dq[DQ_REGS];
+                wgmma_fence();
+#pragma unroll
+                for (int kq = 0; kq < BM / 16; kq++)
+                    wgmma_m64n64k16_rs<1>(dv, &pa[4 * kq], desc_sw128(dos_addr + kq * 16 * RB), 1);
+                wgmma_commit();
+                issue_dq(dq, i & 1, k_now);
+                wgmma_commit();
+                wgmma_wait<1>();
+                fence_regs(dv);
+                fence_regs_u32(pa);
+#pragma unroll
+                for (int kq = 0; kq < BM / 16; kq++)
+                    wgmma_m64n64k16_rs<1>(dk, &da[4 * kq], desc_sw128(qs_addr + kq * 16 * RB), 1);
+                wgmma_commit();
+                wgmma_wait<1>();
+                fence_regs(dq);
+                reduce_dq(dq, i & 1, bh, m.row0);
+                wgmma_wait<0>();
+                fence_regs(dk);
+                fence_regs_u32(da);
+                ring.release(i);
+                continue;
             }
             take_turn();
             wgmma_fence();
