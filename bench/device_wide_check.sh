@@ -21,6 +21,7 @@ for cfg in 64/lockstep 128/lockstep 128/deferred 64/deferred 64/pingpong 128/pin
   echo "tile $t $s: $(tail -1 $OUT/flash_${t}_$s.log)"; grep -iE "fail|mismatch" $OUT/flash_${t}_$s.log | head -3
 done
 FLASH_BWD_QUERY_TILE=128 timeout 60 $W/main/test_model_cuda > $OUT/model_128.log 2>&1; echo "model, tile 128: rc $? $(tail -1 $OUT/model_128.log)"
+TRAIN=carry/run/train timeout 90 bash tests/gpu/test_attn_env.sh > $OUT/attn_env.log 2>&1; echo "trainer env checks: rc $? $(tail -1 $OUT/attn_env.log)"; grep FAIL $OUT/attn_env.log
 
 echo "== spills ($(el) s)"
 if command -v cuobjdump >/dev/null; then
