@@ -16,7 +16,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader |
 echo "== flash tests ($(el) s)"
 for cfg in 64/lockstep 128/lockstep 128/deferred 64/deferred 64/pingpong 128/pingpong; do
   t=${cfg%/*}; s=${cfg#*/}
-  FLASH_BWD_QUERY_TILE=$t FLASH_BWD_SCHEDULE=$s SKIP_GPU_SCRIPTS=1 GPU_TEST_TIMEOUT=60 \
+  FLASH_BWD_QUERY_TILE=$t FLASH_BWD_SCHEDULE=$s SKIP_GPU_SCRIPTS=1 GPU_TEST_TIMEOUT=30 \
     bash tests/gpu/run_gpu.sh carry/flash/bin > $OUT/flash_${t}_$s.log 2>&1
   echo "tile $t $s: $(tail -1 $OUT/flash_${t}_$s.log)"; grep -iE "fail|mismatch" $OUT/flash_${t}_$s.log | head -3
 done
