@@ -13,6 +13,10 @@ W=/tmp/ws; mkdir -p $W && tar xJf carry/ws/tests.tar.xz -C $W
 export LD_LIBRARY_PATH=$PWD/carry/flash/lib:$PWD/carry/run/lib:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee $OUT/gpu.txt
 
+# PARTS="1 2" (default): 1 = tests, spills and the bench (~200 s), 2 = end to end and sparse
+# (~300 s); two calls on a warm machine lose less when one is taken back mid-run.
+part() { case " ${PARTS:-1 2} " in *" $1 "*) return 0;; esac; return 1; }
+if part 1; then
 echo "== flash tests ($(el) s)"
 for cfg in 64/lockstep 128/lockstep 128/deferred 64/deferred 64/pingpong 128/pingpong; do
   t=${cfg%/*}; s=${cfg#*/}
@@ -45,16 +49,19 @@ for l in open(sys.argv[1]):
     for k,v in r.get("bwd_variants",{}).items(): print("   bwd %-40s %.3f ms err %.2e  fwd+this %.3f -> %.2fx cudnn"%(k,v["ms"],v["err"],r["ours_fwd"]+v["ms"],r["cudnn_fb"]/(r["ours_fwd"]+v["ms"])))
 PY
 
+fi
+if part 2; then
+T0=$(date +%s) # part 2's limits count from its own start
 echo "== e2e ($(el) s)"
 for run in 16384x2/dense/64/lockstep 16384x2/dense/128/lockstep 16384x2/dense/128/deferred 16384x2/dense/64/deferred \
            16384x2/hash_sparse:16/64/lockstep 16384x2/hash_sparse:16/64/deferred 8192x4/dense/64/lockstep 8192x4/dense/128/lockstep; do
   IFS=/ read c m t s <<< "$run"
-  [ $(el) -lt ${E2E_BY:-330} ] || break
+  [ $(el) -lt ${E2E_BY:-150} ] || break
   FLASH_BWD_QUERY_TILE=$t FLASH_BWD_SCHEDULE=$s timeout 25 carry/run/bench_step --seq ${c%x*} --batch ${c#*x} --steps 5 --warmup 2 \
     --mode ${m%%:*} --buckets ${m#*:} --drop ${m#*:} > $OUT/e2e.tmp 2>> $OUT/e2e.err || echo "bench_step $run failed" >> $OUT/e2e.err
   python3 -c "import json,sys; [print(json.dumps(dict(json.loads(l), trainer=json.loads(l)['trainer']+'/$t/$s'))) for l in open(sys.argv[1]) if l.startswith('{')]" $OUT/e2e.tmp >> $OUT/e2e.jsonl
 done
-left=$(( ${TORCH_BY:-440} - $(el) )); echo "torch compile with $left s"
+left=$(( ${TORCH_BY:-260} - $(el) )); echo "torch compile with $left s"
 [ $left -gt 30 ] && timeout $left python3 bench/e2e/torch_gpt.py --modes compile --configs 16384x2,8192x4 --steps 5 --warmup 2 >> $OUT/e2e.jsonl 2>> $OUT/e2e.err
 python3 - $OUT/e2e.jsonl <<'PY'
 import json, sys
@@ -67,10 +74,11 @@ tail -2 $OUT/e2e.err
 
 echo "== sparse ($(el) s)"
 for s in lockstep deferred pingpong; do
-  [ $(el) -lt ${SPARSE_BY:-480} ] || break
+  [ $(el) -lt ${SPARSE_BY:-300} ] || break
   only=1; [ $s = lockstep ] && only=0
   SPARSE_TEST_HOPPER_ONLY=$only FLASH_BWD_SCHEDULE=$s timeout 70 $W/main/test_sparse_attn --time > $OUT/sparse_$s.log 2>&1
   echo "sparse $s: rc $? $(tail -1 $OUT/sparse_$s.log)"; grep -iE "fail|mismatch" $OUT/sparse_$s.log | head -3
   grep -E "sm90 cta/tile|^Timing" $OUT/sparse_$s.log | cut -c1-150
 done
+fi
 echo "total $(el) s"
