@@ -39,7 +39,7 @@ else echo "no cuobjdump"; fi
 
 echo "== bench ($(el) s)"
 timeout 120 python3 bench/attention/bench_dense.py --lib carry/flash/libflash_bench.so --seqs 8192,16384 --variants \
-  --fwd-variants 12,13 --bwd-variants 11,15,16,18,19,20 --out $OUT/bench.jsonl > $OUT/bench.log 2>&1; echo "rc $?"
+  --fwd-variants 7,12,13 --bwd-variants 11,15,16,18,19,20 --out $OUT/bench.jsonl > $OUT/bench.log 2>&1; echo "rc $?"
 grep -E " variant " $OUT/bench.log
 python3 - $OUT/bench.jsonl <<'PY'
 import json,sys

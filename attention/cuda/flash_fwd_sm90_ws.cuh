@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
                                        q_len - q0, [&](int r) { return pol.q_row(bh, q0 + r); }, ptid);
                 if (PERSISTENT && ptid == 0) sItem[qb] = w;
                 q_op.commit(item++, ptid);
-                produce_key_tiles<BM, BN, ST>(ring, p, pol, bh, qt, n_tiles, first, kv_addr, sKinfo, sMeta, ptid);
+                produce_key_tiles<BM, BN, ST, (Cfg::template Regs<PERSISTENT>::PRODUCER <= 24)>(ring, p, pol, bh, qt, n_tiles, first, kv_addr, sKinfo, sMeta, ptid);
                 first += n_tiles;
             }
             w = PERSISTENT ? ws_share(drawn, sDraw, ptid) : n_work;
