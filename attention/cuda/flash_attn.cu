@@ -31,6 +31,7 @@ typedef DqTiles<128, 64, 32, 4> Dq128;
  * stages, dQ with 2. */
 typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90Fwd64;
 typedef Sm90BwdWsTiles<2, 3> Sm90DkDv64;
+typedef Sm90BwdWsTiles<2, 2, false, false, false, 128> Sm90DkDvWide; /* FLASH_BWD_QUERY_TILE=128 */
 typedef Sm90DqWsTiles<2, 2> Sm90Dq64;
 
 void check_launch(const char *what, cudaError_t err) { api_check_launch("flash_attn", what, err); }
@@ -118,7 +119,9 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
     if (use_sm90(dims)) {
         check_launch("backward preprocess", launch_bwd_preprocess<64>(p, false, stream));
         if (deterministic) { /* dQ from its own pass, no atomics */
-            check_launch("backward dK/dV", launch_bwd_dkdv_sm90_ws<Sm90DkDv64>(p, pol, stream));
+            check_launch("backward dK/dV", bwd_query_tile() == 128
+                                               ? launch_bwd_dkdv_sm90_ws<Sm90DkDvWide>(p, pol, stream)
+                                               : launch_bwd_dkdv_sm90_ws<Sm90DkDv64>(p, pol, stream));
             check_launch("backward dQ", launch_bwd_dq_sm90_ws<Sm90Dq64>(p, pol, stream));
         } else {
             const cudaError_t err = bwd_query_tile() == 128

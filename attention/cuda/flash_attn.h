@@ -61,9 +61,9 @@ const char *flash_attn_path(const flash_attn_dims_t *dims);
  * know is a fatal error (exit 2) naming the variable, so call this at start-up. */
 const char *flash_attn_bwd_schedule(void);
 
-/* The dense Hopper backward's query tile (fused, non-deterministic path): 64 or 128 queries
- * against 128 keys, from FLASH_BWD_QUERY_TILE (unset: 64); a fatal error (exit 2) for any
- * other value, so call this at start-up too. The sparse modes' tiles are fixed by their plans. */
+/* The Hopper backward's dK/dV query tile, dense and sparse (sparse_attn.h: the dK/dV tile lists
+ * follow it): 64 or 128 queries against 128 keys, from FLASH_BWD_QUERY_TILE (unset: 64); a
+ * fatal error (exit 2) for any other value, so call this at start-up too. */
 int flash_attn_bwd_query_tile(void);
 
 #ifdef __cplusplus

@@ -33,15 +33,15 @@ namespace flash {
  * tiles (dq_tile_index) so that each block is contiguous; flash_bwd_convert_dq_tiles_kernel
  * turns it into dq. Not deterministic (the additions' order varies).
  *
- * BM_ (fused only): 64 queries a tile, where warpgroup w's dQ block is columns [32w, 32w + 32)
- * of the tile's 64 rows (wgmma m64n32, K read N-major from the 64-byte offset of its swizzled
- * rows); or 128 (FA3's shape for head dim 64: 128 x 128 tile pairs, S^T and dP^T m64n128), where
- * it is rows [64w, 64w + 64), all 64 columns. The wider tile halves the ring items, barriers and
- * pipeline drains per product and doubles each S^T / dP^T product; it costs 64 more registers
- * a thread (S^T and dP^T: 64 + 64) and twice the shared memory per stage and dS^T buffer, so it
- * has two stages, one staging buffer per warpgroup, at most two dS^T buffers and no persistent
- * instance. dS^T is kept as BM / 64 swizzled [BN][64] sub-tiles (a 128-byte swizzle row), and
- * sub-tile w is warpgroup w's A operand. The sparse plans' tile lists are built for BM = 64. */
+ * BM_: 64 queries a tile; or 128 (FA3's shape for head dim 64: 128 x 128 tile pairs, S^T and
+ * dP^T m64n128). The fused dQ block of warpgroup w is columns [32w, 32w + 32) of the tile's 64
+ * rows for BM = 64 (wgmma m64n32, K read N-major from the 64-byte offset of its swizzled rows),
+ * rows [64w, 64w + 64), all 64 columns, for BM = 128. The wider tile halves the ring items,
+ * barriers and pipeline drains per product and doubles each S^T / dP^T product; it costs 64
+ * more registers a thread (S^T and dP^T: 64 + 64) and twice the shared memory per stage and
+ * dS^T buffer, so the fused one has two stages, one staging buffer per warpgroup, at most two
+ * dS^T buffers and no persistent instance. dS^T is kept as BM / 64 swizzled [BN][64] sub-tiles
+ * (a 128-byte swizzle row), and sub-tile w is warpgroup w's A operand. */
 template <int NWG_, int STAGES_ = 2, bool FUSED_DQ_ = false, bool DEFER_DQ_ = false, bool PINGPONG_ = false,
           int BM_ = 64>
 struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
@@ -50,7 +50,7 @@ struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
     static_assert(!FUSED_DQ_ || NWG_ == 2, "the fused dQ splits its block over two warpgroups");
     static_assert(!DEFER_DQ_ || FUSED_DQ_, "only the fused dQ can be deferred");
     static_assert(!PINGPONG_ || DEFER_DQ_, "ping-pong turns need the deferred dQ (no barrier between the turns)");
-    static_assert(BM_ == 64 || (BM_ == 128 && FUSED_DQ_), "64 queries a tile, or 128 with the fused dQ");
+    static_assert(BM_ == 64 || BM_ == 128, "64 or 128 queries a tile");
     /* The wide tile's consumers need 240 registers (S^T, dP^T, dK, dV: 192 a thread; at 224
      * ptxas spilled ~460 bytes), so its producer gets the least, 24. */
     typedef WsShape<NWG_, 1> Shape;
@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     int g = lane / 4, tq = lane % 4, wtid = tid % 128;
     int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first key row (in tile) of this warp */
     const float sl2 = p.scale_log2;
-    constexpr bool DEFER = Cfg::DEFER_DQ, PP = Cfg::PINGPONG, STAGED = BM == 128 && !DEFER;
+    constexpr bool DEFER = Cfg::DEFER_DQ, PP = Cfg::PINGPONG, STAGED = BM == 128 && Cfg::FUSED_DQ && !DEFER;
 
     /* Ping-pong turns (as in the forward): barrier 5 + w is "warpgroup w may issue"; warpgroup
      * 0 goes first; per item of n tiles each issues 2 n + 1 times (S/dP, then dV/dK/dQ per

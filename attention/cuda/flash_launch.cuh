@@ -171,9 +171,10 @@ inline BwdSchedule bwd_schedule() {
     return (BwdSchedule)cached;
 }
 
-/* The dense backward's query tile: 64 (the sparse kernels' tile) or 128 (Sm90BwdWsTiles BM = 128,
- * 128 x 128 tile pairs), from the environment variable FLASH_BWD_QUERY_TILE, read once; unset:
- * the default below. The sparse backward's tile is fixed by its plan's tile lists. */
+/* The Hopper dK/dV (and fused dQ) kernels' query tile, dense and sparse: 64 or 128
+ * (Sm90BwdWsTiles BM = 128, 128 x 128 tile pairs), from the environment variable
+ * FLASH_BWD_QUERY_TILE, read once; unset: the default below. The sparse dK/dV tile lists follow
+ * it (sparse_attn_tile_shape). The wide fused kernel has no persistent instance (shared memory). */
 constexpr int BWD_QUERY_TILE_DEFAULT = 64;
 inline int bwd_query_tile() {
     static int cached = 0;

@@ -370,6 +370,7 @@ static void run_timing(void) {
         const int portable = run == 0;
         sparse_attn_force_portable(portable);
         if (!portable && strcmp(sparse_attn_path(64), "mma.sync") == 0) break;
+        if (run == 2 && flash_attn_bwd_query_tile() == 128) break; /* no persistent wide backward */
         sparse_attn_set_persistent(run == 1 ? 0 : -1);
         for (size_t c = 0; c < sizeof cfgs / sizeof cfgs[0]; c++) {
             if (portable && c != 0 && c != 3) continue;
@@ -414,6 +415,10 @@ int main(int argc, char **argv) {
         const int portable = run == 0;
         sparse_attn_force_portable(portable);
         if (!portable && strcmp(sparse_attn_path(64), "mma.sync") == 0) break;
+        if (run > 1 && flash_attn_bwd_query_tile() == 128) {
+            printf("=== persistent grids skipped: FLASH_BWD_QUERY_TILE=128 has no persistent backward\n");
+            break;
+        }
         if (!portable) sparse_attn_set_persistent(hopper_grids[run - 1]);
         printf("=== sparse kernels: %s", sparse_attn_path(64));
         if (!portable) printf(", grid %d (0 a CTA per tile, -1 persistent, n persistent with n CTAs)",
