@@ -54,8 +54,9 @@ fi
 if part 2; then
 T0=$(date +%s) # part 2's limits count from its own start
 echo "== e2e ($(el) s)"
-for run in 16384x2/dense/64/lockstep 16384x2/dense/128/lockstep 16384x2/dense/128/deferred 16384x2/dense/64/deferred \
-           16384x2/hash_sparse:16/64/lockstep 16384x2/hash_sparse:16/64/deferred 8192x4/dense/64/lockstep 8192x4/dense/128/lockstep; do
+for run in 16384x2/dense/64/lockstep 16384x2/dense/128/lockstep 16384x2/hash_sparse:16/64/lockstep \
+           16384x2/hash_sparse:16/128/lockstep 16384x2/dense/64/deferred 16384x2/dense/128/deferred \
+           16384x2/hash_sparse:16/64/deferred 8192x4/dense/64/lockstep 8192x4/dense/128/lockstep; do
   IFS=/ read c m t s <<< "$run"
   [ $(el) -lt ${E2E_BY:-150} ] || break
   FLASH_BWD_QUERY_TILE=$t FLASH_BWD_SCHEDULE=$s timeout 25 carry/run/bench_step --seq ${c%x*} --batch ${c#*x} --steps 5 --warmup 2 \
@@ -74,12 +75,13 @@ PY
 tail -2 $OUT/e2e.err
 
 echo "== sparse ($(el) s)"
-for s in lockstep deferred pingpong; do
+for cfg in 64/lockstep 128/lockstep 64/deferred 128/deferred; do
+  t=${cfg%/*}; s=${cfg#*/}
   [ $(el) -lt ${SPARSE_BY:-300} ] || break
-  only=1; [ $s = lockstep ] && only=0
-  SPARSE_TEST_HOPPER_ONLY=$only FLASH_BWD_SCHEDULE=$s timeout 70 $W/main/test_sparse_attn --time > $OUT/sparse_$s.log 2>&1
-  echo "sparse $s: rc $? $(tail -1 $OUT/sparse_$s.log)"; grep -iE "fail|mismatch" $OUT/sparse_$s.log | head -3
-  grep -E "sm90 cta/tile|^Timing" $OUT/sparse_$s.log | cut -c1-150
+  only=1; [ $cfg = 64/lockstep ] && only=0
+  SPARSE_TEST_HOPPER_ONLY=$only FLASH_BWD_QUERY_TILE=$t FLASH_BWD_SCHEDULE=$s timeout 70 $W/main/test_sparse_attn --time > $OUT/sparse_${t}_$s.log 2>&1
+  echo "sparse tile $t $s: rc $? $(tail -1 $OUT/sparse_${t}_$s.log)"; grep -iE "fail|mismatch" $OUT/sparse_${t}_$s.log | head -3
+  grep -E "sm90 cta/tile|^Timing" $OUT/sparse_${t}_$s.log | cut -c1-150
 done
 fi
 echo "total $(el) s"
