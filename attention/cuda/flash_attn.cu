@@ -23,13 +23,14 @@ typedef BwdTiles<64, 128, 64, 8> Bwd64;
 typedef BwdTiles<128, 128, 64, 8> Bwd128;
 typedef DqTiles<64, 64, 64, 4> Dq64;
 typedef DqTiles<128, 64, 32, 4> Dq128;
-/* Hopper, head dim 64: two warpgroups of 64 query rows, 64-key steps, two CTAs per SM (run 3:
- * fastest forward at every T). Backward: dK/dV and dQ in separate passes without atomics
- * (run 3: faster than every atomic variant), so it is deterministic in both modes. */
-/* Warp-specialised kernels (flash_ws.cuh); the choice among the variants timed on the H100 in
- * session 7 (attention/cuda/NOTES.md, v5): forward ping-pong BN 128 with 3 stages, dK/dV with 3
- * stages, dQ with 2. */
-typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90Fwd64;
+/* Hopper, head dim 64: warp-specialised kernels (flash_ws.cuh), chosen among the variants timed
+ * on the H100 (attention/cuda/NOTES.md, v5-v8; bench/attention/flash_variants.cu). Backward:
+ * fused dK/dV/dQ (3 stages, FLASH_BWD_SCHEDULE, FLASH_BWD_QUERY_TILE), or deterministic: dK/dV
+ * with 3 stages and dQ with 2 in separate passes without atomics. */
+/* Forward: three consumer warpgroups, 192 x 128 tiles, 3 stages (FA3's head-dim-64 shape):
+ * H100, session 10, 4.215 vs 4.513 ms for the ping-pong 2 wg BN128 S3 at 16k, 2.462 vs 2.446
+ * at 8k (docs/PERF.md). */
+typedef Sm90FwdWsTiles<3, 128, 3> Sm90Fwd64;
 typedef Sm90BwdWsTiles<2, 3> Sm90DkDv64;
 typedef Sm90BwdWsTiles<2, 2, false, false, false, 128> Sm90DkDvWide; /* FLASH_BWD_QUERY_TILE=128 */
 typedef Sm90DqWsTiles<2, 2> Sm90Dq64;
