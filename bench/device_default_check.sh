@@ -41,8 +41,8 @@ for l in open(sys.argv[1]):
 rows = [json.loads(l) for l in open(sys.argv[2]) if l.startswith("{")]
 for r in rows:
     ref = [x for x in rows if x["trainer"] == "torch-compile" and x["seq"] == r["seq"] and x["batch"] == r["batch"]]
-    mem = r.get("peak_mem_mib", r.get("peak_mem_gib", ""))
+    mem = r.get("device_used_gib", r.get("peak_reserved_gib", ""))
     print(f"{r['trainer']:<22}{r['seq']} x {r['batch']} {r['ms_per_step']:8.1f} ms {r['tokens_per_s']:9.0f} tok/s "
-          + (f"{r['tokens_per_s'] / ref[0]['tokens_per_s']:.2f}x" if ref else "") + f" mem {mem}")
+          + (f"{r['tokens_per_s'] / ref[0]['tokens_per_s']:.2f}x" if ref else "") + f" mem {mem} GiB")
 PY
 echo "total $(el) s"
