@@ -27,10 +27,11 @@ typedef DqTiles<128, 64, 32, 4> Dq128;
  * on the H100 (attention/cuda/NOTES.md, v5-v8; bench/attention/flash_variants.cu). Backward:
  * fused dK/dV/dQ (3 stages, FLASH_BWD_SCHEDULE, FLASH_BWD_QUERY_TILE), or deterministic: dK/dV
  * with 3 stages and dQ with 2 in separate passes without atomics. */
-/* Forward: three consumer warpgroups, 192 x 128 tiles, 3 stages (FA3's head-dim-64 shape):
- * H100, session 10, 4.215 vs 4.513 ms for the ping-pong 2 wg BN128 S3 at 16k, 2.462 vs 2.446
- * at 8k (docs/PERF.md). */
-typedef Sm90FwdWsTiles<3, 128, 3> Sm90Fwd64;
+/* Forward: ping-pong, two consumer warpgroups, 128 x 128 tiles, 3 stages. Three warpgroups of
+ * 192 x 128 (FA3's shape, bench variant 13) were faster at 16k in four H100 runs of session 10
+ * (2-7%), slower at 1k-2k (3-14%) and either at 8k (within that day's +-12% run-to-run noise;
+ * docs/PERF.md): not the default until an interleaved A/B settles 8k. */
+typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90Fwd64;
 typedef Sm90BwdWsTiles<2, 3> Sm90DkDv64;
 typedef Sm90BwdWsTiles<2, 2, false, false, false, 128> Sm90DkDvWide; /* FLASH_BWD_QUERY_TILE=128 */
 typedef Sm90DqWsTiles<2, 2> Sm90Dq64;
