@@ -157,8 +157,9 @@ cudaError_t launch_bwd_fused_sm90_ws(const FlashParams &p, const Policy &pol, cu
  * run under the other's products. Chosen by the environment variable FLASH_BWD_SCHEDULE
  * (lockstep, deferred, pingpong), read once; unset: the default below. */
 enum BwdSchedule { BWD_LOCKSTEP, BWD_DEFERRED, BWD_PINGPONG };
-/* deferred: H100, session 10 (docs/PERF.md): dense backward 12.73 vs 13.27 ms at 16k (7.04 vs
- * 6.97 at 8k), sparse qk 0.5 fwd+bwd 5.07 vs 5.39 ms, hash nb=16 2.57 vs 2.62. */
+/* deferred: H100, session 10 (docs/PERF.md): sparse fwd+bwd qk 0.5 5.07-5.09 vs 5.39 ms, hash
+ * nb=16 2.57-2.58 vs 2.62; dense backward either way within that day's run-to-run noise (16k:
+ * 12.64-13.41 vs 12.81-13.27 ms). */
 constexpr BwdSchedule BWD_SCHEDULE_DEFAULT = BWD_DEFERRED;
 inline BwdSchedule bwd_schedule() {
     static int cached = -1;
