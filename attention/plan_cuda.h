@@ -78,6 +78,7 @@ void attn_plan_cuda_sort(attn_plan_cuda_t *plan, cudaStream_t stream);
 /* Tile lists of one tile shape (forward and backward kernels may each want their own). */
 typedef struct {
     attn_tile_lists_t lists; /* device pointers; slots past a list's count are unspecified */
+    int32_t *work_counter;   /* device int: how a persistent kernel over these tiles hands them out */
 } attn_tiles_cuda_t;
 
 void attn_tiles_cuda_init(attn_tiles_cuda_t *tiles, const attn_plan_cuda_t *plan, int block_m,

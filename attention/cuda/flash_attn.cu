@@ -23,16 +23,18 @@ typedef BwdTiles<64, 128, 64, 8> Bwd64;
 typedef BwdTiles<128, 128, 64, 8> Bwd128;
 typedef DqTiles<64, 64, 64, 4> Dq64;
 typedef DqTiles<128, 64, 32, 4> Dq128;
-/* Hopper, head dim 64: two warpgroups of 64 query rows, 64-key steps, two CTAs per SM (run 3:
- * fastest forward at every T). Backward: dK/dV and dQ in separate passes without atomics
- * (run 3: faster than every atomic variant), so it is deterministic in both modes. */
-/* Warp-specialised kernels (flash_ws.cuh); the choice among the variants timed on the H100 in
- * session 7 (attention/cuda/NOTES.md, v5): forward ping-pong BN 128 with 3 stages, dK/dV with 3
- * stages, dQ with 2. */
+/* Hopper, head dim 64: warp-specialised kernels (flash_ws.cuh), chosen among the variants timed
+ * on the H100 (attention/cuda/NOTES.md, v5-v8; bench/attention/flash_variants.cu). Backward:
+ * fused dK/dV/dQ (3 stages, FLASH_BWD_SCHEDULE, FLASH_BWD_QUERY_TILE), or deterministic: dK/dV
+ * with 3 stages and dQ with 2 in separate passes without atomics. */
+/* Forward: ping-pong, two consumer warpgroups, 128 x 128 tiles, 3 stages. Three warpgroups of
+ * 192 x 128 (FA3's shape, bench variant 13) were faster at 16k in four H100 runs of session 10
+ * (2-7%), slower at 1k-2k (3-14%) and either at 8k (within that day's +-12% run-to-run noise;
+ * docs/PERF.md): not the default until an interleaved A/B settles 8k. */
 typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90Fwd64;
 typedef Sm90BwdWsTiles<2, 3> Sm90DkDv64;
+typedef Sm90BwdWsTiles<2, 2, false, false, false, 128> Sm90DkDvWide; /* FLASH_BWD_QUERY_TILE=128 */
 typedef Sm90DqWsTiles<2, 2> Sm90Dq64;
-typedef Sm90BwdWsTiles<2, 3, true> Sm90Fused64; /* dK, dV, dQ in one pass (not deterministic) */
 
 void check_launch(const char *what, cudaError_t err) { api_check_launch("flash_attn", what, err); }
 
@@ -57,6 +59,13 @@ extern "C" const char *flash_attn_path(const flash_attn_dims_t *dims) {
     check_dims(dims);
     return use_sm90(dims) ? "sm90 wgmma" : "mma.sync";
 }
+
+extern "C" const char *flash_attn_bwd_schedule(void) {
+    static const char *names[] = {"lockstep", "deferred", "pingpong"};
+    return names[bwd_schedule()];
+}
+
+extern "C" int flash_attn_bwd_query_tile(void) { return bwd_query_tile(); }
 
 extern "C" void flash_attn_forward(const flash_attn_dims_t *dims, const flash_bf16_t *q,
                                    const flash_bf16_t *k, const flash_bf16_t *v,
@@ -112,10 +121,15 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
     if (use_sm90(dims)) {
         check_launch("backward preprocess", launch_bwd_preprocess<64>(p, false, stream));
         if (deterministic) { /* dQ from its own pass, no atomics */
-            check_launch("backward dK/dV", launch_bwd_dkdv_sm90_ws<Sm90DkDv64>(p, pol, stream));
+            check_launch("backward dK/dV", bwd_query_tile() == 128
+                                               ? launch_bwd_dkdv_sm90_ws<Sm90DkDvWide>(p, pol, stream)
+                                               : launch_bwd_dkdv_sm90_ws<Sm90DkDv64>(p, pol, stream));
             check_launch("backward dQ", launch_bwd_dq_sm90_ws<Sm90Dq64>(p, pol, stream));
         } else {
-            check_launch("backward dK/dV/dQ", launch_bwd_fused_sm90_ws<Sm90Fused64>(p, pol, stream));
+            const cudaError_t err = bwd_query_tile() == 128
+                                        ? launch_bwd_fused_sm90_ws_scheduled<2, false, 128>(bwd_schedule(), p, pol, stream)
+                                        : launch_bwd_fused_sm90_ws_scheduled<3>(bwd_schedule(), p, pol, stream);
+            check_launch("backward dK/dV/dQ", err);
         }
     } else if (dims->D == 64) {
         check_launch("backward preprocess", launch_bwd_preprocess<64>(p, !deterministic, stream));

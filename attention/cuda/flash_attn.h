@@ -55,6 +55,17 @@ void flash_attn_backward(const flash_attn_dims_t *dims, const flash_bf16_t *q,
 void flash_attn_force_portable(int on);
 const char *flash_attn_path(const flash_attn_dims_t *dims);
 
+/* How the Hopper path's non-deterministic backward (dense and sparse) schedules its two
+ * consumer warpgroups: "lockstep", "deferred" or "pingpong" (attention/cuda/NOTES.md, v7),
+ * from the environment variable FLASH_BWD_SCHEDULE (unset: the default). A value it does not
+ * know is a fatal error (exit 2) naming the variable, so call this at start-up. */
+const char *flash_attn_bwd_schedule(void);
+
+/* The Hopper backward's dK/dV query tile, dense and sparse (sparse_attn.h: the dK/dV tile lists
+ * follow it): 64 or 128 queries against 128 keys, from FLASH_BWD_QUERY_TILE (unset: 64); a
+ * fatal error (exit 2) for any other value, so call this at start-up too. */
+int flash_attn_bwd_query_tile(void);
+
 #ifdef __cplusplus
 }
 #endif

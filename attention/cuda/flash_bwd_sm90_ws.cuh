@@ -27,26 +27,67 @@ namespace flash {
 
 /* FUSED_DQ: dQ in the same kernel (two consumer warpgroups only): per query tile the
  * warpgroups write dS^T to shared memory (two buffers, by tile parity), meet at a named
- * barrier, and warpgroup w computes dQ[:, 32w, 32w + 32) = dS K[:, 32w ..] over all 128 keys
- * (wgmma m64n32, K read N-major from the 64-byte offset of its swizzled rows); its 64 x 32
- * fp32 block goes through a shared staging buffer (two, by tile parity) and is added to the
- * fp32 accumulator by one bulk reduction (cp.reduce.async.bulk). The accumulator is laid out
- * by tiles (dq_tile_index) so that each block is contiguous; flash_bwd_convert_dq_tiles_kernel
- * turns it into dq. Not deterministic (the additions' order varies). */
-template <int NWG_, int STAGES_ = 2, bool FUSED_DQ_ = false> struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
-    static constexpr int D = 64, NWG = NWG_, BN = 64 * NWG_, BM = 64, STAGES = STAGES_, MIN_BLOCKS = 1;
-    static constexpr bool FUSED_DQ = FUSED_DQ_;
-    static_assert(!FUSED_DQ_ || NWG_ == 2, "the fused dQ splits its 64 columns over two warpgroups");
+ * barrier, and each computes one 64 x 32 or 64 x 64 block of the tile's dQ = dS K over all
+ * 128 keys; the block goes through a shared staging buffer and is added to the fp32
+ * accumulator by one bulk reduction (cp.reduce.async.bulk). The accumulator is laid out by
+ * tiles (dq_tile_index) so that each block is contiguous; flash_bwd_convert_dq_tiles_kernel
+ * turns it into dq. Not deterministic (the additions' order varies).
+ *
+ * BM_: 64 queries a tile; or 128 (FA3's shape for head dim 64: 128 x 128 tile pairs, S^T and
+ * dP^T m64n128). The fused dQ block of warpgroup w is columns [32w, 32w + 32) of the tile's 64
+ * rows for BM = 64 (wgmma m64n32, K read N-major from the 64-byte offset of its swizzled rows),
+ * rows [64w, 64w + 64), all 64 columns, for BM = 128. The wider tile halves the ring items,
+ * barriers and pipeline drains per product and doubles each S^T / dP^T product; it costs 64
+ * more registers a thread (S^T and dP^T: 64 + 64) and twice the shared memory per stage and
+ * dS^T buffer, so the fused one has two stages, one staging buffer per warpgroup, at most two
+ * dS^T buffers and no persistent instance. dS^T is kept as BM / 64 swizzled [BN][64] sub-tiles
+ * (a 128-byte swizzle row), and sub-tile w is warpgroup w's A operand. */
+template <int NWG_, int STAGES_ = 2, bool FUSED_DQ_ = false, bool DEFER_DQ_ = false, bool PINGPONG_ = false,
+          int BM_ = 64>
+struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
+    static constexpr int D = 64, NWG = NWG_, BN = 64 * NWG_, BM = BM_, STAGES = STAGES_, MIN_BLOCKS = 1;
+    static constexpr bool FUSED_DQ = FUSED_DQ_, DEFER_DQ = DEFER_DQ_, PINGPONG = PINGPONG_;
+    static_assert(!FUSED_DQ_ || NWG_ == 2, "the fused dQ splits its block over two warpgroups");
+    static_assert(!DEFER_DQ_ || FUSED_DQ_, "only the fused dQ can be deferred");
+    static_assert(!PINGPONG_ || DEFER_DQ_, "ping-pong turns need the deferred dQ (no barrier between the turns)");
+    static_assert(BM_ == 64 || BM_ == 128, "64 or 128 queries a tile");
+    /* The wide tile's consumers need 240 registers (S^T, dP^T, dK, dV: 192 a thread; at 224
+     * ptxas spilled ~460 bytes), so its producer gets the least, 24. */
+    typedef WsShape<NWG_, 1> Shape;
+    template <bool PERSISTENT>
+    using Regs = typename Shape::template Split<BM_ == 128 ? 40 : Shape::template Regs<PERSISTENT>::PRODUCER>;
     static constexpr int ROW_BYTES = 128;
-    /* fused dQ: dS^T [2][BN][BM] bf16 and the staging blocks [2 warpgroups][2][BM][32] fp32 */
-    static constexpr int DQ_BYTES = FUSED_DQ_ ? 2 * BN * BM * 2 + 2 * 2 * BM * 32 * 4 : 0;
+    /* dS^T buffers: two (by tile parity) behind a named barrier; a ring of mbarriers when the
+     * dQ is deferred: three, or two for the wide tile (shared memory). */
+    static constexpr int DS_BUFS = DEFER_DQ_ && BM_ == 64 ? 3 : 2;
+    /* Each warpgroup's dQ block: 64 rows x DQ_COLS, staged as [DQ_COLS / 32][64][32] (the
+     * accumulator's layout), double-buffered by tile parity for BM = 64. */
+    static constexpr int DQ_COLS = BM_ == 64 ? 32 : 64, DQ_STAGE_BUFS = BM_ == 64 ? 2 : 1;
+    /* fused dQ: dS^T [DS_BUFS][BM / 64][BN][64] bf16 and the staging blocks [2 warpgroups][DQ_STAGE_BUFS][64 * DQ_COLS] fp32 */
+    static constexpr int DQ_BYTES = FUSED_DQ_ ? DS_BUFS * BN * BM * 2 + 2 * DQ_STAGE_BUFS * 64 * DQ_COLS * 4 : 0;
     /* K and V (a persistent launch adds ITEM_BYTES for a second pair), the stages (Q and dO),
      * the fused dQ buffers, lse and delta [STAGES][BM], the queries' mask info [STAGES][BM]
      * (<= 8 bytes each), WsTileMeta per stage, mbarriers (K/V full and empty, two of each,
-     * full[STAGES], empty[STAGES]). */
+     * full[STAGES], empty[STAGES]), the item indices (flash_ws.cuh, ws_draw), the dS^T ring's
+     * mbarriers (full and empty per buffer, deferred dQ). */
     static constexpr int ITEM_BYTES = 2 * BN * D * 2;
     static constexpr int SMEM_BYTES = ITEM_BYTES + STAGES * 2 * BM * D * 2 + DQ_BYTES + STAGES * BM * (4 + 4 + 8) +
-                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 1024;
+                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 16 +
+                                      (DEFER_DQ_ ? 2 * DS_BUFS * 8 : 0) + 1024;
+    static_assert(SMEM_BYTES <= 227 * 1024, "more shared memory than an H100 SM has");
+};
+
+/* The deferred dQ's ring of dS^T buffers, written and read by both consumer warpgroups: tile i
+ * in buffer i % NB. full[b] completes when all 256 consumer threads have written their part
+ * (each fences to the async proxy first: wgmma reads it), empty[b] when all 256 have retired
+ * their dQ products reading it. */
+template <int NB> struct DsRing : MbarRing<NB> {
+    __device__ __forceinline__ void init() const { MbarRing<NB>::init(256, 256); }
+    __device__ __forceinline__ void publish(int i) const {
+        sm90::fence_proxy_async();
+        sm90::mbar_arrive(this->full(i % NB));
+    }
+    __device__ __forceinline__ int acquire(int i) const { return this->wait_full(i); }
 };
 
 /* Index of element (bh, work row r, column c) in the fused backward's dQ accumulator:
@@ -88,12 +129,13 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     using namespace sm90;
 
     constexpr int NBUF = PERSISTENT ? 2 : 1, KVB = Cfg::ITEM_BYTES;
+    static_assert(Cfg::SMEM_BYTES + (PERSISTENT ? KVB : 0) <= 227 * 1024, "no room for a second K/V pair");
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw_addr = smem_addr(smem_raw);
     bf16 *sK = reinterpret_cast<bf16 *>(smem_raw + ((1024 - (raw_addr & 1023)) & 1023)); /* [NBUF][K, V] */
     bf16 *sQ = sK + NBUF * 2 * BN * D; /* stage s: Q at sQ + s*2*BM*D, dO BM*D further */
-    bf16 *sDS = sQ + ST * 2 * BM * D; /* fused dQ: [2][BN][BM], then the staging blocks */
-    float *sDqStage = reinterpret_cast<float *>(sDS + (Cfg::FUSED_DQ ? 2 * BN * BM : 0)); /* [2 wg][2][BM][32] */
+    bf16 *sDS = sQ + ST * 2 * BM * D; /* fused dQ: [DS_BUFS][BM / 64][BN][64], then the staging blocks */
+    float *sDqStage = reinterpret_cast<float *>(sDS + (Cfg::FUSED_DQ ? Cfg::DS_BUFS * BN * BM : 0)); /* [2 wg][DQ_STAGE_BUFS][64 * DQ_COLS] */
     float *sLse = reinterpret_cast<float *>(reinterpret_cast<unsigned char *>(sQ + ST * 2 * BM * D) +
                                             Cfg::DQ_BYTES); /* [ST][BM], log2 domain */
     float *sDelta = sLse + ST * BM;
@@ -103,71 +145,151 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     const uint32_t kv_addr = smem_addr(sK), q_addr = smem_addr(sQ); /* buffer b: K at kv_addr + b * KVB, V after */
     const ItemOperand<NBUF> kv_op{smem_addr(sMeta + ST)};
     const StageRing<ST> ring{kv_op.bar + 16u * NBUF};
+    int *sItem = reinterpret_cast<int *>(reinterpret_cast<uint64_t *>(sMeta + ST) + 2 * NBUF + 2 * ST); /* [NBUF] */
+    volatile int *sDraw = sItem + NBUF;
+    const DsRing<Cfg::DS_BUFS> ds_ring{smem_addr(sItem) + 16u}; /* deferred dQ only */
 
     const int BH = p.B * p.H, n_kt = (p.T + BN - 1) / BN, n_work = BH * n_kt;
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
 
+    if (Cfg::DEFER_DQ && tid == 0) ds_ring.init(); /* before ws_setup's __syncthreads */
     ws_setup(ring, kv_op, Cfg::CONSUMERS);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
         ws_producer_regs<Cfg, PERSISTENT>();
-        const int ptid = tid - Cfg::CONSUMERS;
+        int ptid = tid - Cfg::CONSUMERS; /* taken afresh per tile, as the consumers' lanes are */
         int item = 0, first = 0; /* the CTA's items so far, ring items so far */
-        WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+        for (int w = blockIdx.x; w < n_work;) {
             int bh;
             const int kt = ws_key_tile(w, BH, bh), k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
-            if (k0 >= k_len) continue;
-            const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
-            auto k_row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
-            const uint32_t k_addr = kv_addr + kv_op.wait_free(item) * KVB;
-            producer_copy_rows<BN>(k_addr, head_base(p.k, p.k_stride, b, p.T, h, D), p.k_stride, k_len - k0,
-                                   k_row_of, ptid);
-            producer_copy_rows<BN>(k_addr + BN * RB, head_base(p.v, p.v_stride, b, p.T, h, D), p.v_stride,
-                                   k_len - k0, k_row_of, ptid);
-            kv_op.commit(item++);
-            const bf16 *q_base = head_base(p.q, p.q_stride, b, p.T, h, D);
-            const bf16 *do_base = head_base(p.dout, p.o_stride, b, p.T, h, D);
-            for (int i = 0; i < n_tiles; i++) {
-                const int qt = pol.query_tile(bh, kt, i, BM, BN), q0 = qt * BM, n_valid = q_len - q0;
-                const bool full = k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
-                /* Statistics of query q0 + ptid: lse (log2 domain) and delta; +inf / 0 past q_len. */
-                float lse2 = INFINITY, dl = 0.f;
-                RowInfo info{};
-                if (ptid < BM && ptid < n_valid) {
-                    const long at_row = (long)bh * p.T + pol.q_row(bh, q0 + ptid);
-                    lse2 = lse_to_log2(p.lse[at_row]);
-                    dl = p.delta[at_row];
-                    info = pol.q_info(bh, q0 + ptid);
+            const int drawn = PERSISTENT ? ws_draw(p.work_counter, n_work, ptid) : n_work;
+            if (k0 < k_len) { /* tiles past the work rows are nobody's work */
+                const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
+                auto k_row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
+                const int kb = kv_op.wait_free(item);
+                const uint32_t k_addr = kv_addr + kb * KVB;
+                producer_copy_rows<BN>(k_addr, head_base(p.k, p.k_stride, b, p.T, h, D), p.k_stride, k_len - k0,
+                                       k_row_of, ptid);
+                producer_copy_rows<BN>(k_addr + BN * RB, head_base(p.v, p.v_stride, b, p.T, h, D), p.v_stride,
+                                       k_len - k0, k_row_of, ptid);
+                if (PERSISTENT && ptid == 0) sItem[kb] = w;
+                kv_op.commit(item++, ptid);
+                const bf16 *q_base = head_base(p.q, p.q_stride, b, p.T, h, D);
+                const bf16 *do_base = head_base(p.dout, p.o_stride, b, p.T, h, D);
+                for (int i = 0; i < n_tiles; i++) {
+                    if (BM == 128) ptid = (int)opaque_u32((uint32_t)ptid);
+                    const int qt = pol.query_tile(bh, kt, i, BM, BN), q0 = qt * BM, n_valid = q_len - q0;
+                    const bool full = k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
+                    /* Statistics of query q0 + ptid: lse (log2 domain) and delta; +inf / 0 past q_len. */
+                    float lse2 = INFINITY, dl = 0.f;
+                    RowInfo info{};
+                    if (ptid < BM && ptid < n_valid) {
+                        const long at_row = (long)bh * p.T + pol.q_row(bh, q0 + ptid);
+                        lse2 = lse_to_log2(p.lse[at_row]);
+                        dl = p.delta[at_row];
+                        info = pol.q_info(bh, q0 + ptid);
+                    }
+                    const int s = ring.wait_free(first + i);
+                    auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
+                    const uint32_t stage = q_addr + s * STAGE_BYTES;
+                    producer_copy_rows<BM>(stage, q_base, p.q_stride, n_valid, q_row_of, ptid);
+                    producer_copy_rows<BM>(stage + BM * RB, do_base, p.o_stride, n_valid, q_row_of, ptid);
+                    if (ptid < BM) {
+                        sLse[s * BM + ptid] = lse2;
+                        sDelta[s * BM + ptid] = dl;
+                        sQinfo[s * BM + ptid] = info;
+                    }
+                    if (ptid == 0) sMeta[s] = WsTileMeta{q0, full ? 1 : 0};
+                    ring.commit(s);
                 }
-                const int s = ring.wait_free(first + i);
-                auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
-                const uint32_t stage = q_addr + s * STAGE_BYTES;
-                producer_copy_rows<BM>(stage, q_base, p.q_stride, n_valid, q_row_of, ptid);
-                producer_copy_rows<BM>(stage + BM * RB, do_base, p.o_stride, n_valid, q_row_of, ptid);
-                if (ptid < BM) {
-                    sLse[s * BM + ptid] = lse2;
-                    sDelta[s * BM + ptid] = dl;
-                    sQinfo[s * BM + ptid] = info;
-                }
-                if (ptid == 0) sMeta[s] = WsTileMeta{q0, full ? 1 : 0};
-                ring.commit(s);
+                first += n_tiles;
             }
-            first += n_tiles;
+            w = PERSISTENT ? ws_share(drawn, sDraw, ptid) : n_work;
+        }
+        if (PERSISTENT) { /* the end of the walk */
+            const int last = kv_op.wait_free(item);
+            if (ptid == 0) sItem[last] = -1;
+            kv_op.commit(item, ptid);
         }
         cp_async_wait<0>();
         return;
     }
 
     ws_consumer_regs<Cfg, PERSISTENT>();
-    const int g = lane / 4, tq = lane % 4;
-    const int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first key row (in tile) of this warp */
+    /* Not const: the wide tile takes them afresh each tile (opaque_u32), so that ptxas recomputes
+     * the shared memory addresses derived from them (dS^T and dQ staging stores, 2-3 instructions
+     * each) instead of holding dozens across the tile loop: those held addresses made it spill
+     * (248 bytes at 240 registers; 64-88 bytes are left). */
+    int g = lane / 4, tq = lane % 4, wtid = tid % 128;
+    int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first key row (in tile) of this warp */
     const float sl2 = p.scale_log2;
-    int item = 0, first = 0;
-    WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+    constexpr bool DEFER = Cfg::DEFER_DQ, PP = Cfg::PINGPONG, STAGED = BM == 128 && Cfg::FUSED_DQ && !DEFER;
+
+    /* Ping-pong turns (as in the forward): barrier 5 + w is "warpgroup w may issue"; warpgroup
+     * 0 goes first; per item of n tiles each issues 2 n + 1 times (S/dP, then dV/dK/dQ per
+     * tile, the last dQ) and passes the turn after each, except warpgroup 1's last: every
+     * item starts afresh, so a persistent CTA may take turns too. */
+    auto take_turn = [&]() {
+        if (PP) named_barrier(5 + wg, 256);
+    };
+    auto pass_turn = [&]() {
+        if (PP) named_barrier_arrive(6 - wg, 256);
+    };
+
+    /* Warpgroup wg's dQ block of the tile whose dS^T is in buffer buf, over all BN keys (k-step =
+     * 16 key rows; dS^T read M-major, K N-major). BM = 64: dQ[:, 32 wg ..] = dS K[:, 32 wg ..],
+     * A = the one dS^T sub-tile, B = K from column 32 wg of its rows. BM = 128: dQ[64 wg ..] =
+     * dS[64 wg ..] K, A = dS^T sub-tile wg, B = all of K. */
+    constexpr int DQ_COLS = Cfg::DQ_COLS, DQ_REGS = DQ_COLS / 2;
+    auto issue_dq = [&](float (&dq)[DQ_REGS], int buf, uint32_t k_addr) {
+        const uint32_t ds_addr = smem_addr(sDS + buf * BN * BM + (BM == 128 ? wg * BN * 64 : 0));
+#pragma unroll
+        for (int ks = 0; ks < BN / 16; ks++) {
+            if constexpr (BM == 64)
+                wgmma_m64n32k16_ss<1, 1>(dq, desc_sw128(ds_addr + ks * 16 * RB), desc_sw128(k_addr + ks * 16 * RB + 64 * wg),
+                                         ks > 0);
+            else
+                wgmma_m64n64k16_ss<1, 1>(dq, desc_sw128(ds_addr + ks * 16 * RB), desc_sw128(k_addr + ks * 16 * RB), ks > 0);
+        }
+    };
+    /* The 64 x DQ_COLS fp32 block goes through a staging block of this warpgroup (by tile parity
+     * when there are two) and is added to the tile accumulator by one bulk reduction; the staging
+     * block's previous reduction must have read it: the thread that issued it waits, then tells
+     * the warpgroup. A wide tile's second block lies past the accumulator when the tile's last 64
+     * rows are past T: that warpgroup has nothing to add. */
+    auto reduce_dq = [&](const float (&dq)[DQ_REGS], int parity, int bh, int row0) {
+        constexpr int NSB = Cfg::DQ_STAGE_BUFS;
+        const int blk_row = row0 + (BM == 128 ? 64 * wg : 0), blk_col = BM == 64 ? 32 * wg : 0;
+        if (BM == 128 && blk_row >= p.T) return;
+        float *stage_blk = sDqStage + (wg * NSB + (NSB == 2 ? parity : 0)) * 64 * DQ_COLS;
+        if (wtid == 0) bulk_wait_read<NSB - 1>();
+        named_barrier(2 + wg, 128);
+#pragma unroll
+        for (int j = 0; j < DQ_COLS / 8; j++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++)
+                *reinterpret_cast<float2 *>(stage_blk + (j / 4) * 64 * 32 + ((wtid / 32) * 16 + g + 8 * hf) * 32 +
+                                            8 * (j % 4) + 2 * tq) = make_float2(dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
+        fence_proxy_async(); /* the bulk copy reads through the async proxy */
+        named_barrier(2 + wg, 128);
+        if (wtid == 0) {
+            bulk_reduce_add_f32(p.dq_accum + dq_tile_index(bh, (p.T + 63) / 64, blk_row, blk_col), smem_addr(stage_blk),
+                                64 * DQ_COLS * 4);
+            bulk_commit();
+        }
+    };
+
+    int first = 0;
+    for (int my_item = 0;; my_item++) {
+        /* A persistent CTA learns its next item with the item's K and V; otherwise it has one. */
+        int w = blockIdx.x;
+        if (PERSISTENT) {
+            w = sItem[kv_op.acquire(my_item)];
+            if (w < 0) break;
+        }
         int bh;
         const int kt = ws_key_tile(w, BH, bh), k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
-        if (k0 >= k_len) continue;
-        const int my_item = item++;
+        if (k0 >= k_len) break; /* one-item CTAs only: the producer skips such items */
         const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
         int key_row[2];
         RowInfo kinfo[2];
@@ -179,66 +301,153 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
         float dk[32], dv[32];
 #pragma unroll
         for (int j = 0; j < 32; j++) dk[j] = dv[j] = 0.f;
-        uint32_t pa[16], da[16]; /* k-block kq (16 queries): registers 4kq .. 4kq+3 */
+        uint32_t pa[BM / 4], da[BM / 4]; /* k-block kq (16 queries): registers 4kq .. 4kq+3 */
 
         /* The item's K and V (waits until they are loaded): this warpgroup's 64 key rows. */
-        const uint32_t k_addr = kv_addr + kv_op.acquire(my_item) * KVB;
-        const uint32_t kw_addr = k_addr + wg * 64 * RB, vw_addr = k_addr + BN * RB + wg * 64 * RB;
+        const uint32_t k_addr = kv_addr + (PERSISTENT ? my_item % NBUF : kv_op.acquire(my_item)) * KVB;
+        if (PP && wg == 1 && n_tiles > 0) pass_turn();
+        int prev_row0 = 0; /* deferred dQ: the previous tile's first query */
         for (int i = first; i < first + n_tiles; i++) { /* ring item i: the (i - first)-th query tile */
+            if constexpr (BM == 128) {
+                g = (int)opaque_u32((uint32_t)g);
+                tq = (int)opaque_u32((uint32_t)tq);
+                wtid = (int)opaque_u32((uint32_t)wtid);
+                warp_row = (int)opaque_u32((uint32_t)warp_row);
+            }
+            const uint32_t k_now = BM == 128 ? opaque_u32(k_addr) : k_addr;
+            const uint32_t kw_addr = k_now + wg * 64 * RB, vw_addr = k_now + BN * RB + wg * 64 * RB;
             const int s = ring.acquire(i);
             const WsTileMeta m = sMeta[s];
             const uint32_t qs_addr = q_addr + s * STAGE_BYTES, dos_addr = qs_addr + BM * RB;
             const float *tLse = sLse + s * BM, *tDelta = sDelta + s * BM;
             const RowInfo *tQinfo = sQinfo + s * BM;
 
-            float st[32], dpt[32];
+            float st[BM / 2], dpt[BM / 2];
+            /* S^T or dP^T (64 keys x BM queries) = this warpgroup's K or V rows . Q or dO of the stage */
+            auto product_t = [&](float (&d)[BM / 2], uint32_t a_addr, uint32_t b_addr) {
+#pragma unroll
+                for (int kk = 0; kk < D / 16; kk++) {
+                    if constexpr (BM == 64)
+                        wgmma_m64n64k16_ss<0, 0>(d, desc_sw128(a_addr + 32 * kk), desc_sw128(b_addr + 32 * kk), kk > 0);
+                    else
+                        wgmma_m64n128k16_ss<0, 0>(d, desc_sw128(a_addr + 32 * kk), desc_sw128(b_addr + 32 * kk), kk > 0);
+                }
+            };
+            take_turn();
             wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk++)
-                wgmma_m64n64k16_ss<0, 0>(st, desc_sw128(kw_addr + 32 * kk), desc_sw128(qs_addr + 32 * kk), kk > 0);
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk++)
-                wgmma_m64n64k16_ss<0, 0>(dpt, desc_sw128(vw_addr + 32 * kk), desc_sw128(dos_addr + 32 * kk), kk > 0);
+            product_t(st, kw_addr, qs_addr);
+            if (DEFER) wgmma_commit(); /* the exponentials start while dP^T runs */
+            product_t(dpt, vw_addr, dos_addr);
             wgmma_commit();
-            wgmma_wait<0>();
-            fence_regs(st);
-            fence_regs(dpt);
+            pass_turn();
 
             const bool masked = !m.full;
+            if constexpr (DEFER) {
+                wgmma_wait<1>();
+                fence_regs(st);
+                if (masked) { /* a uniform branch: most tiles skip the per-element mask */
+#pragma unroll
+                    for (int nq = 0; nq < NQ; nq++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
+                            const float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[col]));
+                            const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) &
+                                            pol.allowed(tQinfo[col], kinfo[hf]);
+                            st[4 * nq + e] = ok ? pe : 0.f;
+                        }
+                } else {
+#pragma unroll
+                    for (int nq = 0; nq < NQ; nq++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++)
+                            st[4 * nq + e] = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[nq * 8 + 2 * tq + (e & 1)]));
+                }
+                wgmma_wait<0>();
+                fence_regs(dpt);
+#pragma unroll
+                for (int j = 0; j < BM / 2; j++) dpt[j] = st[j] * (dpt[j] - tDelta[(j / 4) * 8 + 2 * tq + (j & 1)]);
+            } else {
+                wgmma_wait<0>();
+                fence_regs(st);
+                fence_regs(dpt);
+#pragma unroll
+                for (int nq = 0; nq < NQ; nq++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
+                        float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[col]));
+                        /* a select, not a branch (C7513) */
+                        const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) &
+                                        pol.allowed(tQinfo[col], kinfo[hf]);
+                        pe = masked & !ok ? 0.f : pe;
+                        st[4 * nq + e] = pe;
+                        dpt[4 * nq + e] = pe * (dpt[4 * nq + e] - tDelta[col]);
+                    }
+            }
+            /* A fragments: k-block kq (16 queries) is columns nq = 2kq, 2kq + 1 of S^T, so
+             * register 2nq + hf packs elements 4nq + 2hf, +1 */
 #pragma unroll
             for (int nq = 0; nq < NQ; nq++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
-                    float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[col]));
-                    /* a select, not a branch (C7513) */
-                    const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) &
-                                    pol.allowed(tQinfo[col], kinfo[hf]);
-                    pe = masked & !ok ? 0.f : pe;
-                    st[4 * nq + e] = pe;
-                    dpt[4 * nq + e] = pe * (dpt[4 * nq + e] - tDelta[col]);
-                }
-#pragma unroll
-            for (int kq = 0; kq < BM / 16; kq++)
-#pragma unroll
-                for (int r = 0; r < 4; r++) {
-                    pa[4 * kq + r] = pack_bf16(st[8 * kq + 2 * r], st[8 * kq + 2 * r + 1]);
-                    da[4 * kq + r] = pack_bf16(dpt[8 * kq + 2 * r], dpt[8 * kq + 2 * r + 1]);
+                for (int hf = 0; hf < 2; hf++) {
+                    pa[2 * nq + hf] = pack_bf16(st[4 * nq + 2 * hf], st[4 * nq + 2 * hf + 1]);
+                    da[2 * nq + hf] = pack_bf16(dpt[4 * nq + 2 * hf], dpt[4 * nq + 2 * hf + 1]);
                 }
             if constexpr (Cfg::FUSED_DQ) {
                 /* dS^T rows of this warpgroup: da[4kq + r] holds (key row g + 8*(r&1) of the warp,
-                 * queries 16kq + 8*(r>>1) + 2tq, +1). */
-                bf16 *ds = sDS + (i & 1) * BN * BM;
+                 * queries 16kq + 8*(r>>1) + 2tq, +1). Deferred: into the ring (its buffer's last
+                 * readers, the dQ of tile i - DS_BUFS, done), published; the dQ of tile i - 1
+                 * below needs the other warpgroup's half of that tile. Otherwise: buffer i & 1,
+                 * then both warpgroups meet, and this tile's dQ follows. */
+                const int buf = DEFER ? ds_ring.wait_free(i) : (i & 1);
+                bf16 *ds = sDS + buf * BN * BM;
 #pragma unroll
                 for (int kq = 0; kq < BM / 16; kq++)
 #pragma unroll
                     for (int r = 0; r < 4; r++) {
                         const int row = warp_row + g + 8 * (r & 1), col = 16 * kq + 8 * (r >> 1) + 2 * tq;
-                        *reinterpret_cast<uint32_t *>(ds + SwizzledTile<BM>::offset_col(row, col)) = da[4 * kq + r];
+                        *reinterpret_cast<uint32_t *>(ds + (col / 64) * BN * 64 + SwizzledTile<64>::offset_col(row, col % 64)) =
+                            da[4 * kq + r];
                     }
-                fence_proxy_async();
-                named_barrier(1, Cfg::CONSUMERS); /* both warpgroups' dS^T rows are in place */
+                if (DEFER) {
+                    ds_ring.publish(i);
+                    if (i > first) ds_ring.acquire(i - 1);
+                } else {
+                    fence_proxy_async();
+                    named_barrier(1, Cfg::CONSUMERS); /* both warpgroups' dS^T rows are in place */
+                }
             }
+            if constexpr (STAGED) {
+                /* The wide lockstep tile (FA3's order): dV, dQ, then dK, each waited for in turn,
+                 * so that P^T's registers are free before dK and dQ's block is staged while dK
+                 * runs (ptxas spills 48 bytes instead of 68; dV issued before the warpgroups
+                 * meet spilled 92). */
+                float dq[DQ_REGS];
+                wgmma_fence();
+#pragma unroll
+                for (int kq = 0; kq < BM / 16; kq++)
+                    wgmma_m64n64k16_rs<1>(dv, &pa[4 * kq], desc_sw128(dos_addr + kq * 16 * RB), 1);
+                wgmma_commit();
+                issue_dq(dq, i & 1, k_now);
+                wgmma_commit();
+                wgmma_wait<1>();
+                fence_regs(dv);
+                fence_regs_u32(pa);
+#pragma unroll
+                for (int kq = 0; kq < BM / 16; kq++)
+                    wgmma_m64n64k16_rs<1>(dk, &da[4 * kq], desc_sw128(qs_addr + kq * 16 * RB), 1);
+                wgmma_commit();
+                wgmma_wait<1>();
+                fence_regs(dq);
+                reduce_dq(dq, i & 1, bh, m.row0);
+                wgmma_wait<0>();
+                fence_regs(dk);
+                fence_regs_u32(da);
+                ring.release(i);
+                continue;
+            }
+            take_turn();
             wgmma_fence();
 #pragma unroll
             for (int kq = 0; kq < BM / 16; kq++)
@@ -246,49 +455,42 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
 #pragma unroll
             for (int kq = 0; kq < BM / 16; kq++)
                 wgmma_m64n64k16_rs<1>(dk, &da[4 * kq], desc_sw128(qs_addr + kq * 16 * RB), 1);
-            float dq[16];
-            if constexpr (Cfg::FUSED_DQ) {
-                /* dQ[:, 32 wg ..] = dS K[:, 32 wg ..]: A = dS^T read M-major (k-step = 16 key rows),
-                 * B = K read N-major from column 32 wg of its rows. */
-                const uint32_t ds_addr = smem_addr(sDS + (i & 1) * BN * BM);
-#pragma unroll
-                for (int ks = 0; ks < BN / 16; ks++)
-                    wgmma_m64n32k16_ss<1, 1>(dq, desc_sw128(ds_addr + ks * 16 * BM * 2),
-                                             desc_sw128(k_addr + ks * 16 * RB + 64 * wg), ks > 0);
-            }
+            float dq[DQ_REGS];
+            const bool dq_now = Cfg::FUSED_DQ && (!DEFER || i > first);
+            if (dq_now) issue_dq(dq, DEFER ? (i - 1) % Cfg::DS_BUFS : (i & 1), k_now);
             wgmma_commit();
+            pass_turn();
             wgmma_wait<0>();
             fence_regs(dk);
             fence_regs(dv);
             fence_regs_u32(pa);
             fence_regs_u32(da);
             ring.release(i);
-            if constexpr (Cfg::FUSED_DQ) {
+            if (dq_now) {
                 fence_regs(dq);
-                /* Staging block (wg, i & 1): its previous bulk reduction (tile i - 2) must have
-                 * read it; the thread that issued it waits, then tells the warpgroup. */
-                float *stage_blk = sDqStage + (wg * 2 + (i & 1)) * BM * 32;
-                const int wtid = tid % 128;
-                if (wtid == 0) bulk_wait_read<1>();
-                named_barrier(2 + wg, 128);
-#pragma unroll
-                for (int j = 0; j < 4; j++)
-#pragma unroll
-                    for (int hf = 0; hf < 2; hf++)
-                        *reinterpret_cast<float2 *>(stage_blk + ((wtid / 32) * 16 + g + 8 * hf) * 32 + 8 * j + 2 * tq) =
-                            make_float2(dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
-                fence_proxy_async(); /* the bulk copy reads through the async proxy */
-                named_barrier(2 + wg, 128);
-                if (wtid == 0) {
-                    bulk_reduce_add_f32(p.dq_accum + dq_tile_index(bh, (p.T + 63) / 64, m.row0, 32 * wg),
-                                        smem_addr(stage_blk), BM * 32 * 4);
-                    bulk_commit();
-                }
+                if (DEFER) ds_ring.release(i - 1);
+                reduce_dq(dq, DEFER ? (i - 1) & 1 : i & 1, bh, DEFER ? prev_row0 : m.row0);
             }
+            prev_row0 = m.row0;
+        }
+        if (DEFER && n_tiles > 0) { /* the last tile's dQ */
+            const int last = first + n_tiles - 1;
+            float dq[DQ_REGS];
+            const int buf = ds_ring.acquire(last);
+            take_turn();
+            wgmma_fence();
+            issue_dq(dq, buf, k_addr);
+            wgmma_commit();
+            if (wg == 0) pass_turn();
+            wgmma_wait<0>();
+            fence_regs(dq);
+            ds_ring.release(last);
+            reduce_dq(dq, last & 1, bh, prev_row0);
         }
         kv_op.release(my_item); /* every product reading K and V has retired */
         store_dkdv_rows<64>(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);
         first += n_tiles;
+        if (!PERSISTENT) break;
     }
     if constexpr (Cfg::FUSED_DQ) {
         if (tid % 128 == 0) bulk_wait_read<0>(); /* shared memory stays until read */
@@ -303,10 +505,10 @@ template <int NWG_, int STAGES_ = 3> struct Sm90DqWsTiles : WsShape<NWG_, 1> {
     static constexpr int ROW_BYTES = 128;
     /* Q and dO (a persistent launch adds ITEM_BYTES for a second pair), the (K, V) stages, the
      * keys' mask info per stage (<= 8 bytes each), WsTileMeta per stage, mbarriers (Q/dO full
-     * and empty, two of each, full[STAGES], empty[STAGES]), alignment. */
+     * and empty, two of each, full[STAGES], empty[STAGES]), the item indices, alignment. */
     static constexpr int ITEM_BYTES = 2 * BM * D * 2;
     static constexpr int SMEM_BYTES = ITEM_BYTES + STAGES * 2 * BN * D * 2 + STAGES * BN * 8 +
-                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 1024;
+                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 16 + 1024;
 };
 
 template <class Cfg, class Policy, bool PERSISTENT>
@@ -328,6 +530,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
     const uint32_t qdo_addr = smem_addr(sQ), k_addr = smem_addr(sK); /* buffer b: Q at qdo_addr + b * QB, dO after */
     const ItemOperand<NBUF> q_op{smem_addr(sMeta + ST)};
     const StageRing<ST> ring{q_op.bar + 16u * NBUF};
+    int *sItem = reinterpret_cast<int *>(reinterpret_cast<uint64_t *>(sMeta + ST) + 2 * NBUF + 2 * ST); /* [NBUF] */
+    volatile int *sDraw = sItem + NBUF;
 
     const int BH = p.B * p.H, n_qt = (p.T + BM - 1) / BM, n_work = BH * n_qt;
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
@@ -338,20 +542,30 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
         ws_producer_regs<Cfg, PERSISTENT>();
         const int ptid = tid - Cfg::CONSUMERS;
         int item = 0, first = 0; /* the CTA's items so far, ring items so far */
-        WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+        for (int w = blockIdx.x; w < n_work;) {
             int bh;
             const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
-            if (q0 >= q_len) continue;
-            const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
-            auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
-            const uint32_t q_addr = qdo_addr + q_op.wait_free(item) * QB;
-            producer_copy_rows<BM>(q_addr, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride, q_len - q0, q_row_of,
-                                   ptid);
-            producer_copy_rows<BM>(q_addr + BM * RB, head_base(p.dout, p.o_stride, b, p.T, h, D), p.o_stride,
-                                   q_len - q0, q_row_of, ptid);
-            q_op.commit(item++);
-            produce_key_tiles<BM, BN, ST>(ring, p, pol, bh, qt, n_tiles, first, k_addr, sKinfo, sMeta, ptid);
-            first += n_tiles;
+            const int drawn = PERSISTENT ? ws_draw(p.work_counter, n_work, ptid) : n_work;
+            if (q0 < q_len) { /* tiles past the work rows are nobody's work */
+                const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
+                auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
+                const int qb = q_op.wait_free(item);
+                const uint32_t q_addr = qdo_addr + qb * QB;
+                producer_copy_rows<BM>(q_addr, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride, q_len - q0, q_row_of,
+                                       ptid);
+                producer_copy_rows<BM>(q_addr + BM * RB, head_base(p.dout, p.o_stride, b, p.T, h, D), p.o_stride,
+                                       q_len - q0, q_row_of, ptid);
+                if (PERSISTENT && ptid == 0) sItem[qb] = w;
+                q_op.commit(item++, ptid);
+                produce_key_tiles<BM, BN, ST>(ring, p, pol, bh, qt, n_tiles, first, k_addr, sKinfo, sMeta, ptid);
+                first += n_tiles;
+            }
+            w = PERSISTENT ? ws_share(drawn, sDraw, ptid) : n_work;
+        }
+        if (PERSISTENT) { /* the end of the walk */
+            const int last = q_op.wait_free(item);
+            if (ptid == 0) sItem[last] = -1;
+            q_op.commit(item, ptid);
         }
         cp_async_wait<0>(); /* nothing in flight when the CTA's shared memory goes away */
         return;
@@ -361,14 +575,19 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
     const int g = lane / 4, tq = lane % 4;
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16;
     const float sl2 = p.scale_log2;
-    int item = 0, first = 0;
-    WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+    int first = 0;
+    for (int my_item = 0;; my_item++) {
+        /* A persistent CTA learns its next item with the item's Q and dO; otherwise it has one. */
+        int w = blockIdx.x;
+        if (PERSISTENT) {
+            w = sItem[q_op.acquire(my_item)];
+            if (w < 0) break;
+        }
         int bh;
         const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
-        if (q0 >= q_len) continue;
+        if (q0 >= q_len) break; /* one-item CTAs only: the producer skips such items */
         const int b = bh / p.H, h = bh % p.H, k_len = pol.k_len(bh);
         const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
-        const int my_item = item++;
         RowInfo qinfo[2];
         float lse2[2], delta[2];
         load_query_stats_sm90(p, pol, bh, q0 + warp_row + g, q_len, qinfo, lse2, delta);
@@ -378,7 +597,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
         uint32_t da[16];
 
         /* The item's Q and dO (waits until they are loaded): this warpgroup's 64 rows. */
-        const uint32_t q_addr = qdo_addr + q_op.acquire(my_item) * QB + wg * 64 * RB, do_addr = q_addr + BM * RB;
+        const uint32_t q_addr = qdo_addr + (PERSISTENT ? my_item % NBUF : q_op.acquire(my_item)) * QB + wg * 64 * RB;
+        const uint32_t do_addr = q_addr + BM * RB;
         for (int i = first; i < first + n_tiles; i++) { /* ring item i: the (i - first)-th key tile */
             const int s = ring.acquire(i);
             const WsTileMeta m = sMeta[s];
@@ -432,6 +652,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
         q_op.release(my_item); /* every product reading Q and dO has retired */
         store_dq_sm90(p, pol, bh, b, h, q0 + warp_row + g, q_len, dq, tq);
         first += n_tiles;
+        if (!PERSISTENT) break;
     }
 #else
     __trap();

@@ -23,10 +23,11 @@ template <int NWG_, int BN_, int STAGES_, bool PINGPONG_ = false> struct Sm90Fwd
     static constexpr int NT = BN / 8, KN = BN / 16, ND = D / 8, ROW_BYTES = D * 2;
     /* Q (a persistent launch adds ITEM_BYTES for a second Q), the K/V stages, the keys' mask
      * info [STAGES][BN] (<= 8 bytes each), the stages' WsTileMeta, the mbarriers (Q full and
-     * empty, two of each, full[STAGES], empty[STAGES]), slack to align to 1024. */
+     * empty, two of each, full[STAGES], empty[STAGES]), the item indices (flash_ws.cuh,
+     * ws_draw), slack to align to 1024. */
     static constexpr int ITEM_BYTES = BM * D * 2;
     static constexpr int SMEM_BYTES = ITEM_BYTES + STAGES * 2 * BN * D * 2 + STAGES * BN * 8 +
-                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 1024;
+                                      STAGES * (int)sizeof(WsTileMeta) + (4 + 2 * STAGES) * 8 + 16 + 1024;
     static_assert(BN == 64 || BN == 128, "wgmma N of S");
     static_assert(STAGES >= 2, "a ring needs two stages");
 };
@@ -53,6 +54,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     const uint32_t q_addr = smem_addr(sQ), kv_addr = smem_addr(sKV);
     const ItemOperand<NBUF> q_op{smem_addr(sMeta + ST)};
     const StageRing<ST> ring{q_op.bar + 16u * NBUF};
+    int *sItem = reinterpret_cast<int *>(reinterpret_cast<uint64_t *>(sMeta + ST) + 2 * NBUF + 2 * ST); /* [NBUF] */
+    volatile int *sDraw = sItem + NBUF;
 
     const int BH = p.B * p.H, n_qt = (p.T + BM - 1) / BM, n_work = BH * n_qt;
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
@@ -63,17 +66,26 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
         ws_producer_regs<Cfg, PERSISTENT>();
         const int ptid = tid - Cfg::CONSUMERS;
         int item = 0, first = 0; /* the CTA's items so far, ring items so far */
-        WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+        for (int w = blockIdx.x; w < n_work;) {
             int bh;
             const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
-            if (q0 >= q_len) continue;
-            const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
+            const int drawn = PERSISTENT ? ws_draw(p.work_counter, n_work, ptid) : n_work;
+            if (q0 < q_len) { /* tiles past q_len (dropped qk queries) are nobody's work */
+                const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
+                const int qb = q_op.wait_free(item);
+                producer_copy_rows<BM>(q_addr + qb * QB, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride,
+                                       q_len - q0, [&](int r) { return pol.q_row(bh, q0 + r); }, ptid);
+                if (PERSISTENT && ptid == 0) sItem[qb] = w;
+                q_op.commit(item++, ptid);
+                produce_key_tiles<BM, BN, ST, (Cfg::template Regs<PERSISTENT>::PRODUCER <= 24)>(ring, p, pol, bh, qt, n_tiles, first, kv_addr, sKinfo, sMeta, ptid);
+                first += n_tiles;
+            }
+            w = PERSISTENT ? ws_share(drawn, sDraw, ptid) : n_work;
+        }
+        if (PERSISTENT) { /* the end of the walk */
             const int qb = q_op.wait_free(item);
-            producer_copy_rows<BM>(q_addr + qb * QB, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride,
-                                   q_len - q0, [&](int r) { return pol.q_row(bh, q0 + r); }, ptid);
-            q_op.commit(item++);
-            produce_key_tiles<BM, BN, ST>(ring, p, pol, bh, qt, n_tiles, first, kv_addr, sKinfo, sMeta, ptid);
-            first += n_tiles;
+            if (ptid == 0) sItem[qb] = -1;
+            q_op.commit(item, ptid);
         }
         cp_async_wait<0>(); /* nothing in flight when the CTA's shared memory goes away */
         return;
@@ -84,13 +96,18 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     const int g = lane / 4, tq = lane % 4;
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first tile row of this warp */
     const float sl2 = p.scale_log2;
-    int item = 0, first = 0;
-    WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) {
+    int first = 0;
+    for (int my_item = 0;; my_item++) {
+        /* A persistent CTA learns its next item with the item's Q; otherwise it has one. */
+        int w = blockIdx.x;
+        if (PERSISTENT) {
+            w = sItem[q_op.acquire(my_item)];
+            if (w < 0) break;
+        }
         int bh;
         const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
-        if (q0 >= q_len) continue;
+        if (q0 >= q_len) break; /* one-item CTAs only: the producer skips such items */
         const int b = bh / p.H, h = bh % p.H, k_len = pol.k_len(bh);
-        const int my_item = item++;
         const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
         bf16 *o_base = head_base(p.out, p.o_stride, b, p.T, h, D);
         RowInfo qinfo[2];
@@ -100,7 +117,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
             qinfo[hf] = r < q_len ? pol.q_info(bh, r) : RowInfo{};
         }
         /* This warpgroup's 64 rows of the item's Q buffer (waits until it is loaded). */
-        const uint32_t qw_addr = q_addr + q_op.acquire(my_item) * QB + wg * 64 * RB;
+        const uint32_t qw_addr = q_addr + (PERSISTENT ? my_item % NBUF : q_op.acquire(my_item)) * QB + wg * 64 * RB;
         float o[ND * 4];
 #pragma unroll
         for (int j = 0; j < ND * 4; j++) o[j] = 0.f;
@@ -188,6 +205,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
         }
         store_fwd_rows<ND>(p, pol, bh, o_base, o, row_max, row_sum, q0 + warp_row + g, q_len, tq);
         first += n_tiles;
+        if (!PERSISTENT) break;
     }
 #else
     __trap(); /* built without sm_90a: the host never launches this kernel then */

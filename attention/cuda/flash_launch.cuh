@@ -4,8 +4,11 @@
 #define ATTENTION_CUDA_FLASH_LAUNCH_CUH
 
 #include <cuda_runtime.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "attention/cuda/flash_bwd.cuh"
+#include "attention/cuda/flash_checks.cuh"
 #include "attention/cuda/flash_bwd_sm90.cuh"
 #include "attention/cuda/flash_bwd_sm90_ws.cuh"
 #include "attention/cuda/flash_fwd.cuh"
@@ -35,7 +38,9 @@ cudaError_t launch_tiled(const FlashParams &p, const Policy &pol, int rows, int 
 /* Launches a warp-specialised kernel (flash_ws.cuh) over a 1D grid of work items, the tiles of
  * TILE rows of every (batch, head) of p.T rows: one CTA an item, or for a PERSISTENT kernel
  * instance ctas < 0: as many CTAs as are resident at once on the current device; ctas > 0: at
- * most that many (tests use few, so that every CTA takes several items); 0: one an item. */
+ * most that many (tests use few, so that every CTA takes several items); 0: one an item. A
+ * persistent grid draws its items from p.work_counter (one int of device memory, zeroed here
+ * on the stream: one launch at a time per counter). */
 template <class Cfg, class Policy, bool PERSISTENT, void (*KERNEL)(FlashParams, Policy)>
 cudaError_t launch_ws(const FlashParams &p, const Policy &pol, int tile, int ctas, cudaStream_t s) {
     /* a persistent kernel double-buffers its per-item operand */
@@ -62,6 +67,11 @@ cudaError_t launch_ws(const FlashParams &p, const Policy &pol, int tile, int cta
         if (ctas > 0 && grid > ctas) grid = ctas;
     }
     if (grid == 0) return cudaSuccess;
+    if (grid < n_work) {
+        if (!p.work_counter) return cudaErrorInvalidValue;
+        const cudaError_t err = cudaMemsetAsync(p.work_counter, 0, sizeof(int), s);
+        if (err != cudaSuccess) return err;
+    }
     KERNEL<<<(unsigned)grid, Cfg::THREADS, SMEM, s>>>(p, pol);
     return cudaGetLastError();
 }
@@ -138,6 +148,61 @@ cudaError_t launch_bwd_fused_sm90_ws(const FlashParams &p, const Policy &pol, cu
     const long threads = (long)p.B * p.T * p.H * 8;
     flash_bwd_convert_dq_tiles_kernel<64, Policy><<<(unsigned)((threads + 255) / 256), 256, 0, s>>>(p, pol);
     return cudaGetLastError();
+}
+
+/* How the two consumer warpgroups of the fused Hopper backward share the tensor cores
+ * (flash_bwd_sm90_ws.cuh): LOCKSTEP meets at a barrier every tile to compute that tile's dQ;
+ * DEFERRED computes each tile's dQ with the next tile's dV/dK (a ring of dS^T buffers, no
+ * barrier between the warpgroups); PINGPONG adds turns so that one warpgroup's exponentials
+ * run under the other's products. Chosen by the environment variable FLASH_BWD_SCHEDULE
+ * (lockstep, deferred, pingpong), read once; unset: the default below. */
+enum BwdSchedule { BWD_LOCKSTEP, BWD_DEFERRED, BWD_PINGPONG };
+/* deferred: H100, session 10 (docs/PERF.md): sparse fwd+bwd qk 0.5 5.07-5.09 vs 5.39 ms, hash
+ * nb=16 2.57-2.58 vs 2.62; dense backward either way within that day's run-to-run noise (16k:
+ * 12.64-13.41 vs 12.81-13.27 ms). */
+constexpr BwdSchedule BWD_SCHEDULE_DEFAULT = BWD_DEFERRED;
+inline BwdSchedule bwd_schedule() {
+    static int cached = -1;
+    if (cached < 0) {
+        const char *v = getenv("FLASH_BWD_SCHEDULE");
+        if (!v || !*v) cached = BWD_SCHEDULE_DEFAULT;
+        else if (!strcmp(v, "lockstep")) cached = BWD_LOCKSTEP;
+        else if (!strcmp(v, "deferred")) cached = BWD_DEFERRED;
+        else if (!strcmp(v, "pingpong")) cached = BWD_PINGPONG;
+        else fatal(EXIT_USAGE, "FLASH_BWD_SCHEDULE = '%s': expected lockstep, deferred or pingpong", v);
+    }
+    return (BwdSchedule)cached;
+}
+
+/* The Hopper dK/dV (and fused dQ) kernels' query tile, dense and sparse: 64 or 128
+ * (Sm90BwdWsTiles BM = 128, 128 x 128 tile pairs), from the environment variable
+ * FLASH_BWD_QUERY_TILE, read once; unset: the default below. The sparse dK/dV tile lists follow
+ * it (sparse_attn_tile_shape). The wide fused kernel has no persistent instance (shared memory). */
+constexpr int BWD_QUERY_TILE_DEFAULT = 64;
+inline int bwd_query_tile() {
+    static int cached = 0;
+    if (!cached) {
+        const char *v = getenv("FLASH_BWD_QUERY_TILE");
+        if (!v || !*v) cached = BWD_QUERY_TILE_DEFAULT;
+        else if (!strcmp(v, "64")) cached = 64;
+        else if (!strcmp(v, "128")) cached = 128;
+        else fatal(EXIT_USAGE, "FLASH_BWD_QUERY_TILE = '%s': expected 64 or 128", v);
+    }
+    return cached;
+}
+
+/* The fused backward of two consumer warpgroups, STAGES query stages and BM queries a tile
+ * under a schedule (bwd_schedule). */
+template <int STAGES, bool PERSISTENT = false, int BM = 64, class Policy>
+cudaError_t launch_bwd_fused_sm90_ws_scheduled(BwdSchedule schedule, const FlashParams &p, const Policy &pol,
+                                               cudaStream_t s, int ctas = 0) {
+    switch (schedule) {
+    case BWD_DEFERRED:
+        return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true, true, false, BM>, PERSISTENT>(p, pol, s, ctas);
+    case BWD_PINGPONG:
+        return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true, true, true, BM>, PERSISTENT>(p, pol, s, ctas);
+    default: return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true, false, false, BM>, PERSISTENT>(p, pol, s, ctas);
+    }
 }
 
 /* The Hopper kernels run when the device is sm_90 and this binary carries sm_90 machine code

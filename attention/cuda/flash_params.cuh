@@ -17,6 +17,7 @@ struct FlashParams {
     float *lse;      /* [B][H][T], natural log */
     float *delta;    /* [B][H][T], rowsum(dout * out), backward only */
     float *dq_accum; /* fp32, non-deterministic backward: [B][T][H][D], or tiles (dq_tile_index) */
+    int *work_counter; /* persistent launches: work items handed out so far (launch_ws zeroes it) */
     int B, T, H;
     float scale;      /* 1 / sqrt(D) */
     float scale_log2; /* scale * log2(e): scores go through exp2 */

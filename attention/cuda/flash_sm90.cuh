@@ -42,6 +42,12 @@ template <int N> __device__ __forceinline__ void fence_regs_u32(uint32_t (&r)[N]
 #pragma unroll
     for (int i = 0; i < N; i++) asm volatile("" : "+r"(r[i])::"memory");
 }
+/* x, which the compiler may no longer treat as loop-invariant: values derived from it in a loop
+ * (wgmma descriptors) are recomputed each time instead of held in registers across it. */
+__device__ __forceinline__ uint32_t opaque_u32(uint32_t x) {
+    asm volatile("" : "+r"(x));
+    return x;
+}
 /* Shared memory written by ordinary stores or cp.async must be fenced before the tensor cores
  * (async proxy) read it; each writing thread fences, then a barrier. */
 __device__ __forceinline__ void fence_proxy_async() {

@@ -60,72 +60,75 @@ struct WsTileMeta {
     int full; /* every in-range pair of the tile is allowed */
 };
 
-template <int ST> struct StageRing {
-    uint32_t bar; /* full[ST], then empty[ST] (8 bytes each) */
+/* N buffers, each behind a full and an empty mbarrier: use i of the ring is in buffer i % N,
+ * the (i / N)-th use of that buffer. The three rings below (the producer's stages, the per-item
+ * operand, the fused backward's dS^T buffers) differ only in who arrives on the full barrier. */
+template <int N> struct MbarRing {
+    uint32_t bar; /* full[N], then empty[N] (8 bytes each) */
 
-    __device__ __forceinline__ uint32_t full(int s) const { return bar + 8u * s; }
-    __device__ __forceinline__ uint32_t empty(int s) const { return bar + 8u * (ST + s); }
+    __device__ __forceinline__ uint32_t full(int b) const { return bar + 8u * b; }
+    __device__ __forceinline__ uint32_t empty(int b) const { return bar + 8u * (N + b); }
     /* One thread, before the CTA's barrier. */
-    __device__ __forceinline__ void init(int consumers) const {
-        for (int s = 0; s < ST; s++) {
-            sm90::mbar_init(full(s), 256);
-            sm90::mbar_init(empty(s), consumers);
+    __device__ __forceinline__ void init(int full_count, int empty_count) const {
+        for (int b = 0; b < N; b++) {
+            sm90::mbar_init(full(b), full_count);
+            sm90::mbar_init(empty(b), empty_count);
         }
     }
-    /* Producer: waits until item i's stage is free (its previous item released); returns it. */
+    /* Filler: waits until use i's buffer is free (its previous use released); returns it. */
     __device__ __forceinline__ int wait_free(int i) const {
-        const int s = i % ST;
-        if (i >= ST) sm90::mbar_wait(empty(s), (i / ST - 1) & 1);
-        return s;
+        const int b = i % N;
+        if (i >= N) sm90::mbar_wait(empty(b), (i / N - 1) & 1);
+        return b;
     }
+    /* Reader: waits until use i's buffer is full; returns it. */
+    __device__ __forceinline__ int wait_full(int i) const {
+        const int b = i % N;
+        sm90::mbar_wait(full(b), (i / N) & 1);
+        return b;
+    }
+    __device__ __forceinline__ void release(int i) const { sm90::mbar_arrive(empty(i % N)); }
+};
+
+/* The producer's ring of ST stages. full: each producer thread arrives twice, when its cp.async
+ * copies have landed and after its ordinary stores (256 arrivals); empty: every consumer thread. */
+template <int ST> struct StageRing : MbarRing<ST> {
+    __device__ __forceinline__ void init(int consumers) const { MbarRing<ST>::init(256, consumers); }
     /* Producer: after issuing the stage's copies and its ordinary stores. */
     __device__ __forceinline__ void commit(int s) const {
-        sm90::mbar_arrive_cp_async(full(s));
-        sm90::mbar_arrive(full(s));
+        sm90::mbar_arrive_cp_async(this->full(s));
+        sm90::mbar_arrive(this->full(s));
     }
     /* Consumer: waits until item i is in its stage; returns the stage. */
     __device__ __forceinline__ int acquire(int i) const {
-        const int s = i % ST;
-        sm90::mbar_wait(full(s), (i / ST) & 1);
+        const int s = this->wait_full(i);
         sm90::fence_proxy_async();
         return s;
     }
-    __device__ __forceinline__ void release(int i) const { sm90::mbar_arrive(empty(i % ST)); }
 };
 
 /* The operand a CTA loads once per work item and keeps for all of the item's ring items (Q for
  * the forward, Q and dO for dQ, K and V for dK/dV), in NBUF buffers: item j of the CTA in
  * buffer j % NBUF. A persistent CTA has two, so that the producer loads the next item's
  * operand while the consumers still work on the current one. full[b] completes a phase when
- * the producer's 128 cp.async arrivals have landed, empty[b] when every consumer thread has
- * retired the products reading it. Both sides visit the same items, so the phases stay in
- * step. */
-template <int NBUF> struct ItemOperand {
-    uint32_t bar; /* full[NBUF], then empty[NBUF] */
-
-    __device__ __forceinline__ uint32_t full(int b) const { return bar + 8u * b; }
-    __device__ __forceinline__ uint32_t empty(int b) const { return bar + 8u * (NBUF + b); }
+ * the producer's 128 cp.async arrivals have landed and, in a persistent CTA (NBUF = 2),
+ * producer thread 0 has arrived after storing the item's index (sItem[b]; -1 ends the walk);
+ * empty[b] when every consumer thread has retired the products reading it. The consumers
+ * acquire every item, even one without ring items, so that the phases stay in step. */
+template <int NBUF> struct ItemOperand : MbarRing<NBUF> {
     __device__ __forceinline__ void init(int consumers) const {
-        for (int b = 0; b < NBUF; b++) {
-            sm90::mbar_init(full(b), 128);
-            sm90::mbar_init(empty(b), consumers);
-        }
+        MbarRing<NBUF>::init(NBUF > 1 ? 129 : 128, consumers);
     }
-    /* Producer, before loading the operand of the CTA's j-th item; returns its buffer. */
-    __device__ __forceinline__ int wait_free(int j) const {
-        if (j >= NBUF) sm90::mbar_wait(empty(j % NBUF), (j / NBUF - 1) & 1);
-        return j % NBUF;
+    /* Producer, after issuing its copies and (thread 0) storing the item's index. */
+    __device__ __forceinline__ void commit(int j, int ptid) const {
+        sm90::mbar_arrive_cp_async(this->full(j % NBUF));
+        if (NBUF > 1 && ptid == 0) sm90::mbar_arrive(this->full(j % NBUF));
     }
-    /* Producer, after issuing its copies. */
-    __device__ __forceinline__ void commit(int j) const { sm90::mbar_arrive_cp_async(full(j % NBUF)); }
-    /* Consumer: every item, even one without ring items, so that the phases stay in step;
-     * returns the buffer. */
     __device__ __forceinline__ int acquire(int j) const {
-        sm90::mbar_wait(full(j % NBUF), (j / NBUF) & 1);
+        const int b = this->wait_full(j);
         sm90::fence_proxy_async();
-        return j % NBUF;
+        return b;
     }
-    __device__ __forceinline__ void release(int j) const { sm90::mbar_arrive(empty(j % NBUF)); }
 };
 
 /* Work item w of n_work = BH * n_tiles: heads innermost, query tiles from the last (causal:
@@ -153,12 +156,25 @@ __device__ __forceinline__ void ws_setup(const StageRing<ST> &ring, const ItemOp
     __syncthreads();
 }
 
-/* The work items of a CTA: items blockIdx.x, + gridDim.x, ... of n_work when PERSISTENT (as
- * many CTAs as fit at once, each walking its items with the next item's loads in flight under
- * the current one's products); otherwise item blockIdx.x alone, and the compiler sees one
- * pass (no loop state kept in registers). */
-#define WS_FOR_EACH_ITEM(w, n_work, PERSISTENT) \
-    for (int w = blockIdx.x; w < (n_work); w = (PERSISTENT) ? w + (int)gridDim.x : (n_work))
+/* The work items of a CTA. One CTA per item (gridDim.x == n_work): item blockIdx.x. A
+ * persistent CTA: blockIdx.x first, then gridDim.x + atomicAdd(work_counter, 1) until n_work,
+ * so that a CTA that drew short tiles comes back for more, as the hardware's scheduling does
+ * for a grid of one CTA per tile (a fixed round robin made the trainer's hash step 1.5x
+ * slower: its buckets are uneven). The producer draws; the consumers read each item's index
+ * from sItem[buffer] once its operand is full. ws_draw is called by every producer thread
+ * (thread 0's value counts) early, ws_share when the value is needed, so that the atomic's
+ * latency hides under the item's copies. */
+__device__ __forceinline__ int ws_draw(int *work_counter, int n_work, int ptid) {
+    return ptid == 0 && (int)gridDim.x < n_work ? (int)gridDim.x + atomicAdd(work_counter, 1) : n_work;
+}
+constexpr int WS_PRODUCER_BARRIER = 4; /* 1..3: ping-pong turns, fused dQ */
+__device__ __forceinline__ int ws_share(int drawn, volatile int *slot, int ptid) {
+    if (ptid == 0) *slot = drawn;
+    sm90::named_barrier(WS_PRODUCER_BARRIER, 128);
+    const int w = *slot;
+    sm90::named_barrier(WS_PRODUCER_BARRIER, 128); /* all have read it before the next draw */
+    return w;
+}
 
 /* Copies ROWS rows of 64 bf16 into a swizzled tile by the producer warpgroup (ptid 0..127):
  * chunk id = j * 128 + ptid, so one warp instruction reads 4 whole rows. Rows are looked up all
@@ -186,7 +202,7 @@ __device__ __forceinline__ void producer_copy_rows(uint32_t tile_addr, const bf1
  * tile of query tile qt, K and V rows into the stage of ring item first + i (BN rows each, V
  * right after K), the keys' mask info and the tile's WsTileMeta. The caller waits for its
  * copies (cp_async_wait) before the CTA ends. */
-template <int BM, int BN, int ST, class Policy>
+template <int BM, int BN, int ST, bool LEAN = false, class Policy>
 __device__ __forceinline__ void produce_key_tiles(const StageRing<ST> &ring, const FlashParams &p, const Policy &pol,
                                                   int bh, int qt, int n_tiles, int first, uint32_t kv_addr,
                                                   typename Policy::RowInfo *sKinfo, WsTileMeta *sMeta, int ptid) {
@@ -196,6 +212,7 @@ __device__ __forceinline__ void produce_key_tiles(const StageRing<ST> &ring, con
     const bf16 *k_base = head_base(p.k, p.k_stride, b, p.T, h, D);
     const bf16 *v_base = head_base(p.v, p.v_stride, b, p.T, h, D);
     for (int i = 0; i < n_tiles; i++) {
+        if (LEAN) ptid = (int)sm90::opaque_u32((uint32_t)ptid); /* addresses recomputed per tile, not held */
         const int kt = pol.key_tile(bh, qt, i, BM, BN), k0 = kt * BN, n_valid = k_len - k0;
         const RowInfo info = ptid < BN && ptid < n_valid ? pol.k_info(bh, k0 + ptid) : RowInfo{};
         const bool full = k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);

@@ -265,12 +265,13 @@ extern "C" void attn_tiles_cuda_init(attn_tiles_cuda_t *t, const attn_plan_cuda_
     l->key_tiles = device_alloc<int32_t>(nq * l->n_k_tiles);
     l->query_tiles = device_alloc<int32_t>(nk * l->n_q_tiles);
     l->live_tiles = device_alloc<int64_t>(1);
+    t->work_counter = device_alloc<int32_t>(1);
 }
 
 extern "C" void attn_tiles_cuda_free(attn_tiles_cuda_t *t) {
     attn_tile_lists_t *l = &t->lists;
     void *device[] = {l->info_q, l->info_k, l->n_key_tiles, l->n_query_tiles, l->key_tiles,
-                      l->query_tiles, l->live_tiles};
+                      l->query_tiles, l->live_tiles, t->work_counter};
     for (size_t i = 0; i < sizeof device / sizeof device[0]; i++)
         if (device[i]) PLAN_CUDA_OK(cudaFree(device[i]));
     memset(t, 0, sizeof *t);

@@ -28,6 +28,9 @@ typedef DqTiles<64, 64, 64, 4> Dq64;
 typedef Sm90FwdWsTiles<2, 64, 4> Sm90Fwd64; /* warp-specialised; the forward lists' 128 x 64 tiles */
 typedef Sm90BwdWsTiles<2, 3> Sm90DkDvWs; /* BN = 128 keys, BM = 64 queries, warp-specialised */
 typedef Sm90BwdWsTiles<2, 3, true> Sm90Fused64; /* the same tiles with dQ (not deterministic) */
+/* FLASH_BWD_QUERY_TILE=128 (flash_launch.cuh, bwd_query_tile): 128 x 128 dK/dV tiles, split or
+ * fused (launch_bwd_fused_sm90_ws_scheduled<2, false, 128>); the dK/dV lists follow. */
+typedef Sm90BwdWsTiles<2, 2, false, false, false, 128> Sm90DkDvWide;
 typedef Sm90DqWsTiles<2, 2> Sm90Dq64; /* BM = 128 queries, BN = 64 keys, warp-specialised */
 
 int force_portable = 0;
@@ -37,8 +40,11 @@ int force_portable = 0;
  * (random Gaussian Q and K, even buckets) they were the faster: hash nb=16 fwd+bwd 2.551 vs
  * 2.636 ms (H100, session 8). But they take their tiles in a fixed round robin, and in the
  * trainer (bench_step, GPT-2 small, 16k x 2) the hash step went from 70.2 to 108.5 ms with
- * them: the model's buckets are uneven, so some CTAs draw far more work than others. Until the
- * items are handed out dynamically, one CTA per tile (the hardware balances) is the default. */
+ * them: the model's buckets are uneven, so some CTAs draw far more work than others. The items
+ * are now drawn from an atomic counter (flash_ws.cuh, ws_draw), not yet measured in the
+ * trainer; until then one CTA per tile (the hardware balances) is the default. With 0 the
+ * one-item instances run: their consumers get 224 registers (208 in a persistent CTA, whose
+ * producer needs 80) and a single item-operand buffer. */
 int persistent_ctas = 0;
 
 bool use_sm90(int D) { return D == 64 && !force_portable && sm90_available(); }
@@ -130,12 +136,16 @@ extern "C" void sparse_attn_tile_shape(sparse_attn_pass_t pass, int D, int *bloc
     static_assert(Sm90Fwd64::BM == Fwd64::BM && Sm90Fwd64::BN == Fwd64::BN &&
                       Sm90Fused64::BM == Bwd64::BM && Sm90Fused64::BN == Bwd64::BN &&
                       Sm90DkDvWs::BM == Bwd64::BM && Sm90DkDvWs::BN == Bwd64::BN,
-                  "forward and dK/dV tile lists serve both paths");
+                  "forward and dK/dV tile lists serve both paths (but the wide Hopper tile)");
+    static_assert(Sm90DkDvWide::BM == 128 && Sm90DkDvWide::BN == Bwd64::BN, "the wide dK/dV tile");
     static_assert(Fwd64::BM == ATTN_FWD_BLOCK_M && Fwd64::BN == ATTN_FWD_BLOCK_N,
                   "attn_live (attention/plan_tiles.h) counts forward tiles");
     switch (pass) {
     case SPARSE_ATTN_PASS_FORWARD: *block_m = Fwd64::BM; *block_n = Fwd64::BN; return;
-    case SPARSE_ATTN_PASS_DKDV: *block_m = Bwd64::BM; *block_n = Bwd64::BN; return;
+    case SPARSE_ATTN_PASS_DKDV:
+        *block_m = sm90 && bwd_query_tile() == 128 ? Sm90DkDvWide::BM : Bwd64::BM;
+        *block_n = Bwd64::BN;
+        return;
     case SPARSE_ATTN_PASS_DQ:
         *block_m = sm90 ? Sm90Dq64::BM : Dq64::BM;
         *block_n = sm90 ? Sm90Dq64::BN : Dq64::BN;
@@ -161,8 +171,12 @@ extern "C" void sparse_attn_forward(const attn_plan_cuda_t *plan, const attn_til
     p.out = out;
     p.lse = lse;
     const PlanPolicy pol = make_plan_policy(plan->rows, fwd_tiles->lists);
-    check_launch("forward kernel", use_sm90(dims->D) ? launch_fwd_sm90_ws<Sm90Fwd64, true>(p, pol, stream, persistent_ctas)
-                                                     : launch_fwd<Fwd64>(p, pol, dims->T, stream));
+    p.work_counter = fwd_tiles->work_counter;
+    cudaError_t err;
+    if (!use_sm90(dims->D)) err = launch_fwd<Fwd64>(p, pol, dims->T, stream);
+    else if (persistent_ctas) err = launch_fwd_sm90_ws<Sm90Fwd64, true>(p, pol, stream, persistent_ctas);
+    else err = launch_fwd_sm90_ws<Sm90Fwd64>(p, pol, stream);
+    check_launch("forward kernel", err);
     zero_dropped_rows(plan, pol, 0, out, dims->o_stride, NULL, 0, lse, stream);
 }
 
@@ -206,16 +220,31 @@ extern "C" void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_ti
     const bool sm90 = use_sm90(dims->D);
     /* the portable atomic dQ adds into the preprocess's zeroes; the fused launch zeroes its own layout */
     check_launch("backward preprocess", launch_bwd_preprocess<64>(p, !deterministic && !sm90, stream));
+    p.work_counter = dkdv_tiles->work_counter;
+    const int ctas = persistent_ctas;
+    const bool wide = sm90 && bwd_query_tile() == 128;
+    if (wide && ctas)
+        fatal(EXIT_USAGE, "sparse_attn: persistent CTAs (sparse_attn_set_persistent(%d)) do not run the 128-query "
+              "backward tile (FLASH_BWD_QUERY_TILE=128): its fused kernel fills the shared memory", ctas);
+    cudaError_t err;
     if (deterministic) {
-        check_launch("backward dK/dV",
-                     sm90 ? launch_bwd_dkdv_sm90_ws<Sm90DkDvWs, true>(p, kv_pol, stream, persistent_ctas)
-                          : launch_bwd_dkdv<Bwd64, PlanPolicy, false, true>(p, kv_pol, T, stream));
+        if (!sm90) err = launch_bwd_dkdv<Bwd64, PlanPolicy, false, true>(p, kv_pol, T, stream);
+        else if (wide) err = launch_bwd_dkdv_sm90_ws<Sm90DkDvWide>(p, kv_pol, stream);
+        else if (ctas) err = launch_bwd_dkdv_sm90_ws<Sm90DkDvWs, true>(p, kv_pol, stream, ctas);
+        else err = launch_bwd_dkdv_sm90_ws<Sm90DkDvWs>(p, kv_pol, stream);
+        check_launch("backward dK/dV", err);
         const PlanPolicy q_pol = make_plan_policy(plan->rows, dq_tiles->lists);
-        check_launch("backward dQ", sm90 ? launch_bwd_dq_sm90_ws<Sm90Dq64, true>(p, q_pol, stream, persistent_ctas)
-                                         : launch_bwd_dq<Dq64>(p, q_pol, T, stream));
+        p.work_counter = dq_tiles->work_counter;
+        if (!sm90) err = launch_bwd_dq<Dq64>(p, q_pol, T, stream);
+        else if (ctas) err = launch_bwd_dq_sm90_ws<Sm90Dq64, true>(p, q_pol, stream, ctas);
+        else err = launch_bwd_dq_sm90_ws<Sm90Dq64>(p, q_pol, stream);
+        check_launch("backward dQ", err);
         zero_dropped_rows(plan, q_pol, 0, dq, dims->q_stride, NULL, 0, NULL, stream);
     } else if (sm90) {
-        check_launch("backward dK/dV/dQ", launch_bwd_fused_sm90_ws<Sm90Fused64, true>(p, kv_pol, stream, persistent_ctas));
+        if (wide) err = launch_bwd_fused_sm90_ws_scheduled<2, false, 128>(bwd_schedule(), p, kv_pol, stream);
+        else if (ctas) err = launch_bwd_fused_sm90_ws_scheduled<3, true>(bwd_schedule(), p, kv_pol, stream, ctas);
+        else err = launch_bwd_fused_sm90_ws_scheduled<3>(bwd_schedule(), p, kv_pol, stream);
+        check_launch("backward dK/dV/dQ", err);
     } else {
         check_launch("backward dK/dV/dQ", launch_bwd_dkdv<Bwd64, PlanPolicy, true, true>(p, kv_pol, T, stream));
         check_launch("backward dQ convert", launch_bwd_convert_dq<64>(p, stream));

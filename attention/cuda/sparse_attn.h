@@ -42,7 +42,8 @@ typedef enum {
 } sparse_attn_pass_t;
 
 /* (block_m, block_n) the tile lists of `pass` must be built with, for head dim D, on the path
- * in force at the time of the call (the dQ pass's shape differs between the two paths). */
+ * in force at the time of the call (the dQ pass's shape differs between the two paths, and on
+ * Hopper the dK/dV pass's block_m is FLASH_BWD_QUERY_TILE's, flash_attn.h). */
 void sparse_attn_tile_shape(sparse_attn_pass_t pass, int D, int *block_m, int *block_n);
 
 /* Tests and benchmarks: on != 0 runs the portable kernels even on Hopper. Tile lists built
@@ -52,7 +53,8 @@ void sparse_attn_force_portable(int on);
 const char *sparse_attn_path(int D);
 /* Grid of the Hopper kernels: 0 (the default) one CTA per tile; ctas < 0 persistent CTAs, as
  * many as are resident at once, each taking every gridDim-th tile; n > 0 persistent with at
- * most n CTAs (tests: several tiles a CTA even on small shapes). Why 0: sparse_attn.cu. */
+ * most n CTAs (tests: several tiles a CTA even on small shapes). Why 0: sparse_attn.cu. The
+ * backward with FLASH_BWD_QUERY_TILE=128 runs only with 0 (any other is a fatal error). */
 void sparse_attn_set_persistent(int ctas);
 
 /* Whether sparse_attn_backward should be given dQ tile lists (the split dQ pass, no atomics) for

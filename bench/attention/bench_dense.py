@@ -85,7 +85,7 @@ def torch_sdpa(backend, q, k, v, dout, with_grad):
         return o, torch.autograd.grad(o, (q, k, v), dout.transpose(1, 2))
 
 
-def bench_one(lib, T, tokens, H, D, variants, log):
+def bench_one(lib, T, tokens, H, D, variants, log, only=None):
     B = max(1, tokens // T)
     gen = torch.Generator(device="cuda").manual_seed(T)
     mk = lambda: torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -125,6 +125,9 @@ def bench_one(lib, T, tokens, H, D, variants, log):
             vi = 1
             while lib.bench_variant_name(is_fwd, vi):
                 name = lib.bench_variant_name(is_fwd, vi).decode()
+                if only is not None and vi not in only[is_fwd]:
+                    vi += 1
+                    continue
                 if is_fwd:
                     ours.fwd(q, k, v, out, vi)
                     torch.cuda.synchronize()
@@ -138,6 +141,7 @@ def bench_one(lib, T, tokens, H, D, variants, log):
                     err = max(rel(dq, refs[0]), rel(dk, refs[1]), rel(dv, refs[2]))
                     t = median_ms(lambda: ours.bwd(q, k, v, out, dout, dq, dk, dv, variant=vi))
                 row[key][name] = {"ms": t, "err": err}
+                print(f"T {T} {'fwd' if is_fwd else 'bwd'} variant {vi} {name}: {t:.3f} ms err {err:.2e}", flush=True)
                 vi += 1
         row["ours_bwd_only"] = median_ms(lambda: ours.bwd(q, k, v, out, dout, dq, dk, dv))
     log.write(json.dumps(row) + "\n")
@@ -154,9 +158,15 @@ def main():
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--variants", action="store_true")
+    ap.add_argument("--fwd-variants", default="", help="with --variants: only these forward variants (e.g. 4,8)")
+    ap.add_argument("--bwd-variants", default="", help="with --variants: only these backward variants")
     ap.add_argument("--out", default="bench_dense.jsonl")
     args = ap.parse_args()
 
+    only = None
+    if args.fwd_variants or args.bwd_variants:
+        ids = lambda txt: {int(x) for x in txt.split(",") if x}
+        only = {1: ids(args.fwd_variants), 0: ids(args.bwd_variants)}
     lib = ctypes.CDLL(args.lib)
     lib.flash_attn_backward_workspace_bytes.restype = ctypes.c_size_t
     lib.bench_variant_name.restype = ctypes.c_char_p
@@ -170,7 +180,7 @@ def main():
     rows = []
     with open(args.out, "w") as log:
         for T in (int(s) for s in args.seqs.split(",")):
-            rows.append(bench_one(lib, T, args.tokens, args.heads, args.dim, args.variants, log))
+            rows.append(bench_one(lib, T, args.tokens, args.heads, args.dim, args.variants, log, only))
     for r in rows:
         for key in ("fwd_variants", "bwd_variants"):
             for name, m in r.get(key, {}).items():

@@ -27,6 +27,8 @@ const char *fwd_names[] = {"api",
                            "ws 2wg BN64 S4 pingpong",
                            "ws 2wg BN128 S3 persistent",
                            "ws 2wg BN64 S4 persistent (sparse api)",
+                           "ws 3wg BN128 S2",
+                           "ws 3wg BN128 S3",
                            NULL};
 const char *bwd_names[] = {"api",
                            "mma.sync api",
@@ -43,7 +45,22 @@ const char *bwd_names[] = {"api",
                            "ws fused dQ S2 (bulk reduce)",
                            "ws dkdv S3 + ws dq S2 persistent",
                            "ws fused dQ S3 persistent",
+                           "ws fused deferred dQ S3",
+                           "ws fused deferred dQ S3 pingpong",
+                           "ws fused deferred dQ S2 pingpong",
+                           "ws fused 128x128 lockstep S2",
+                           "ws fused 128x128 deferred S2",
+                           "ws fused 128x128 deferred S2 pingpong",
                            NULL};
+
+/* The persistent variants' work counter (one int of device memory for the process; the bench
+ * runs one variant at a time on one device). NULL if it could not be allocated: the launch
+ * then fails with cudaErrorInvalidValue. */
+int *work_counter() {
+    static int *counter = NULL;
+    if (!counter && cudaMalloc(&counter, sizeof(int)) != cudaSuccess) counter = NULL;
+    return counter;
+}
 
 } // namespace
 
@@ -69,6 +86,7 @@ extern "C" int bench_fwd_variant(int v, const flash_attn_dims_t *d, const flash_
     p.out = out;
     p.lse = lse;
     DenseCausalPolicy pol = {d->T, d->exclude_self};
+    p.work_counter = work_counter();
     cudaError_t err;
     switch (v) {
     case 1: err = launch_fwd<FwdTiles<64, 128, 64, 4>>(p, pol, d->T, s); break;
@@ -82,6 +100,8 @@ extern "C" int bench_fwd_variant(int v, const flash_attn_dims_t *d, const flash_
     case 9: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 64, 4, true>>(p, pol, s); break;
     case 10: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3>, true>(p, pol, s, -1); break;
     case 11: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 64, 4>, true>(p, pol, s, -1); break;
+    case 12: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<3, 128, 2>>(p, pol, s); break;
+    case 13: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<3, 128, 3>>(p, pol, s); break;
     default: return -1;
     }
     return err == cudaSuccess ? 0 : -2;
@@ -109,6 +129,7 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
     p.dv = dv;
     set_backward_workspace(p, d, ws, 0);
     DenseCausalPolicy pol = {d->T, d->exclude_self};
+    p.work_counter = work_counter();
     const bool split = v >= 3; /* dQ in its own pass or fused: the preprocess zeroes nothing */
     typedef Sm90DqTiles<2, 2> OldDq;
     cudaError_t err = launch_bwd_preprocess<64>(p, !split, s);
@@ -161,6 +182,24 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
         break;
     case 14:
         err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 3, true>, true>(p, pol, s, -1);
+        break;
+    case 15:
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 3, true, true>>(p, pol, s);
+        break;
+    case 16:
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 3, true, true, true>>(p, pol, s);
+        break;
+    case 17:
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true, true, true>>(p, pol, s);
+        break;
+    case 18:
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true, false, false, 128>>(p, pol, s);
+        break;
+    case 19:
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true, true, false, 128>>(p, pol, s);
+        break;
+    case 20:
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true, true, true, 128>>(p, pol, s);
         break;
     default: return -1;
     }

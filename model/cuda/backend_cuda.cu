@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "attention/cuda/flash_attn.h"
 #include "model/cuda/gpt_cuda.h"
 #include "model/cuda/zero_cuda.h"
 
@@ -167,6 +168,10 @@ static backend_t *create(const gpt_config_t *cfg, int B, int T, const dist_t *di
                  dist->world, dist->world == 1 ? "" : "s");
     else
         snprintf(b->device, sizeof b->device, "cuda: %s (bf16)", prop.name);
+    /* the backward schedule and dense tile (checked here, at start-up) go into every log's header */
+    const size_t used = strlen(b->device);
+    snprintf(b->device + used, sizeof b->device - used, ", attention backward %s, dense query tile %d",
+             flash_attn_bwd_schedule(), flash_attn_bwd_query_tile());
     b->cfg = *cfg;
     c->g = gpt_cuda_create(cfg, B, T);
     if (dist) c->zero = zero_cuda_create(c->g, dist);

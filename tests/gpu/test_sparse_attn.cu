@@ -319,6 +319,13 @@ static void bench_sparse(const char *label, const attn_params_t *p, int shared_k
     attn_plan_cuda_free(&plan);
 }
 
+/* SPARSE_TEST_HOPPER_ONLY=1 leaves out the portable kernels (checks and timing rows): for runs
+ * that vary only the Hopper kernels, such as FLASH_BWD_SCHEDULE. */
+static int hopper_only(void) {
+    const char *v = getenv("SPARSE_TEST_HOPPER_ONLY");
+    return v && strcmp(v, "1") == 0;
+}
+
 static void run_timing(void) {
     bench_bufs_t x;
     const int B = 4, T = 16384, H = 12;
@@ -359,10 +366,11 @@ static void run_timing(void) {
     };
     /* The portable path (two rows for reference), then the Hopper path with one CTA per tile
      * (the default) and with persistent CTAs. */
-    for (int run = 0; run < 3; run++) {
+    for (int run = hopper_only(); run < 3; run++) {
         const int portable = run == 0;
         sparse_attn_force_portable(portable);
         if (!portable && strcmp(sparse_attn_path(64), "mma.sync") == 0) break;
+        if (run == 2 && flash_attn_bwd_query_tile() == 128) break; /* no persistent wide backward */
         sparse_attn_set_persistent(run == 1 ? 0 : -1);
         for (size_t c = 0; c < sizeof cfgs / sizeof cfgs[0]; c++) {
             if (portable && c != 0 && c != 3) continue;
@@ -403,10 +411,14 @@ int main(int argc, char **argv) {
      * one CTA per tile (the default), persistent CTAs as many as fit (on these small shapes
      * about one tile each), and 1 and 5 persistent CTAs, each walking many tiles. */
     const int hopper_grids[] = {0, -1, 1, 5};
-    for (int run = 0; run < 5 && !time_only; run++) {
+    for (int run = hopper_only(); run < 5 && !time_only; run++) {
         const int portable = run == 0;
         sparse_attn_force_portable(portable);
         if (!portable && strcmp(sparse_attn_path(64), "mma.sync") == 0) break;
+        if (run > 1 && flash_attn_bwd_query_tile() == 128) {
+            printf("=== persistent grids skipped: FLASH_BWD_QUERY_TILE=128 has no persistent backward\n");
+            break;
+        }
         if (!portable) sparse_attn_set_persistent(hopper_grids[run - 1]);
         printf("=== sparse kernels: %s", sparse_attn_path(64));
         if (!portable) printf(", grid %d (0 a CTA per tile, -1 persistent, n persistent with n CTAs)",

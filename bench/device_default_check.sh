@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One device call (~300 s) for the API defaults as built: the flash, model and sparse GPU tests,
+# the trainer's environment checks, the dense bench at T = 1k..16k with the previous defaults
+# beside the API (forward variant 8: ping-pong 2 wg BN128 S3; backward variant 11: lockstep
+# fused dQ), the sparse timing, and end to end at 16k x 2 and 8k x 4 (dense, hash nb=16)
+# against compiled PyTorch. Same carry and preparation as bench/device_ws_check.sh. Logs under
+# $OUT, tables last.
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
+W=/tmp/ws; mkdir -p $W && tar xJf carry/ws/tests.tar.xz -C $W
+export LD_LIBRARY_PATH=$PWD/carry/flash/lib:$PWD/carry/run/lib:${LD_LIBRARY_PATH:-}
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee $OUT/gpu.txt
+SKIP_GPU_SCRIPTS=1 GPU_TEST_TIMEOUT=30 bash tests/gpu/run_gpu.sh carry/flash/bin > $OUT/flash.log 2>&1
+echo "flash tests: $(tail -1 $OUT/flash.log)"; grep -iE "fail|mismatch" $OUT/flash.log | head -3
+timeout 60 $W/main/test_model_cuda > $OUT/model.log 2>&1; echo "model: rc $? $(tail -1 $OUT/model.log)"
+TRAIN=carry/run/train timeout 90 bash tests/gpu/test_attn_env.sh > $OUT/attn_env.log 2>&1; echo "env checks: rc $? $(tail -1 $OUT/attn_env.log)"
+timeout 90 $W/main/test_sparse_attn --time > $OUT/sparse.log 2>&1; echo "sparse: rc $? $(tail -1 $OUT/sparse.log) ($(el) s)"
+grep -iE "fail|mismatch" $OUT/sparse.log | head -3
+timeout 120 python3 bench/attention/bench_dense.py --lib carry/flash/libflash_bench.so --seqs 1024,4096,8192,16384 --variants \
+  --fwd-variants 8 --bwd-variants 11 --out $OUT/bench.jsonl > $OUT/bench.log 2>&1; echo "bench rc $? ($(el) s)"
+for run in 16384x2/dense 16384x2/hash_sparse:16 8192x4/dense 8192x4/hash_sparse:16; do
+  IFS=/ read c m <<< "$run"
+  timeout 25 carry/run/bench_step --seq ${c%x*} --batch ${c#*x} --steps 5 --warmup 2 --mode ${m%%:*} --buckets ${m#*:} \
+    --drop ${m#*:} >> $OUT/e2e.jsonl 2>> $OUT/e2e.err || echo "bench_step $run failed" >> $OUT/e2e.err
+done
+left=$(( ${TORCH_BY:-330} - $(el) )); echo "torch compile with $left s"
+[ $left -gt 30 ] && timeout $left python3 bench/e2e/torch_gpt.py --modes compile --configs 16384x2,8192x4 --steps 5 --warmup 2 >> $OUT/e2e.jsonl 2>> $OUT/e2e.err
+tail -2 $OUT/e2e.err
+echo "== tables ($(el) s)"
+grep -A7 "^| kernel" $OUT/sparse.log | grep -E "^\| kernel|sm90 cta/tile" | cut -c1-150
+python3 - $OUT/bench.jsonl $OUT/e2e.jsonl <<'PY'
+import json, sys
+for l in open(sys.argv[1]):
+    r = json.loads(l)
+    v = r.get("fwd_variants", {}); b = r.get("bwd_variants", {})
+    fv = list(v.values())[0]["ms"] if v else 0; bv = list(b.values())[0]["ms"] if b else 0
+    print("T %5d cudnn fwd %.3f fb %.3f | ours fwd %.3f (%.2fx) fb %.3f (%.2fx) bwd %.3f | old fwd %.3f old bwd %.3f (old fb %.2fx)"
+          % (r["T"], r["cudnn_fwd"], r["cudnn_fb"], r["ours_fwd"], r["cudnn_fwd"] / r["ours_fwd"], r["ours_fb"],
+             r["cudnn_fb"] / r["ours_fb"], r.get("ours_bwd_only", 0), fv, bv, r["cudnn_fb"] / (fv + bv) if fv else 0))
+rows = [json.loads(l) for l in open(sys.argv[2]) if l.startswith("{")]
+for r in rows:
+    ref = [x for x in rows if x["trainer"] == "torch-compile" and x["seq"] == r["seq"] and x["batch"] == r["batch"]]
+    mem = r.get("device_used_gib", r.get("peak_reserved_gib", ""))
+    print(f"{r['trainer']:<22}{r['seq']} x {r['batch']} {r['ms_per_step']:8.1f} ms {r['tokens_per_s']:9.0f} tok/s "
+          + (f"{r['tokens_per_s'] / ref[0]['tokens_per_s']:.2f}x" if ref else "") + f" mem {mem} GiB")
+PY
+echo "total $(el) s"
