@@ -4,7 +4,7 @@ in one process on one GPU, same inputs, same timer.
 
 Usage (on the GPU machine):
   python3 bench/attention/bench_dense.py --lib carry/libflash_bench.so [--seqs 1024,4096,...]
-      [--tokens 65536] [--heads 12] [--dim 64] [--variants] [--out results.json]
+      [--tokens 65536] [--heads 12] [--dim 64] [--variants [--rounds N]] [--out results.json]
 
 The library is attention/cuda/flash_attn.cu + bench/attention/flash_variants.cu built as one
 shared object (see attention/cuda/NOTES.md for the command). Inputs are [B][T][H][D] bf16
@@ -85,7 +85,7 @@ def torch_sdpa(backend, q, k, v, dout, with_grad):
         return o, torch.autograd.grad(o, (q, k, v), dout.transpose(1, 2))
 
 
-def bench_one(lib, T, tokens, H, D, variants, log, only=None):
+def bench_one(lib, T, tokens, H, D, variants, log, only=None, rounds=1):
     B = max(1, tokens // T)
     gen = torch.Generator(device="cuda").manual_seed(T)
     mk = lambda: torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -121,6 +121,7 @@ def bench_one(lib, T, tokens, H, D, variants, log, only=None):
     row["ours_fb_tflops"] = 3.5 * flops_fwd / row["ours_fb"] / 1e9
     if variants and D == 64:
         row["fwd_variants"], row["bwd_variants"] = {}, {}
+        timers = []  # (key, name, vi, timing function), in variant order
         for is_fwd, key in ((1, "fwd_variants"), (0, "bwd_variants")):
             vi = 1
             while lib.bench_variant_name(is_fwd, vi):
@@ -132,17 +133,29 @@ def bench_one(lib, T, tokens, H, D, variants, log, only=None):
                     ours.fwd(q, k, v, out, vi)
                     torch.cuda.synchronize()
                     err = rel(out, torch_sdpa(SDPBackend.CUDNN_ATTENTION, q, k, v, dout, False).transpose(1, 2))
-                    t = median_ms(lambda: ours.fwd(q, k, v, out, vi))
+                    run = lambda vi=vi: ours.fwd(q, k, v, out, vi)
                 else:
                     ours.fwd(q, k, v, out)
                     ours.bwd(q, k, v, out, dout, dq, dk, dv, variant=vi)
                     torch.cuda.synchronize()
                     _, refs = torch_sdpa(SDPBackend.CUDNN_ATTENTION, qg, kg, vg, dout, True)
                     err = max(rel(dq, refs[0]), rel(dk, refs[1]), rel(dv, refs[2]))
-                    t = median_ms(lambda: ours.bwd(q, k, v, out, dout, dq, dk, dv, variant=vi))
-                row[key][name] = {"ms": t, "err": err}
-                print(f"T {T} {'fwd' if is_fwd else 'bwd'} variant {vi} {name}: {t:.3f} ms err {err:.2e}", flush=True)
+                    run = lambda vi=vi: ours.bwd(q, k, v, out, dout, dq, dk, dv, variant=vi)
+                row[key][name] = {"err": err, "runs": []}
+                timers.append((key, name, vi, run))
                 vi += 1
+        # Rounds: every variant once per round, each round starting one variant later, so that
+        # a slot's drift (clocks, heat) spreads over all variants; ms = median over the rounds.
+        for rnd in range(rounds):
+            for j in range(len(timers)):
+                key, name, vi, run = timers[(j + rnd) % len(timers)]
+                row[key][name]["runs"].append(median_ms(run))
+        for key, name, vi, run in timers:
+            m = row[key][name]
+            m["ms"] = sorted(m["runs"])[len(m["runs"]) // 2]
+            spread = f" (rounds {min(m['runs']):.3f}-{max(m['runs']):.3f})" if rounds > 1 else ""
+            print(f"T {T} {'fwd' if key == 'fwd_variants' else 'bwd'} variant {vi} {name}: {m['ms']:.3f} ms"
+                  f"{spread} err {m['err']:.2e}", flush=True)
         row["ours_bwd_only"] = median_ms(lambda: ours.bwd(q, k, v, out, dout, dq, dk, dv))
     log.write(json.dumps(row) + "\n")
     log.flush()
@@ -160,6 +173,8 @@ def main():
     ap.add_argument("--variants", action="store_true")
     ap.add_argument("--fwd-variants", default="", help="with --variants: only these forward variants (e.g. 4,8)")
     ap.add_argument("--bwd-variants", default="", help="with --variants: only these backward variants")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="with --variants: time the variants this many times, interleaved (median)")
     ap.add_argument("--out", default="bench_dense.jsonl")
     args = ap.parse_args()
 
@@ -180,7 +195,7 @@ def main():
     rows = []
     with open(args.out, "w") as log:
         for T in (int(s) for s in args.seqs.split(",")):
-            rows.append(bench_one(lib, T, args.tokens, args.heads, args.dim, args.variants, log, only))
+            rows.append(bench_one(lib, T, args.tokens, args.heads, args.dim, args.variants, log, only, args.rounds))
     for r in rows:
         for key in ("fwd_variants", "bwd_variants"):
             for name, m in r.get(key, {}).items():
