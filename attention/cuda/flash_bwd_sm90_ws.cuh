@@ -19,6 +19,8 @@
 
 #include <math.h>
 
+#include <type_traits>
+
 #include "attention/cuda/flash_bwd.cuh"
 #include "attention/cuda/flash_bwd_sm90.cuh"
 #include "attention/cuda/flash_ws.cuh"
@@ -43,10 +45,15 @@ namespace flash {
  * dS^T buffers and no persistent instance. dS^T is kept as BM / 64 swizzled [BN][64] sub-tiles
  * (a 128-byte swizzle row), and sub-tile w is warpgroup w's A operand. */
 template <int NWG_, int STAGES_ = 2, bool FUSED_DQ_ = false, bool DEFER_DQ_ = false, bool PINGPONG_ = false,
-          int BM_ = 64>
+          int BM_ = 64, bool LEAN_ = false>
 struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
     static constexpr int D = 64, NWG = NWG_, BN = 64 * NWG_, BM = BM_, STAGES = STAGES_, MIN_BLOCKS = 1;
     static constexpr bool FUSED_DQ = FUSED_DQ_, DEFER_DQ = DEFER_DQ_, PINGPONG = PINGPONG_;
+    /* LEAN (an experiment, bench variants 21-22; attention/cuda/NOTES.md v8): fewer instructions
+     * per tile: lse and delta read as float2 pairs (a thread's columns 2tq, 2tq + 1 are
+     * adjacent), and the per-element mask only on masked tiles, behind a uniform branch, in
+     * every schedule. */
+    static constexpr bool LEAN = LEAN_;
     static_assert(!FUSED_DQ_ || NWG_ == 2, "the fused dQ splits its block over two warpgroups");
     static_assert(!DEFER_DQ_ || FUSED_DQ_, "only the fused dQ can be deferred");
     static_assert(!PINGPONG_ || DEFER_DQ_, "ping-pong turns need the deferred dQ (no barrier between the turns)");
@@ -342,7 +349,40 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             pass_turn();
 
             const bool masked = !m.full;
-            if constexpr (DEFER) {
+            if constexpr (Cfg::LEAN) {
+                /* P^T (and, once dP^T is in, dS^T) of this tile, with or without the mask: two
+                 * copies of the loop behind one uniform branch. */
+                auto exps = [&](auto with_mask) {
+                    constexpr bool MASK = decltype(with_mask)::value;
+#pragma unroll
+                    for (int nq = 0; nq < NQ; nq++) {
+                        const float2 l = *reinterpret_cast<const float2 *>(tLse + nq * 8 + 2 * tq);
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
+                            float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -((e & 1) ? l.y : l.x)));
+                            if constexpr (MASK) {
+                                const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) &
+                                                pol.allowed(tQinfo[col], kinfo[hf]);
+                                pe = ok ? pe : 0.f;
+                            }
+                            st[4 * nq + e] = pe;
+                        }
+                    }
+                };
+                wgmma_wait<DEFER ? 1 : 0>();
+                fence_regs(st);
+                if (masked) exps(std::true_type{});
+                else exps(std::false_type{});
+                if (DEFER) wgmma_wait<0>();
+                fence_regs(dpt);
+#pragma unroll
+                for (int nq = 0; nq < NQ; nq++) {
+                    const float2 dl = *reinterpret_cast<const float2 *>(tDelta + nq * 8 + 2 * tq);
+#pragma unroll
+                    for (int e = 0; e < 4; e++) dpt[4 * nq + e] = st[4 * nq + e] * (dpt[4 * nq + e] - ((e & 1) ? dl.y : dl.x));
+                }
+            } else if constexpr (DEFER) {
                 wgmma_wait<1>();
                 fence_regs(st);
                 if (masked) { /* a uniform branch: most tiles skip the per-element mask */

@@ -51,6 +51,8 @@ const char *bwd_names[] = {"api",
                            "ws fused 128x128 lockstep S2",
                            "ws fused 128x128 deferred S2",
                            "ws fused 128x128 deferred S2 pingpong",
+                           "ws fused dQ S3 lockstep, lean",
+                           "ws fused deferred dQ S3, lean",
                            NULL};
 
 /* The persistent variants' work counter (one int of device memory for the process; the bench
@@ -200,6 +202,12 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
         break;
     case 20:
         err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true, true, true, 128>>(p, pol, s);
+        break;
+    case 21:
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 3, true, false, false, 64, true>>(p, pol, s);
+        break;
+    case 22:
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 3, true, true, false, 64, true>>(p, pol, s);
         break;
     default: return -1;
     }
