@@ -51,8 +51,8 @@ struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
     static constexpr bool FUSED_DQ = FUSED_DQ_, DEFER_DQ = DEFER_DQ_, PINGPONG = PINGPONG_;
     /* LEAN (an experiment, bench variants 21-22; attention/cuda/NOTES.md v8): fewer instructions
      * per tile: lse and delta read as float2 pairs (a thread's columns 2tq, 2tq + 1 are
-     * adjacent), and the per-element mask only on masked tiles, behind a uniform branch, in
-     * every schedule. */
+     * adjacent), the per-element mask only on masked tiles, behind a uniform branch, in every
+     * schedule, and a warp-uniform warpgroup index (uniform-datapath descriptors). */
     static constexpr bool LEAN = LEAN_;
     static_assert(!FUSED_DQ_ || NWG_ == 2, "the fused dQ splits its block over two warpgroups");
     static_assert(!DEFER_DQ_ || FUSED_DQ_, "only the fused dQ can be deferred");
@@ -157,7 +157,11 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     const DsRing<Cfg::DS_BUFS> ds_ring{smem_addr(sItem) + 16u}; /* deferred dQ only */
 
     const int BH = p.B * p.H, n_kt = (p.T + BN - 1) / BN, n_work = BH * n_kt;
-    const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
+    const int tid = threadIdx.x, lane = tid % 32;
+    /* LEAN: the warpgroup index read through a shuffle from lane 0 is provably warp-uniform, so
+     * the addresses and wgmma descriptors derived from it can live in uniform registers
+     * (otherwise each descriptor is built per thread and moved over with R2UR). */
+    const int wg = Cfg::LEAN ? __shfl_sync(0xffffffffu, tid / 128, 0) : tid / 128;
 
     if (Cfg::DEFER_DQ && tid == 0) ds_ring.init(); /* before ws_setup's __syncthreads */
     ws_setup(ring, kv_op, Cfg::CONSUMERS);
