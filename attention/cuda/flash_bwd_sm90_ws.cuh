@@ -52,7 +52,8 @@ struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
     /* LEAN (an experiment, bench variants 21-22; attention/cuda/NOTES.md v8): fewer instructions
      * per tile: lse and delta read as float2 pairs (a thread's columns 2tq, 2tq + 1 are
      * adjacent), the per-element mask only on masked tiles, behind a uniform branch, in every
-     * schedule, and a warp-uniform warpgroup index (uniform-datapath descriptors). */
+     * schedule, a warp-uniform warpgroup index (uniform-datapath descriptors), and dS^T stored
+     * with stmatrix (4 instructions a tile instead of 16 stores). */
     static constexpr bool LEAN = LEAN_;
     static_assert(!FUSED_DQ_ || NWG_ == 2, "the fused dQ splits its block over two warpgroups");
     static_assert(!DEFER_DQ_ || FUSED_DQ_, "only the fused dQ can be deferred");
@@ -446,14 +447,27 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
                  * then both warpgroups meet, and this tile's dQ follows. */
                 const int buf = DEFER ? ds_ring.wait_free(i) : (i & 1);
                 bf16 *ds = sDS + buf * BN * BM;
+                if constexpr (Cfg::LEAN) {
+                    /* k-block kq's four 8 x 8 matrices in one stmatrix: matrix j = da[4kq + j] is
+                     * key rows + 8 (j & 1), queries 16kq + 8 (j >> 1); lane t addresses row t % 8
+                     * of matrix t / 8, one 16-byte chunk of a swizzled dS^T row. */
+                    const int mrow = warp_row + (lane & 7) + 8 * ((lane >> 3) & 1);
 #pragma unroll
-                for (int kq = 0; kq < BM / 16; kq++)
-#pragma unroll
-                    for (int r = 0; r < 4; r++) {
-                        const int row = warp_row + g + 8 * (r & 1), col = 16 * kq + 8 * (r >> 1) + 2 * tq;
-                        *reinterpret_cast<uint32_t *>(ds + (col / 64) * BN * 64 + SwizzledTile<64>::offset_col(row, col % 64)) =
-                            da[4 * kq + r];
+                    for (int kq = 0; kq < BM / 16; kq++) {
+                        const int chunk = 2 * kq + (lane >> 4);
+                        stmatrix_x4(smem_addr(ds + (chunk / 8) * BN * 64 + SwizzledTile<64>::offset(mrow, chunk % 8)),
+                                    &da[4 * kq]);
                     }
+                } else {
+#pragma unroll
+                    for (int kq = 0; kq < BM / 16; kq++)
+#pragma unroll
+                        for (int r = 0; r < 4; r++) {
+                            const int row = warp_row + g + 8 * (r & 1), col = 16 * kq + 8 * (r >> 1) + 2 * tq;
+                            *reinterpret_cast<uint32_t *>(ds + (col / 64) * BN * 64 +
+                                                          SwizzledTile<64>::offset_col(row, col % 64)) = da[4 * kq + r];
+                        }
+                }
                 if (DEFER) {
                     ds_ring.publish(i);
                     if (i > first) ds_ring.acquire(i - 1);

@@ -42,6 +42,14 @@ template <int N> __device__ __forceinline__ void fence_regs_u32(uint32_t (&r)[N]
 #pragma unroll
     for (int i = 0; i < N; i++) asm volatile("" : "+r"(r[i])::"memory");
 }
+/* Stores four 8 x 8 bf16 matrices (the inverse of ldmatrix.x4): lane t gives the shared address
+ * of row t % 8 of matrix t / 8 (16 bytes), and register j holds matrix j's elements (row
+ * lane / 4, columns 2 (lane % 4), +1): an mma A fragment's layout. */
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, const uint32_t r[4]) {
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r[0]), "r"(r[1]),
+                 "r"(r[2]), "r"(r[3])
+                 : "memory");
+}
 /* x, which the compiler may no longer treat as loop-invariant: values derived from it in a loop
  * (wgmma descriptors) are recomputed each time instead of held in registers across it. */
 __device__ __forceinline__ uint32_t opaque_u32(uint32_t x) {
