@@ -59,8 +59,9 @@ struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
     static_assert(!DEFER_DQ_ || FUSED_DQ_, "only the fused dQ can be deferred");
     static_assert(!PINGPONG_ || DEFER_DQ_, "ping-pong turns need the deferred dQ (no barrier between the turns)");
     static_assert(BM_ == 64 || BM_ == 128, "64 or 128 queries a tile");
-    /* The wide tile's consumers need 240 registers (S^T, dP^T, dK, dV: 192 a thread; at 224
-     * ptxas spilled ~460 bytes), so its producer gets the least, 24. */
+    /* The wide tile's consumers hold S^T, dP^T, dK and dV (192 registers a thread): its producer
+     * gets 40, its consumers 232 (ptxas: 48 bytes spilled in all; a 24-register producer left the
+     * consumers 240 but spilled ~140 bytes itself, 56 left them 224 and ~130 bytes spilled). */
     typedef WsShape<NWG_, 1> Shape;
     template <bool PERSISTENT>
     using Regs = typename Shape::template Split<BM_ == 128 ? 40 : Shape::template Regs<PERSISTENT>::PRODUCER>;
