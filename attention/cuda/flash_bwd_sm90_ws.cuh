@@ -170,7 +170,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
         ws_producer_regs<Cfg, PERSISTENT>();
-        int ptid = tid - Cfg::CONSUMERS; /* taken afresh per tile, as the consumers' lanes are */
+        int ptid = tid - Cfg::CONSUMERS; /* the wide tile takes it afresh per tile, as the consumers' lanes */
         int item = 0, first = 0; /* the CTA's items so far, ring items so far */
         for (int w = blockIdx.x; w < n_work;) {
             int bh;
@@ -232,7 +232,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     /* Not const: the wide tile takes them afresh each tile (opaque_u32), so that ptxas recomputes
      * the shared memory addresses derived from them (dS^T and dQ staging stores, 2-3 instructions
      * each) instead of holding dozens across the tile loop: those held addresses made it spill
-     * (248 bytes at 240 registers; 64-88 bytes are left). */
+     * (248 bytes at 240 registers; 48 are left with the register split and dQ order below). */
     int g = lane / 4, tq = lane % 4, wtid = tid % 128;
     int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first key row (in tile) of this warp */
     const float sl2 = p.scale_log2;
