@@ -355,14 +355,20 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             pass_turn();
 
             const bool masked = !m.full;
-            if constexpr (Cfg::LEAN) {
-                /* P^T (and, once dP^T is in, dS^T) of this tile, with or without the mask: two
-                 * copies of the loop behind one uniform branch. */
+            if constexpr (DEFER || Cfg::LEAN) {
+                /* lse and delta of the thread's column pair nq (columns 8nq + 2tq, +1): LEAN reads
+                 * each pair as one float2 */
+                auto pair = [&](const float *t, int nq) {
+                    if constexpr (Cfg::LEAN) return *reinterpret_cast<const float2 *>(t + nq * 8 + 2 * tq);
+                    else return make_float2(t[nq * 8 + 2 * tq], t[nq * 8 + 2 * tq + 1]);
+                };
+                /* P^T of this tile, with or without the mask: two copies of the loop behind one
+                 * uniform branch, so that most tiles skip the per-element mask */
                 auto exps = [&](auto with_mask) {
                     constexpr bool MASK = decltype(with_mask)::value;
 #pragma unroll
                     for (int nq = 0; nq < NQ; nq++) {
-                        const float2 l = *reinterpret_cast<const float2 *>(tLse + nq * 8 + 2 * tq);
+                        const float2 l = pair(tLse, nq);
 #pragma unroll
                         for (int e = 0; e < 4; e++) {
                             const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
@@ -376,7 +382,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
                         }
                     }
                 };
-                wgmma_wait<DEFER ? 1 : 0>();
+                wgmma_wait<DEFER ? 1 : 0>(); /* deferred: the exponentials run while dP^T does */
                 fence_regs(st);
                 if (masked) exps(std::true_type{});
                 else exps(std::false_type{});
@@ -384,35 +390,10 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
                 fence_regs(dpt);
 #pragma unroll
                 for (int nq = 0; nq < NQ; nq++) {
-                    const float2 dl = *reinterpret_cast<const float2 *>(tDelta + nq * 8 + 2 * tq);
+                    const float2 dl = pair(tDelta, nq);
 #pragma unroll
                     for (int e = 0; e < 4; e++) dpt[4 * nq + e] = st[4 * nq + e] * (dpt[4 * nq + e] - ((e & 1) ? dl.y : dl.x));
                 }
-            } else if constexpr (DEFER) {
-                wgmma_wait<1>();
-                fence_regs(st);
-                if (masked) { /* a uniform branch: most tiles skip the per-element mask */
-#pragma unroll
-                    for (int nq = 0; nq < NQ; nq++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) {
-                            const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
-                            const float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[col]));
-                            const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) &
-                                            pol.allowed(tQinfo[col], kinfo[hf]);
-                            st[4 * nq + e] = ok ? pe : 0.f;
-                        }
-                } else {
-#pragma unroll
-                    for (int nq = 0; nq < NQ; nq++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++)
-                            st[4 * nq + e] = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[nq * 8 + 2 * tq + (e & 1)]));
-                }
-                wgmma_wait<0>();
-                fence_regs(dpt);
-#pragma unroll
-                for (int j = 0; j < BM / 2; j++) dpt[j] = st[j] * (dpt[j] - tDelta[(j / 4) * 8 + 2 * tq + (j & 1)]);
             } else {
                 wgmma_wait<0>();
                 fence_regs(st);
@@ -477,6 +458,17 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
                     named_barrier(1, Cfg::CONSUMERS); /* both warpgroups' dS^T rows are in place */
                 }
             }
+            /* dV += P^T dO and dK += dS^T Q, P^T and dS^T from registers, dO and Q read N-major */
+            auto issue_dv = [&]() {
+#pragma unroll
+                for (int kq = 0; kq < BM / 16; kq++)
+                    wgmma_m64n64k16_rs<1>(dv, &pa[4 * kq], desc_sw128(dos_addr + kq * 16 * RB), 1);
+            };
+            auto issue_dk = [&]() {
+#pragma unroll
+                for (int kq = 0; kq < BM / 16; kq++)
+                    wgmma_m64n64k16_rs<1>(dk, &da[4 * kq], desc_sw128(qs_addr + kq * 16 * RB), 1);
+            };
             if constexpr (STAGED) {
                 /* The wide lockstep tile (FA3's order): dV, dQ, then dK, each waited for in turn,
                  * so that P^T's registers are free before dK and dQ's block is staged while dK
@@ -484,18 +476,14 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
                  * meet spilled 92). */
                 float dq[DQ_REGS];
                 wgmma_fence();
-#pragma unroll
-                for (int kq = 0; kq < BM / 16; kq++)
-                    wgmma_m64n64k16_rs<1>(dv, &pa[4 * kq], desc_sw128(dos_addr + kq * 16 * RB), 1);
+                issue_dv();
                 wgmma_commit();
                 issue_dq(dq, i & 1, k_now);
                 wgmma_commit();
                 wgmma_wait<1>();
                 fence_regs(dv);
                 fence_regs_u32(pa);
-#pragma unroll
-                for (int kq = 0; kq < BM / 16; kq++)
-                    wgmma_m64n64k16_rs<1>(dk, &da[4 * kq], desc_sw128(qs_addr + kq * 16 * RB), 1);
+                issue_dk();
                 wgmma_commit();
                 wgmma_wait<1>();
                 fence_regs(dq);
@@ -508,12 +496,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             }
             take_turn();
             wgmma_fence();
-#pragma unroll
-            for (int kq = 0; kq < BM / 16; kq++)
-                wgmma_m64n64k16_rs<1>(dv, &pa[4 * kq], desc_sw128(dos_addr + kq * 16 * RB), 1);
-#pragma unroll
-            for (int kq = 0; kq < BM / 16; kq++)
-                wgmma_m64n64k16_rs<1>(dk, &da[4 * kq], desc_sw128(qs_addr + kq * 16 * RB), 1);
+            issue_dv();
+            issue_dk();
             float dq[DQ_REGS];
             const bool dq_now = Cfg::FUSED_DQ && (!DEFER || i > first);
             if (dq_now) issue_dq(dq, DEFER ? (i - 1) % Cfg::DS_BUFS : (i & 1), k_now);
