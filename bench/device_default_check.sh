@@ -6,11 +6,7 @@
 # against compiled PyTorch. Same carry and preparation as bench/device_ws_check.sh. Logs under
 # $OUT, tables last.
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p $OUT
-T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
-W=/tmp/ws; mkdir -p $W && tar xJf carry/ws/tests.tar.xz -C $W
-export LD_LIBRARY_PATH=$PWD/carry/flash/lib:$PWD/carry/run/lib:${LD_LIBRARY_PATH:-}
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee $OUT/gpu.txt
+. bench/device_env.sh
 SKIP_GPU_SCRIPTS=1 GPU_TEST_TIMEOUT=30 bash tests/gpu/run_gpu.sh carry/flash/bin > $OUT/flash.log 2>&1
 echo "flash tests: $(tail -1 $OUT/flash.log)"; grep -iE "fail|mismatch" $OUT/flash.log | head -3
 timeout 60 $W/main/test_model_cuda > $OUT/model.log 2>&1; echo "model: rc $? $(tail -1 $OUT/model.log)"

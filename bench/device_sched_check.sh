@@ -5,11 +5,7 @@
 # (Hopper kernels only for the new ones), end to end at 16k x 2 against compiled PyTorch. Same
 # carry and preparation as bench/device_ws_check.sh. Logs under $OUT.
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p $OUT
-T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
-W=/tmp/ws; mkdir -p $W && tar xJf carry/ws/tests.tar.xz -C $W
-export LD_LIBRARY_PATH=$PWD/carry/flash/lib:$PWD/carry/run/lib:${LD_LIBRARY_PATH:-}
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee $OUT/gpu.txt
+. bench/device_env.sh
 SCH="lockstep deferred pingpong"
 for sch in $SCH; do
   FLASH_BWD_SCHEDULE=$sch SKIP_GPU_SCRIPTS=1 GPU_TEST_TIMEOUT=60 bash tests/gpu/run_gpu.sh carry/flash/bin > $OUT/flash_$sch.log 2>&1

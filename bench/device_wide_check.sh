@@ -7,11 +7,7 @@
 # schedule. Same carry and preparation as bench/device_ws_check.sh. Logs under $OUT; the most
 # important parts first, each bounded.
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p $OUT
-T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
-W=/tmp/ws; mkdir -p $W && tar xJf carry/ws/tests.tar.xz -C $W
-export LD_LIBRARY_PATH=$PWD/carry/flash/lib:$PWD/carry/run/lib:${LD_LIBRARY_PATH:-}
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee $OUT/gpu.txt
+. bench/device_env.sh
 
 # PARTS="1 2" (default): 1 = tests, spills and the bench (~200 s), 2 = end to end and sparse
 # (~300 s); two calls on a warm machine lose less when one is taken back mid-run.

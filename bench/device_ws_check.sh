@@ -11,11 +11,7 @@
 # then run(carry = [carry/flash/bin, carry/flash/libflash_bench.so, carry/flash/lib, carry/ws,
 # carry/run]) with `bash bench/device_ws_check.sh`.
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p $OUT
-T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
-W=/tmp/ws; mkdir -p $W && tar xJf carry/ws/tests.tar.xz -C $W
-export LD_LIBRARY_PATH=$PWD/carry/flash/lib:$PWD/carry/run/lib:${LD_LIBRARY_PATH:-}
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee $OUT/gpu.txt
+. bench/device_env.sh
 echo "== flash tests ($(el) s)"; SKIP_GPU_SCRIPTS=1 GPU_TEST_TIMEOUT=60 bash tests/gpu/run_gpu.sh carry/flash/bin > $OUT/flash_tests.log 2>&1; tail -1 $OUT/flash_tests.log
 ok=$(tail -1 $OUT/flash_tests.log | grep -c "^[1-9][0-9]* passed, 0 failed")
 grep -iE "fail|mismatch" $OUT/flash_tests.log | head -8
