@@ -201,8 +201,9 @@ __device__ __forceinline__ void producer_copy_rows(uint32_t tile_addr, const bf1
 /* The producer loop of the kernels that stream key tiles (forward, dQ): for each live key
  * tile of query tile qt, K and V rows into the stage of ring item first + i (BN rows each, V
  * right after K), the keys' mask info and the tile's WsTileMeta. The caller waits for its
- * copies (cp_async_wait) before the CTA ends. */
-template <int BM, int BN, int ST, bool LEAN = false, class Policy>
+ * copies (cp_async_wait) before the CTA ends. FRESH_LANE (a producer of 24 registers): the lane
+ * is taken afresh per tile (opaque_u32) so that the copy addresses are recomputed, not held. */
+template <int BM, int BN, int ST, bool FRESH_LANE = false, class Policy>
 __device__ __forceinline__ void produce_key_tiles(const StageRing<ST> &ring, const FlashParams &p, const Policy &pol,
                                                   int bh, int qt, int n_tiles, int first, uint32_t kv_addr,
                                                   typename Policy::RowInfo *sKinfo, WsTileMeta *sMeta, int ptid) {
@@ -212,7 +213,7 @@ __device__ __forceinline__ void produce_key_tiles(const StageRing<ST> &ring, con
     const bf16 *k_base = head_base(p.k, p.k_stride, b, p.T, h, D);
     const bf16 *v_base = head_base(p.v, p.v_stride, b, p.T, h, D);
     for (int i = 0; i < n_tiles; i++) {
-        if (LEAN) ptid = (int)sm90::opaque_u32((uint32_t)ptid); /* addresses recomputed per tile, not held */
+        if (FRESH_LANE) ptid = (int)sm90::opaque_u32((uint32_t)ptid); /* addresses recomputed per tile, not held */
         const int kt = pol.key_tile(bh, qt, i, BM, BN), k0 = kt * BN, n_valid = k_len - k0;
         const RowInfo info = ptid < BN && ptid < n_valid ? pol.k_info(bh, k0 + ptid) : RowInfo{};
         const bool full = k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
