@@ -21,8 +21,10 @@ prof() { # name, seconds, kernel regex, command...
     xz -T4 $P/$name.sass.csv; rm -f $P/$name.ncu-rep
 }
 B=carry/run/bench_step
-prof bwd_dense 90 'flash_bwd_dkdv_sm90_ws_kernel' $B --seq 8192 --batch 4 --steps 1 --warmup 0 --mode dense
-prof fwd_dense 90 'flash_fwd_sm90_ws_kernel' $B --seq 8192 --batch 4 --steps 1 --warmup 0 --mode dense
-prof bwd_hash 90 'flash_bwd_dkdv_sm90_ws_kernel' $B --seq 8192 --batch 4 --steps 1 --warmup 0 --mode hash_sparse --buckets 16
-LC=2 prof centre 60 'centre_' $W/main/test_plan_cuda
+# PROFS picks some of them (default all): PROFS="bwd_dense fwd_dense" bash bench/device_prof_ws.sh
+want() { case " ${PROFS:-bwd_dense fwd_dense bwd_hash centre} " in *" $1 "*) return 0;; esac; return 1; }
+want bwd_dense && prof bwd_dense 90 'flash_bwd_dkdv_sm90_ws_kernel' $B --seq 8192 --batch 4 --steps 1 --warmup 0 --mode dense
+want fwd_dense && prof fwd_dense 90 'flash_fwd_sm90_ws_kernel' $B --seq 8192 --batch 4 --steps 1 --warmup 0 --mode dense
+want bwd_hash && prof bwd_hash 90 'flash_bwd_dkdv_sm90_ws_kernel' $B --seq 8192 --batch 4 --steps 1 --warmup 0 --mode hash_sparse --buckets 16
+want centre && LC=2 prof centre 60 'centre_' $W/main/test_plan_cuda
 ls -la $P

@@ -45,16 +45,15 @@ namespace flash {
  * dS^T buffers and no persistent instance. dS^T is kept as BM / 64 swizzled [BN][64] sub-tiles
  * (a 128-byte swizzle row), and sub-tile w is warpgroup w's A operand. */
 template <int NWG_, int STAGES_ = 2, bool FUSED_DQ_ = false, bool DEFER_DQ_ = false, bool PINGPONG_ = false,
-          int BM_ = 64, bool LEAN_ = false>
+          int BM_ = 64>
 struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
     static constexpr int D = 64, NWG = NWG_, BN = 64 * NWG_, BM = BM_, STAGES = STAGES_, MIN_BLOCKS = 1;
     static constexpr bool FUSED_DQ = FUSED_DQ_, DEFER_DQ = DEFER_DQ_, PINGPONG = PINGPONG_;
-    /* LEAN (an experiment, bench variants 21-22; attention/cuda/NOTES.md v8): fewer instructions
-     * per tile: lse and delta read as float2 pairs (a thread's columns 2tq, 2tq + 1 are
-     * adjacent), the per-element mask only on masked tiles, behind a uniform branch, in every
-     * schedule, a warp-uniform warpgroup index (uniform-datapath descriptors), and dS^T stored
-     * with stmatrix (4 instructions a tile instead of 16 stores). */
-    static constexpr bool LEAN = LEAN_;
+    /* Instructions a tile are the bound (attention/cuda/NOTES.md v8-v9): lse and delta are read
+     * as float2 pairs (a thread's columns 2tq, 2tq + 1 are adjacent), the per-element mask runs
+     * only on masked tiles, behind a uniform branch, the warpgroup index is warp-uniform
+     * (uniform-datapath descriptors), and dS^T is stored with stmatrix (4 instructions a tile
+     * instead of 16 stores). */
     static_assert(!FUSED_DQ_ || NWG_ == 2, "the fused dQ splits its block over two warpgroups");
     static_assert(!DEFER_DQ_ || FUSED_DQ_, "only the fused dQ can be deferred");
     static_assert(!PINGPONG_ || DEFER_DQ_, "ping-pong turns need the deferred dQ (no barrier between the turns)");
@@ -160,10 +159,10 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
 
     const int BH = p.B * p.H, n_kt = (p.T + BN - 1) / BN, n_work = BH * n_kt;
     const int tid = threadIdx.x, lane = tid % 32;
-    /* LEAN: the warpgroup index read through a shuffle from lane 0 is provably warp-uniform, so
-     * the addresses and wgmma descriptors derived from it can live in uniform registers
-     * (otherwise each descriptor is built per thread and moved over with R2UR). */
-    const int wg = Cfg::LEAN ? __shfl_sync(0xffffffffu, tid / 128, 0) : tid / 128;
+    /* The warpgroup index read through a shuffle from lane 0 is provably warp-uniform, so the
+     * addresses and wgmma descriptors derived from it can live in uniform registers (otherwise
+     * each descriptor is built per thread and moved over with R2UR). */
+    const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
 
     if (Cfg::DEFER_DQ && tid == 0) ds_ring.init(); /* before ws_setup's __syncthreads */
     ws_setup(ring, kv_op, Cfg::CONSUMERS);
@@ -355,62 +354,39 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             pass_turn();
 
             const bool masked = !m.full;
-            if constexpr (DEFER || Cfg::LEAN) {
-                /* lse and delta of the thread's column pair nq (columns 8nq + 2tq, +1): LEAN reads
-                 * each pair as one float2 */
-                auto pair = [&](const float *t, int nq) {
-                    if constexpr (Cfg::LEAN) return *reinterpret_cast<const float2 *>(t + nq * 8 + 2 * tq);
-                    else return make_float2(t[nq * 8 + 2 * tq], t[nq * 8 + 2 * tq + 1]);
-                };
-                /* P^T of this tile, with or without the mask: two copies of the loop behind one
-                 * uniform branch, so that most tiles skip the per-element mask */
-                auto exps = [&](auto with_mask) {
-                    constexpr bool MASK = decltype(with_mask)::value;
-#pragma unroll
-                    for (int nq = 0; nq < NQ; nq++) {
-                        const float2 l = pair(tLse, nq);
-#pragma unroll
-                        for (int e = 0; e < 4; e++) {
-                            const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
-                            float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -((e & 1) ? l.y : l.x)));
-                            if constexpr (MASK) {
-                                const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) &
-                                                pol.allowed(tQinfo[col], kinfo[hf]);
-                                pe = ok ? pe : 0.f;
-                            }
-                            st[4 * nq + e] = pe;
-                        }
-                    }
-                };
-                wgmma_wait<DEFER ? 1 : 0>(); /* deferred: the exponentials run while dP^T does */
-                fence_regs(st);
-                if (masked) exps(std::true_type{});
-                else exps(std::false_type{});
-                if (DEFER) wgmma_wait<0>();
-                fence_regs(dpt);
+            /* lse and delta of the thread's column pair nq (columns 8nq + 2tq, +1), one float2 */
+            auto pair = [&](const float *t, int nq) { return *reinterpret_cast<const float2 *>(t + nq * 8 + 2 * tq); };
+            /* P^T of this tile, with or without the mask: two copies of the loop behind one
+             * uniform branch, so that most tiles skip the per-element mask */
+            auto exps = [&](auto with_mask) {
+                constexpr bool MASK = decltype(with_mask)::value;
 #pragma unroll
                 for (int nq = 0; nq < NQ; nq++) {
-                    const float2 dl = pair(tDelta, nq);
-#pragma unroll
-                    for (int e = 0; e < 4; e++) dpt[4 * nq + e] = st[4 * nq + e] * (dpt[4 * nq + e] - ((e & 1) ? dl.y : dl.x));
-                }
-            } else {
-                wgmma_wait<0>();
-                fence_regs(st);
-                fence_regs(dpt);
-#pragma unroll
-                for (int nq = 0; nq < NQ; nq++)
+                    const float2 l = pair(tLse, nq);
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
                         const int col = nq * 8 + 2 * tq + (e & 1), hf = e >> 1;
-                        float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -tLse[col]));
-                        /* a select, not a branch (C7513) */
-                        const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) &
-                                        pol.allowed(tQinfo[col], kinfo[hf]);
-                        pe = masked & !ok ? 0.f : pe;
+                        float pe = exp2_approx(fmaf(st[4 * nq + e], sl2, -((e & 1) ? l.y : l.x)));
+                        if constexpr (MASK) {
+                            const bool ok = (m.row0 + col < q_len) & (key_row[hf] < k_len) &
+                                            pol.allowed(tQinfo[col], kinfo[hf]);
+                            pe = ok ? pe : 0.f;
+                        }
                         st[4 * nq + e] = pe;
-                        dpt[4 * nq + e] = pe * (dpt[4 * nq + e] - tDelta[col]);
                     }
+                }
+            };
+            wgmma_wait<DEFER ? 1 : 0>(); /* deferred: the exponentials run while dP^T does */
+            fence_regs(st);
+            if (masked) exps(std::true_type{});
+            else exps(std::false_type{});
+            if (DEFER) wgmma_wait<0>();
+            fence_regs(dpt);
+#pragma unroll
+            for (int nq = 0; nq < NQ; nq++) {
+                const float2 dl = pair(tDelta, nq);
+#pragma unroll
+                for (int e = 0; e < 4; e++) dpt[4 * nq + e] = st[4 * nq + e] * (dpt[4 * nq + e] - ((e & 1) ? dl.y : dl.x));
             }
             /* A fragments: k-block kq (16 queries) is columns nq = 2kq, 2kq + 1 of S^T, so
              * register 2nq + hf packs elements 4nq + 2hf, +1 */
@@ -429,26 +405,15 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
                  * then both warpgroups meet, and this tile's dQ follows. */
                 const int buf = DEFER ? ds_ring.wait_free(i) : (i & 1);
                 bf16 *ds = sDS + buf * BN * BM;
-                if constexpr (Cfg::LEAN) {
-                    /* k-block kq's four 8 x 8 matrices in one stmatrix: matrix j = da[4kq + j] is
-                     * key rows + 8 (j & 1), queries 16kq + 8 (j >> 1); lane t addresses row t % 8
-                     * of matrix t / 8, one 16-byte chunk of a swizzled dS^T row. */
-                    const int mrow = warp_row + (lane & 7) + 8 * ((lane >> 3) & 1);
+                /* k-block kq's four 8 x 8 matrices in one stmatrix: matrix j = da[4kq + j] is
+                 * key rows + 8 (j & 1), queries 16kq + 8 (j >> 1); lane t addresses row t % 8
+                 * of matrix t / 8, one 16-byte chunk of a swizzled dS^T row. */
+                const int mrow = warp_row + (lane & 7) + 8 * ((lane >> 3) & 1);
 #pragma unroll
-                    for (int kq = 0; kq < BM / 16; kq++) {
-                        const int chunk = 2 * kq + (lane >> 4);
-                        stmatrix_x4(smem_addr(ds + (chunk / 8) * BN * 64 + SwizzledTile<64>::offset(mrow, chunk % 8)),
-                                    &da[4 * kq]);
-                    }
-                } else {
-#pragma unroll
-                    for (int kq = 0; kq < BM / 16; kq++)
-#pragma unroll
-                        for (int r = 0; r < 4; r++) {
-                            const int row = warp_row + g + 8 * (r & 1), col = 16 * kq + 8 * (r >> 1) + 2 * tq;
-                            *reinterpret_cast<uint32_t *>(ds + (col / 64) * BN * 64 +
-                                                          SwizzledTile<64>::offset_col(row, col % 64)) = da[4 * kq + r];
-                        }
+                for (int kq = 0; kq < BM / 16; kq++) {
+                    const int chunk = 2 * kq + (lane >> 4);
+                    stmatrix_x4(smem_addr(ds + (chunk / 8) * BN * 64 + SwizzledTile<64>::offset(mrow, chunk % 8)),
+                                &da[4 * kq]);
                 }
                 if (DEFER) {
                     ds_ring.publish(i);

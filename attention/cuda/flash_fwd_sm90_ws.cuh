@@ -16,11 +16,8 @@ namespace flash {
 /* PINGPONG (two consumer warpgroups): the warpgroups take turns issuing their products
  * (named barriers 1 and 2), so that one's softmax runs while the other's products do. Its
  * turns are counted per work item: not with a persistent grid. */
-template <int NWG_, int BN_, int STAGES_, bool PINGPONG_ = false, bool LEAN_ = false>
+template <int NWG_, int BN_, int STAGES_, bool PINGPONG_ = false>
 struct Sm90FwdWsTiles : WsShape<NWG_, 1> {
-    /* LEAN (an experiment, bench variant 14): a warp-uniform warpgroup index, as in the
-     * backward's (flash_bwd_sm90_ws.cuh), so Q's descriptors can be built on the uniform datapath. */
-    static constexpr bool LEAN = LEAN_;
     static constexpr int D = 64, NWG = NWG_, BM = 64 * NWG_, BN = BN_, STAGES = STAGES_;
     static constexpr bool PINGPONG = PINGPONG_ && NWG_ == 2;
     static constexpr int MIN_BLOCKS = 1;
@@ -63,7 +60,9 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
 
     const int BH = p.B * p.H, n_qt = (p.T + BM - 1) / BM, n_work = BH * n_qt;
     const int tid = threadIdx.x, lane = tid % 32;
-    const int wg = Cfg::LEAN ? __shfl_sync(0xffffffffu, tid / 128, 0) : tid / 128;
+    /* warp-uniform (a shuffle from lane 0), as in the backward (flash_bwd_sm90_ws.cuh), so that
+     * Q's descriptors are built on the uniform datapath */
+    const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
 
     ws_setup(ring, q_op, Cfg::CONSUMERS);
 

@@ -29,7 +29,6 @@ const char *fwd_names[] = {"api",
                            "ws 2wg BN64 S4 persistent (sparse api)",
                            "ws 3wg BN128 S2",
                            "ws 3wg BN128 S3",
-                           "ws 2wg BN128 S3 pingpong, lean",
                            NULL};
 const char *bwd_names[] = {"api",
                            "mma.sync api",
@@ -42,18 +41,16 @@ const char *bwd_names[] = {"api",
                            "ws dkdv 2wg S2 + ws dq 2wg S3",
                            "ws dkdv 2wg S3 + ws dq 2wg S2 (api det)",
                            "ws dkdv 2wg S3 + old dq 2wg(2cta)",
-                           "ws fused dQ S3 (bulk reduce, api)",
+                           "ws fused lockstep dQ S3 (bulk reduce)",
                            "ws fused dQ S2 (bulk reduce)",
                            "ws dkdv S3 + ws dq S2 persistent",
                            "ws fused dQ S3 persistent",
-                           "ws fused deferred dQ S3",
+                           "ws fused deferred dQ S3 (api)",
                            "ws fused deferred dQ S3 pingpong",
                            "ws fused deferred dQ S2 pingpong",
                            "ws fused 128x128 lockstep S2",
                            "ws fused 128x128 deferred S2",
                            "ws fused 128x128 deferred S2 pingpong",
-                           "ws fused dQ S3 lockstep, lean",
-                           "ws fused deferred dQ S3, lean",
                            NULL};
 
 /* The persistent variants' work counter (one int of device memory for the process; the bench
@@ -105,7 +102,6 @@ extern "C" int bench_fwd_variant(int v, const flash_attn_dims_t *d, const flash_
     case 11: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 64, 4>, true>(p, pol, s, -1); break;
     case 12: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<3, 128, 2>>(p, pol, s); break;
     case 13: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<3, 128, 3>>(p, pol, s); break;
-    case 14: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3, true, true>>(p, pol, s); break;
     default: return -1;
     }
     return err == cudaSuccess ? 0 : -2;
@@ -204,12 +200,6 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
         break;
     case 20:
         err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true, true, true, 128>>(p, pol, s);
-        break;
-    case 21:
-        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 3, true, false, false, 64, true>>(p, pol, s);
-        break;
-    case 22:
-        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 3, true, true, false, 64, true>>(p, pol, s);
         break;
     default: return -1;
     }
