@@ -235,6 +235,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     int g = lane / 4, tq = lane % 4, wtid = tid % 128;
     int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first key row (in tile) of this warp */
     const float sl2 = p.scale_log2;
+    const DescSw128 kv_desc = DescSw128::of(kv_addr), q_desc = DescSw128::of(q_addr);
     constexpr bool DEFER = Cfg::DEFER_DQ, PP = Cfg::PINGPONG, STAGED = BM == 128 && Cfg::FUSED_DQ && !DEFER;
 
     /* Ping-pong turns (as in the forward): barrier 5 + w is "warpgroup w may issue"; warpgroup
@@ -253,15 +254,16 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
      * A = the one dS^T sub-tile, B = K from column 32 wg of its rows. BM = 128: dQ[64 wg ..] =
      * dS[64 wg ..] K, A = dS^T sub-tile wg, B = all of K. */
     constexpr int DQ_COLS = Cfg::DQ_COLS, DQ_REGS = DQ_COLS / 2;
-    auto issue_dq = [&](float (&dq)[DQ_REGS], int buf, uint32_t k_addr) {
-        const uint32_t ds_addr = smem_addr(sDS + buf * BN * BM + (BM == 128 ? wg * BN * 64 : 0));
+    const DescSw128 ds_desc = DescSw128::of(smem_addr(sDS)) + (BM == 128 ? wg * BN * 64 * 2 : 0);
+    auto issue_dq = [&](float (&dq)[DQ_REGS], int buf, DescSw128 k_d) {
+        const DescSw128 ds_d = ds_desc + buf * BN * BM * 2;
+        if constexpr (BM == 64) k_d = k_d + 64 * wg;
 #pragma unroll
         for (int ks = 0; ks < BN / 16; ks++) {
             if constexpr (BM == 64)
-                wgmma_m64n32k16_ss<1, 1>(dq, desc_sw128(ds_addr + ks * 16 * RB), desc_sw128(k_addr + ks * 16 * RB + 64 * wg),
-                                         ks > 0);
+                wgmma_m64n32k16_ss<1, 1>(dq, ds_d.at(ks * 16 * RB), k_d.at(ks * 16 * RB), ks > 0);
             else
-                wgmma_m64n64k16_ss<1, 1>(dq, desc_sw128(ds_addr + ks * 16 * RB), desc_sw128(k_addr + ks * 16 * RB), ks > 0);
+                wgmma_m64n64k16_ss<1, 1>(dq, ds_d.at(ks * 16 * RB), k_d.at(ks * 16 * RB), ks > 0);
         }
     };
     /* The 64 x DQ_COLS fp32 block goes through a staging block of this warpgroup (by tile parity
@@ -316,7 +318,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
         uint32_t pa[BM / 4], da[BM / 4]; /* k-block kq (16 queries): registers 4kq .. 4kq+3 */
 
         /* The item's K and V (waits until they are loaded): this warpgroup's 64 key rows. */
-        const uint32_t k_addr = kv_addr + (PERSISTENT ? my_item % NBUF : kv_op.acquire(my_item)) * KVB;
+        const DescSw128 k_desc = kv_desc + (PERSISTENT ? my_item % NBUF : kv_op.acquire(my_item)) * KVB;
         if (PP && wg == 1 && n_tiles > 0) pass_turn();
         int prev_row0 = 0; /* deferred dQ: the previous tile's first query */
         for (int i = first; i < first + n_tiles; i++) { /* ring item i: the (i - first)-th query tile */
@@ -326,30 +328,30 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
                 wtid = (int)opaque_u32((uint32_t)wtid);
                 warp_row = (int)opaque_u32((uint32_t)warp_row);
             }
-            const uint32_t k_now = BM == 128 ? opaque_u32(k_addr) : k_addr;
-            const uint32_t kw_addr = k_now + wg * 64 * RB, vw_addr = k_now + BN * RB + wg * 64 * RB;
+            const DescSw128 k_now = BM == 128 ? DescSw128{opaque_u32(k_desc.lo)} : k_desc;
+            const DescSw128 kw = k_now + wg * 64 * RB, vw = k_now + (BN * RB + wg * 64 * RB);
             const int s = ring.acquire(i);
             const WsTileMeta m = sMeta[s];
-            const uint32_t qs_addr = q_addr + s * STAGE_BYTES, dos_addr = qs_addr + BM * RB;
+            const DescSw128 qs = q_desc + s * STAGE_BYTES, dos = qs + BM * RB;
             const float *tLse = sLse + s * BM, *tDelta = sDelta + s * BM;
             const RowInfo *tQinfo = sQinfo + s * BM;
 
             float st[BM / 2], dpt[BM / 2];
             /* S^T or dP^T (64 keys x BM queries) = this warpgroup's K or V rows . Q or dO of the stage */
-            auto product_t = [&](float (&d)[BM / 2], uint32_t a_addr, uint32_t b_addr) {
+            auto product_t = [&](float (&d)[BM / 2], DescSw128 a, DescSw128 b) {
 #pragma unroll
                 for (int kk = 0; kk < D / 16; kk++) {
                     if constexpr (BM == 64)
-                        wgmma_m64n64k16_ss<0, 0>(d, desc_sw128(a_addr + 32 * kk), desc_sw128(b_addr + 32 * kk), kk > 0);
+                        wgmma_m64n64k16_ss<0, 0>(d, a.at(32 * kk), b.at(32 * kk), kk > 0);
                     else
-                        wgmma_m64n128k16_ss<0, 0>(d, desc_sw128(a_addr + 32 * kk), desc_sw128(b_addr + 32 * kk), kk > 0);
+                        wgmma_m64n128k16_ss<0, 0>(d, a.at(32 * kk), b.at(32 * kk), kk > 0);
                 }
             };
             take_turn();
             wgmma_fence();
-            product_t(st, kw_addr, qs_addr);
+            product_t(st, kw, qs);
             if (DEFER) wgmma_commit(); /* the exponentials start while dP^T runs */
-            product_t(dpt, vw_addr, dos_addr);
+            product_t(dpt, vw, dos);
             wgmma_commit();
             pass_turn();
 
@@ -427,12 +429,12 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             auto issue_dv = [&]() {
 #pragma unroll
                 for (int kq = 0; kq < BM / 16; kq++)
-                    wgmma_m64n64k16_rs<1>(dv, &pa[4 * kq], desc_sw128(dos_addr + kq * 16 * RB), 1);
+                    wgmma_m64n64k16_rs<1>(dv, &pa[4 * kq], dos.at(kq * 16 * RB), 1);
             };
             auto issue_dk = [&]() {
 #pragma unroll
                 for (int kq = 0; kq < BM / 16; kq++)
-                    wgmma_m64n64k16_rs<1>(dk, &da[4 * kq], desc_sw128(qs_addr + kq * 16 * RB), 1);
+                    wgmma_m64n64k16_rs<1>(dk, &da[4 * kq], qs.at(kq * 16 * RB), 1);
             };
             if constexpr (STAGED) {
                 /* The wide lockstep tile (FA3's order): dV, dQ, then dK, each waited for in turn,
@@ -487,7 +489,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             const int buf = ds_ring.acquire(last);
             take_turn();
             wgmma_fence();
-            issue_dq(dq, buf, k_addr);
+            issue_dq(dq, buf, k_desc);
             wgmma_commit();
             if (wg == 0) pass_turn();
             wgmma_wait<0>();
@@ -605,22 +607,22 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
         uint32_t da[16];
 
         /* The item's Q and dO (waits until they are loaded): this warpgroup's 64 rows. */
-        const uint32_t q_addr = qdo_addr + (PERSISTENT ? my_item % NBUF : q_op.acquire(my_item)) * QB + wg * 64 * RB;
-        const uint32_t do_addr = q_addr + BM * RB;
+        const DescSw128 qd = DescSw128::of(qdo_addr) + ((PERSISTENT ? my_item % NBUF : q_op.acquire(my_item)) * QB + wg * 64 * RB);
+        const DescSw128 dod = qd + BM * RB;
         for (int i = first; i < first + n_tiles; i++) { /* ring item i: the (i - first)-th key tile */
             const int s = ring.acquire(i);
             const WsTileMeta m = sMeta[s];
             const RowInfo *tKinfo = sKinfo + s * BN;
-            const uint32_t ks_addr = k_addr + s * STAGE_BYTES, vs_addr = ks_addr + BN * RB;
+            const DescSw128 ks = DescSw128::of(k_addr) + s * STAGE_BYTES, vs = ks + BN * RB;
 
             float sc[32], dp[32];
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++)
-                wgmma_m64n64k16_ss<0, 0>(sc, desc_sw128(q_addr + 32 * kk), desc_sw128(ks_addr + 32 * kk), kk > 0);
+                wgmma_m64n64k16_ss<0, 0>(sc, qd.at(32 * kk), ks.at(32 * kk), kk > 0);
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++)
-                wgmma_m64n64k16_ss<0, 0>(dp, desc_sw128(do_addr + 32 * kk), desc_sw128(vs_addr + 32 * kk), kk > 0);
+                wgmma_m64n64k16_ss<0, 0>(dp, dod.at(32 * kk), vs.at(32 * kk), kk > 0);
             wgmma_commit();
             wgmma_wait<0>();
             fence_regs(sc);
@@ -650,7 +652,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
             wgmma_fence();
 #pragma unroll
             for (int kb = 0; kb < BN / 16; kb++)
-                wgmma_m64n64k16_rs<1>(dq, &da[4 * kb], desc_sw128(ks_addr + kb * 16 * RB), 1);
+                wgmma_m64n64k16_rs<1>(dq, &da[4 * kb], ks.at(kb * 16 * RB), 1);
             wgmma_commit();
             wgmma_wait<0>();
             fence_regs(dq);

@@ -100,6 +100,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     const int g = lane / 4, tq = lane % 4;
     const int warp_row = wg * 64 + ((tid % 128) / 32) * 16; /* first tile row of this warp */
     const float sl2 = p.scale_log2;
+    const DescSw128 q_desc = DescSw128::of(q_addr), kv_desc = DescSw128::of(kv_addr);
     int first = 0;
     for (int my_item = 0;; my_item++) {
         /* A persistent CTA learns its next item with the item's Q; otherwise it has one. */
@@ -121,7 +122,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
             qinfo[hf] = r < q_len ? pol.q_info(bh, r) : RowInfo{};
         }
         /* This warpgroup's 64 rows of the item's Q buffer (waits until it is loaded). */
-        const uint32_t qw_addr = q_addr + (PERSISTENT ? my_item % NBUF : q_op.acquire(my_item)) * QB + wg * 64 * RB;
+        const DescSw128 qw = q_desc + ((PERSISTENT ? my_item % NBUF : q_op.acquire(my_item)) * QB + wg * 64 * RB);
         float o[ND * 4];
 #pragma unroll
         for (int j = 0; j < ND * 4; j++) o[j] = 0.f;
@@ -133,17 +134,17 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
          * its description. */
         auto acquire = [&](int i) { return sMeta[ring.acquire(first + i)]; };
         auto issue_s = [&](int i) {
-            const uint32_t k_addr = kv_addr + ((first + i) % ST) * STAGE_BYTES;
+            const DescSw128 kd = kv_desc + ((first + i) % ST) * STAGE_BYTES;
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++)
-                wgmma_s_tile<BN>(s, desc_sw128(qw_addr + 32 * kk), desc_sw128(k_addr + 32 * kk), kk > 0);
+                wgmma_s_tile<BN>(s, qw.at(32 * kk), kd.at(32 * kk), kk > 0);
             wgmma_commit();
         };
         auto issue_pv = [&](int i) { /* O += p_cur V_i */
-            const uint32_t v_addr = kv_addr + ((first + i) % ST) * STAGE_BYTES + BN * RB;
+            const DescSw128 vd = kv_desc + (((first + i) % ST) * STAGE_BYTES + BN * RB);
 #pragma unroll
             for (int kb = 0; kb < KN; kb++)
-                wgmma_m64n64k16_rs<1>(o, &p_cur[4 * kb], desc_sw128(v_addr + kb * 16 * RB), 1);
+                wgmma_m64n64k16_rs<1>(o, &p_cur[4 * kb], vd.at(kb * 16 * RB), 1);
             wgmma_commit();
         };
         auto softmax = [&](int i, const WsTileMeta &m) {

@@ -20,12 +20,31 @@
 namespace flash {
 namespace sm90 {
 
+/* The descriptor's high word: stride byte offset 1024 >> 4 (8 rows of 128 bytes), mode 1 << 30
+ * (128B swizzle). Its low word: start address >> 4 in bits 0-13, leading byte offset 1 (unused
+ * for these layouts) at bit 16. */
+constexpr uint32_t DESC_SW128_HI = (1u << 30) | (1024u >> 4);
+
 __device__ __forceinline__ uint64_t desc_sw128(uint32_t smem_byte_addr) {
-    const uint64_t start = (smem_byte_addr & 0x3FFFFu) >> 4;
-    const uint64_t lbo = 1;         /* unused for these layouts */
-    const uint64_t sbo = 1024 >> 4; /* 8 rows of 128 bytes */
-    return start | (lbo << 16) | (sbo << 32) | (1ull << 62);
+    return ((uint64_t)DESC_SW128_HI << 32) | (((smem_byte_addr & 0x3FFFFu) >> 4) | (1u << 16));
 }
+
+/* A descriptor kept as its low word, so that the operands at constant offsets from one base
+ * cost an add each: built from the address per operand, a descriptor took ~6 uniform-datapath
+ * instructions (add, mask, shift, or, two moves), ~250 of the fused backward's ~635 a warp and
+ * tile (ncu, session 11). Offsets are multiples of 16 bytes and shared addresses stay below
+ * 2^18, so the start field never carries into the leading byte offset. */
+struct DescSw128 {
+    uint32_t lo;
+    __device__ __forceinline__ static DescSw128 of(uint32_t smem_byte_addr) {
+        return DescSw128{((smem_byte_addr & 0x3FFFFu) >> 4) | (1u << 16)};
+    }
+    /* the descriptor of the operand `bytes` further (bytes % 16 == 0) */
+    __device__ __forceinline__ DescSw128 operator+(uint32_t bytes) const { return DescSw128{lo + (bytes >> 4)}; }
+    __device__ __forceinline__ uint64_t at(uint32_t bytes) const {
+        return ((uint64_t)DESC_SW128_HI << 32) | (lo + (bytes >> 4));
+    }
+};
 
 /* Orders this thread's earlier register writes (accumulators, A fragments) before wgmma. */
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
