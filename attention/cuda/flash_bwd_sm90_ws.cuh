@@ -68,8 +68,8 @@ struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
     /* dS^T buffers: two (by tile parity) behind a named barrier; a ring of mbarriers when the
      * dQ is deferred: three, or two for the wide tile (shared memory). */
     static constexpr int DS_BUFS = DEFER_DQ_ && BM_ == 64 ? 3 : 2;
-    /* Each warpgroup's dQ block: 64 rows x DQ_COLS, staged as [DQ_COLS / 32][64][32] (the
-     * accumulator's layout), double-buffered by tile parity for BM = 64. */
+    /* Each warpgroup's dQ block: 64 rows x DQ_COLS, staged as DQ_COLS / 32 accumulator blocks
+     * (dq_tile_index), double-buffered by tile parity for BM = 64. */
     static constexpr int DQ_COLS = BM_ == 64 ? 32 : 64, DQ_STAGE_BUFS = BM_ == 64 ? 2 : 1;
     /* fused dQ: dS^T [DS_BUFS][BM / 64][BN][64] bf16 and the staging blocks [2 warpgroups][DQ_STAGE_BUFS][64 * DQ_COLS] fp32 */
     static constexpr int DQ_BYTES = FUSED_DQ_ ? DS_BUFS * BN * BM * 2 + 2 * DQ_STAGE_BUFS * 64 * DQ_COLS * 4 : 0;
@@ -98,34 +98,54 @@ template <int NB> struct DsRing : MbarRing<NB> {
     __device__ __forceinline__ int acquire(int i) const { return this->wait_full(i); }
 };
 
-/* Index of element (bh, work row r, column c) in the fused backward's dQ accumulator:
- * [bh][query tile of 64][column half][64 rows][32 columns], so that the 64 x 32 block one
- * warpgroup adds per tile is contiguous. */
+/* The fused backward's dQ accumulator: [bh][query tile of 64][column half][64 x 32 block], so
+ * that the block one warpgroup adds per tile is contiguous. Inside a block the order is that of
+ * the wgmma accumulator fragments that add into it, [n-tile of 8 columns][thread t of the
+ * warpgroup][4], so that each thread stages its registers as float4s, conflict free (staged
+ * row-major, the stores were 8-way bank conflicted: ncu, session 11). Thread t = 32 w + 4 g + tq
+ * holds rows 16 w + g (+8) and columns 2 tq (+1) of each n-tile; element e of four is row + 8
+ * (e >> 1), column + (e & 1). */
+constexpr int DQ_BLOCK_FLOATS = 64 * 32;
+__host__ __device__ __forceinline__ long dq_block_index(int bh, int n_q_tiles, int r, int c) {
+    return (((long)bh * n_q_tiles + r / 64) * 2 + c / 32) * DQ_BLOCK_FLOATS;
+}
 __host__ __device__ __forceinline__ long dq_tile_index(int bh, int n_q_tiles, int r, int c) {
-    return ((((long)bh * n_q_tiles + r / 64) * 2 + c / 32) * 64 + r % 64) * 32 + c % 32;
+    const int rr = r % 64, cc = c % 32;
+    const int t = 32 * (rr / 16) + 4 * (rr % 8) + (cc % 8) / 2, e = 2 * ((rr % 16) / 8) + cc % 2;
+    return dq_block_index(bh, n_q_tiles, r, c) + ((cc / 8) * 128 + t) * 4 + e;
 }
 
-/* dq[b, q_row(bh, r), h, :] = bf16(scale * accumulator row r), 8 columns a thread, for every
- * work row r in [0, T) of bh. Rows the kernel never reached (past q_len: dropped qk queries) hold
- * the zeros of the memset, so every dq row is written. */
+/* dq[b, q_row(bh, r), h, :] = bf16(scale * accumulator row r) for every work row r in [0, T) of
+ * bh. A thread takes one fragment group: 16 contiguous floats of a block (n-tile nt, threads
+ * 4 j .. 4 j + 3 of the warpgroup), which are rows r0 and r0 + 8, 8 columns each. Rows the kernel
+ * never reached (past q_len: dropped qk queries) hold the zeros of the memset, so every dq row
+ * is written. */
 template <int D, class Policy> __global__ void flash_bwd_convert_dq_tiles_kernel(FlashParams p, Policy pol) {
     static_assert(D == 64, "the tile layout holds 64 columns");
-    constexpr int LANES = D / 8;
-    const long id = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long row = id / LANES; /* bh * T + r */
-    const int part = (int)(id % LANES);
-    if (row >= (long)p.B * p.H * p.T) return;
-    const int bh = (int)(row / p.T), r = (int)(row % p.T), b = bh / p.H, h = bh % p.H;
-    const float4 *src = reinterpret_cast<const float4 *>(
-        p.dq_accum + dq_tile_index(bh, (p.T + 63) / 64, r, part * 8));
-    const float4 a = src[0], c = src[1];
-    uint4 out;
-    out.x = pack_bf16(a.x * p.scale, a.y * p.scale);
-    out.y = pack_bf16(a.z * p.scale, a.w * p.scale);
-    out.z = pack_bf16(c.x * p.scale, c.y * p.scale);
-    out.w = pack_bf16(c.z * p.scale, c.w * p.scale);
-    const long t = pol.q_row(bh, r);
-    *reinterpret_cast<uint4 *>(p.dq + ((long)b * p.T + t) * p.q_stride + h * D + part * 8) = out;
+    const long id = (long)blockIdx.x * blockDim.x + threadIdx.x; /* a group of 16 floats */
+    const int n_q_tiles = (p.T + 63) / 64;
+    if (id >= (long)p.B * p.H * n_q_tiles * (64 * D / 16)) return;
+    const int j = (int)(id % 32), nt = (int)(id / 32 % 4), half = (int)(id / 128 % 2);
+    const long tile = id / 256; /* bh * n_q_tiles + query tile */
+    const int bh = (int)(tile / n_q_tiles), r0 = (int)(tile % n_q_tiles) * 64 + 16 * (j / 8) + j % 8;
+    const int b = bh / p.H, h = bh % p.H;
+    /* the group starts at element (r0, column tq = 0, e = 0) */
+    const float4 *src = reinterpret_cast<const float4 *>(p.dq_accum + dq_tile_index(bh, n_q_tiles, r0, half * 32 + nt * 8));
+    float4 f[4];
+#pragma unroll
+    for (int q = 0; q < 4; q++) f[q] = src[q]; /* thread 4j + q: columns 2q, 2q + 1 of rows r0, r0 + 8 */
+#pragma unroll
+    for (int hi = 0; hi < 2; hi++) {
+        const int r = r0 + 8 * hi;
+        if (r >= p.T) continue;
+        uint4 out;
+        uint32_t *w = reinterpret_cast<uint32_t *>(&out);
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+            w[q] = hi ? pack_bf16(f[q].z * p.scale, f[q].w * p.scale) : pack_bf16(f[q].x * p.scale, f[q].y * p.scale);
+        const long t = pol.q_row(bh, r);
+        *reinterpret_cast<uint4 *>(p.dq + ((long)b * p.T + t) * p.q_stride + h * D + half * 32 + nt * 8) = out;
+    }
 }
 
 template <class Cfg, class Policy, bool PERSISTENT>
@@ -278,16 +298,15 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
         float *stage_blk = sDqStage + (wg * NSB + (NSB == 2 ? parity : 0)) * 64 * DQ_COLS;
         if (wtid == 0) bulk_wait_read<NSB - 1>();
         named_barrier(2 + wg, 128);
+        /* n-tile j of the block(s): [j][thread][4] (dq_tile_index) */
 #pragma unroll
         for (int j = 0; j < DQ_COLS / 8; j++)
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++)
-                *reinterpret_cast<float2 *>(stage_blk + (j / 4) * 64 * 32 + ((wtid / 32) * 16 + g + 8 * hf) * 32 +
-                                            8 * (j % 4) + 2 * tq) = make_float2(dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
+            *reinterpret_cast<float4 *>(stage_blk + (j * 128 + wtid) * 4) =
+                make_float4(dq[4 * j], dq[4 * j + 1], dq[4 * j + 2], dq[4 * j + 3]);
         fence_proxy_async(); /* the bulk copy reads through the async proxy */
         named_barrier(2 + wg, 128);
         if (wtid == 0) {
-            bulk_reduce_add_f32(p.dq_accum + dq_tile_index(bh, (p.T + 63) / 64, blk_row, blk_col), smem_addr(stage_blk),
+            bulk_reduce_add_f32(p.dq_accum + dq_block_index(bh, (p.T + 63) / 64, blk_row, blk_col), smem_addr(stage_blk),
                                 64 * DQ_COLS * 4);
             bulk_commit();
         }
