@@ -288,16 +288,21 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     };
     /* The 64 x DQ_COLS fp32 block goes through a staging block of this warpgroup (by tile parity
      * when there are two) and is added to the tile accumulator by one bulk reduction; the staging
-     * block's previous reduction must have read it: the thread that issued it waits, then tells
-     * the warpgroup. A wide tile's second block lies past the accumulator when the tile's last 64
-     * rows are past T: that warpgroup has nothing to add. */
+     * block's previous reduction must have read it, and only the thread that issued it can wait.
+     * Two blocks (calls alternate parity): that thread waits, before its stores, for the previous
+     * call's reduction (issued a tile ago, the other block), then passes the barrier the issue
+     * needs anyway; so a thread storing into a block has passed the barrier of the call after
+     * that block's last reduction, which its issuer passed after waiting. One barrier a call.
+     * One block: the issuer waits and tells the warpgroup first (a second barrier). A wide tile's
+     * second block lies past the accumulator when the tile's last 64 rows are past T: that
+     * warpgroup has nothing to add. */
     auto reduce_dq = [&](const float (&dq)[DQ_REGS], int parity, int bh, int row0) {
         constexpr int NSB = Cfg::DQ_STAGE_BUFS;
         const int blk_row = row0 + (BM == 128 ? 64 * wg : 0), blk_col = BM == 64 ? 32 * wg : 0;
         if (BM == 128 && blk_row >= p.T) return;
         float *stage_blk = sDqStage + (wg * NSB + (NSB == 2 ? parity : 0)) * 64 * DQ_COLS;
-        if (wtid == 0) bulk_wait_read<NSB - 1>();
-        named_barrier(2 + wg, 128);
+        if (wtid == 0) bulk_wait_read<0>();
+        if (NSB == 1) named_barrier(2 + wg, 128);
         /* n-tile j of the block(s): [j][thread][4] (dq_tile_index) */
 #pragma unroll
         for (int j = 0; j < DQ_COLS / 8; j++)
