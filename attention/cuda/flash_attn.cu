@@ -128,7 +128,7 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
         } else {
             const cudaError_t err = bwd_query_tile() == 128
                                         ? launch_bwd_fused_sm90_ws_scheduled<2, false, 128>(bwd_schedule(), p, pol, stream)
-                                        : launch_bwd_fused_sm90_ws_scheduled<3>(bwd_schedule(), p, pol, stream);
+                                        : launch_bwd_fused_sm90_ws_scheduled<BWD_FUSED_STAGES>(bwd_schedule(), p, pol, stream);
             check_launch("backward dK/dV/dQ", err);
         }
     } else if (dims->D == 64) {

@@ -191,6 +191,11 @@ inline int bwd_query_tile() {
     return cached;
 }
 
+/* Query (Q, dO) stages of the fused backward's 64-query instances on one-item CTAs: 2, H100,
+ * session 11 (docs/PERF.md): deferred dense backward 6.81 vs 7.52 ms at 8k x 8 (three stages
+ * were bimodal there, 7.15-7.87 over 5 rounds), 11.09 vs 11.22 at 16k x 4. */
+constexpr int BWD_FUSED_STAGES = 2;
+
 /* The fused backward of two consumer warpgroups, STAGES query stages and BM queries a tile
  * under a schedule (bwd_schedule). */
 template <int STAGES, bool PERSISTENT = false, int BM = 64, class Policy>

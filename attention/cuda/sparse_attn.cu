@@ -27,7 +27,7 @@ typedef BwdTiles<64, 128, 64, 8> Bwd64; /* BN = 128 keys, BM = 64 queries */
 typedef DqTiles<64, 64, 64, 4> Dq64;
 typedef Sm90FwdWsTiles<2, 64, 4> Sm90Fwd64; /* warp-specialised; the forward lists' 128 x 64 tiles */
 typedef Sm90BwdWsTiles<2, 3> Sm90DkDvWs; /* BN = 128 keys, BM = 64 queries, warp-specialised */
-typedef Sm90BwdWsTiles<2, 3, true> Sm90Fused64; /* the same tiles with dQ (not deterministic) */
+typedef Sm90BwdWsTiles<2, BWD_FUSED_STAGES, true> Sm90Fused64; /* the same tiles with dQ (not deterministic) */
 /* FLASH_BWD_QUERY_TILE=128 (flash_launch.cuh, bwd_query_tile): 128 x 128 dK/dV tiles, split or
  * fused (launch_bwd_fused_sm90_ws_scheduled<2, false, 128>); the dK/dV lists follow. */
 typedef Sm90BwdWsTiles<2, 2, false, false, false, 128> Sm90DkDvWide;
@@ -243,7 +243,7 @@ extern "C" void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_ti
     } else if (sm90) {
         if (wide) err = launch_bwd_fused_sm90_ws_scheduled<2, false, 128>(bwd_schedule(), p, kv_pol, stream);
         else if (ctas) err = launch_bwd_fused_sm90_ws_scheduled<3, true>(bwd_schedule(), p, kv_pol, stream, ctas);
-        else err = launch_bwd_fused_sm90_ws_scheduled<3>(bwd_schedule(), p, kv_pol, stream);
+        else err = launch_bwd_fused_sm90_ws_scheduled<BWD_FUSED_STAGES>(bwd_schedule(), p, kv_pol, stream);
         check_launch("backward dK/dV/dQ", err);
     } else {
         check_launch("backward dK/dV/dQ", launch_bwd_dkdv<Bwd64, PlanPolicy, true, true>(p, kv_pol, T, stream));

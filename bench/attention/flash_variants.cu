@@ -45,12 +45,13 @@ const char *bwd_names[] = {"api",
                            "ws fused dQ S2 (bulk reduce)",
                            "ws dkdv S3 + ws dq S2 persistent",
                            "ws fused dQ S3 persistent",
-                           "ws fused deferred dQ S3 (api)",
+                           "ws fused deferred dQ S3",
                            "ws fused deferred dQ S3 pingpong",
                            "ws fused deferred dQ S2 pingpong",
                            "ws fused 128x128 lockstep S2",
                            "ws fused 128x128 deferred S2",
                            "ws fused 128x128 deferred S2 pingpong",
+                           "ws fused deferred dQ S2 (api)",
                            NULL};
 
 /* The persistent variants' work counter (one int of device memory for the process; the bench
@@ -200,6 +201,9 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
         break;
     case 20:
         err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true, true, true, 128>>(p, pol, s);
+        break;
+    case 21:
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true, true>>(p, pol, s);
         break;
     default: return -1;
     }
