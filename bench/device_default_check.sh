@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# One device call (~300 s) for the API defaults as built: the flash, model and sparse GPU tests,
+# One device call (~100 s) for the API defaults as built: the flash, model and sparse GPU tests,
 # the trainer's environment checks, the dense bench at T = 1k..16k with the previous defaults
-# beside the API (forward variant 8: ping-pong 2 wg BN128 S3, the API's; backward variant 15:
-# deferred fused dQ with three stages, the API's before session 11), the sparse timing, and end
-# to end at 16k x 2 and 8k x 4 (dense, hash nb=16) against compiled PyTorch. Same carry and
-# preparation as bench/device_ws_check.sh. Logs under $OUT, tables last.
+# beside the API (forward variant 8: ping-pong 2 wg BN128 S3, the API's; backward variant 21:
+# deferred fused dQ with two stages, the API's before the alternate schedule), the sparse
+# timing, and end to end at 16k x 2 and 8k x 4 (dense, hash nb=16) against compiled PyTorch.
+# Same carry and preparation as bench/device_ws_check.sh. Logs under $OUT, tables last.
 set -u
 . bench/device_env.sh
 SKIP_GPU_SCRIPTS=1 GPU_TEST_TIMEOUT=30 bash tests/gpu/run_gpu.sh carry/flash/bin > $OUT/flash.log 2>&1
@@ -14,7 +14,7 @@ TRAIN=carry/run/train timeout 90 bash tests/gpu/test_attn_env.sh > $OUT/attn_env
 timeout 90 $W/main/test_sparse_attn --time > $OUT/sparse.log 2>&1; echo "sparse: rc $? $(tail -1 $OUT/sparse.log) ($(el) s)"
 grep -iE "fail|mismatch" $OUT/sparse.log | head -3
 timeout 120 python3 bench/attention/bench_dense.py --lib carry/flash/libflash_bench.so --seqs 1024,4096,8192,16384 --variants \
-  --fwd-variants 8 --bwd-variants 15 --out $OUT/bench.jsonl > $OUT/bench.log 2>&1; echo "bench rc $? ($(el) s)"
+  --fwd-variants 8 --bwd-variants 21 --out $OUT/bench.jsonl > $OUT/bench.log 2>&1; echo "bench rc $? ($(el) s)"
 for run in 16384x2/dense 16384x2/hash_sparse:16 8192x4/dense 8192x4/hash_sparse:16; do
   IFS=/ read c m <<< "$run"
   timeout 25 carry/run/bench_step --seq ${c%x*} --batch ${c#*x} --steps 5 --warmup 2 --mode ${m%%:*} --buckets ${m#*:} \

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# One device call (~250 s) after a change to the fused backward or the forward that touches
+# One device call (~50 s) after a change to the fused backward or the forward that touches
 # every instance: the flash and model GPU tests and the sparse tests under each
-# (FLASH_BWD_QUERY_TILE, FLASH_BWD_SCHEDULE) pair, the trainer's environment checks, and the
-# SASS of the API's default kernels (dense causal: deferred fused backward, ping-pong forward)
-# for an offline census (bench/sass_census.py; this machine has no cuobjdump). Same carry as
-# bench/device_ws_check.sh. Logs under $OUT, one line per check.
+# (FLASH_BWD_QUERY_TILE, FLASH_BWD_SCHEDULE) pair (CFGS="tile/schedule ..." picks some), the
+# trainer's environment checks, and the SASS of the API's default kernels (dense causal:
+# deferred fused backward, ping-pong forward), to read here (this machine has no cuobjdump).
+# Same carry as bench/device_ws_check.sh. Logs under $OUT, one line per check.
 set -u
 . bench/device_env.sh
-for cfg in 64/deferred 64/lockstep 64/pingpong 128/lockstep 128/deferred 128/pingpong; do
+for cfg in ${CFGS:-64/deferred 64/lockstep 64/pingpong 64/alternate 128/lockstep 128/deferred 128/pingpong}; do
   t=${cfg%/*}; s=${cfg#*/}
   export FLASH_BWD_QUERY_TILE=$t FLASH_BWD_SCHEDULE=$s
   SKIP_GPU_SCRIPTS=1 GPU_TEST_TIMEOUT=30 bash tests/gpu/run_gpu.sh carry/flash/bin > $OUT/flash_${t}_$s.log 2>&1
@@ -16,7 +16,7 @@ for cfg in 64/deferred 64/lockstep 64/pingpong 128/lockstep 128/deferred 128/pin
   only=1; [ $cfg = 64/deferred ] && only=0
   SPARSE_TEST_HOPPER_ONLY=$only timeout 70 $W/main/test_sparse_attn > $OUT/sparse_${t}_$s.log 2>&1
   echo "sparse tile $t $s: rc $? $(tail -1 $OUT/sparse_${t}_$s.log) ($(el) s)"; grep -iE "fail|mismatch" $OUT/sparse_${t}_$s.log | head -3
-  case $s in deferred) timeout 60 $W/main/test_model_cuda > $OUT/model_$t.log 2>&1
+  case $s in deferred|alternate) timeout 60 $W/main/test_model_cuda > $OUT/model_$t.log 2>&1
     echo "model tile $t: rc $? $(tail -1 $OUT/model_$t.log)";; esac
 done
 unset FLASH_BWD_QUERY_TILE FLASH_BWD_SCHEDULE

@@ -56,9 +56,11 @@ void flash_attn_force_portable(int on);
 const char *flash_attn_path(const flash_attn_dims_t *dims);
 
 /* How the Hopper path's non-deterministic backward (dense and sparse) schedules its two
- * consumer warpgroups: "lockstep", "deferred" or "pingpong" (attention/cuda/NOTES.md, v7),
- * from the environment variable FLASH_BWD_SCHEDULE (unset: the default). A value it does not
- * know is a fatal error (exit 2) naming the variable, so call this at start-up. */
+ * consumer warpgroups: "lockstep", "deferred", "pingpong" (attention/cuda/NOTES.md, v7) or
+ * "alternate" (v9; 64-query tiles only), from the environment variable FLASH_BWD_SCHEDULE
+ * (unset: alternate with the 64-query tile, deferred with the 128 one). A value it does not
+ * know, or alternate with FLASH_BWD_QUERY_TILE=128, is a fatal error (exit 2) naming the
+ * variable, so call this at start-up. */
 const char *flash_attn_bwd_schedule(void);
 
 /* The Hopper backward's dK/dV query tile, dense and sparse (sparse_attn.h: the dK/dV tile lists

@@ -45,7 +45,7 @@ namespace flash {
  * dS^T buffers and no persistent instance. dS^T is kept as BM / 64 swizzled [BN][64] sub-tiles
  * (a 128-byte swizzle row), and sub-tile w is warpgroup w's A operand. */
 template <int NWG_, int STAGES_ = 2, bool FUSED_DQ_ = false, bool DEFER_DQ_ = false, bool PINGPONG_ = false,
-          int BM_ = 64>
+          int BM_ = 64, bool SOLO_DQ_ = false>
 struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
     static constexpr int D = 64, NWG = NWG_, BN = 64 * NWG_, BM = BM_, STAGES = STAGES_, MIN_BLOCKS = 1;
     static constexpr bool FUSED_DQ = FUSED_DQ_, DEFER_DQ = DEFER_DQ_, PINGPONG = PINGPONG_;
@@ -58,6 +58,12 @@ struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
     static_assert(!DEFER_DQ_ || FUSED_DQ_, "only the fused dQ can be deferred");
     static_assert(!PINGPONG_ || DEFER_DQ_, "ping-pong turns need the deferred dQ (no barrier between the turns)");
     static_assert(BM_ == 64 || BM_ == 128, "64 or 128 queries a tile");
+    /* SOLO_DQ (the alternate schedule: deferred, 64-query tiles): a tile's whole 64 x 64 dQ block
+     * is computed and reduced by one warpgroup, tile parity's (ring index), m64n64 products over
+     * both halves of dS^T, instead of a 64 x 32 half by each: half the dQ wgmma and descriptor
+     * instructions, one 16 KB reduction per warpgroup every other tile. */
+    static constexpr bool SOLO_DQ = SOLO_DQ_;
+    static_assert(!SOLO_DQ_ || (DEFER_DQ_ && !PINGPONG_ && BM_ == 64), "one warpgroup's dQ: the deferred 64-query tile");
     /* The wide tile's consumers hold S^T, dP^T, dK and dV (192 registers a thread): its producer
      * gets 40, its consumers 232 (ptxas: 48 bytes spilled in all; a 24-register producer left the
      * consumers 240 but spilled ~140 bytes itself, 56 left them 224 and ~130 bytes spilled). */
@@ -69,8 +75,8 @@ struct Sm90BwdWsTiles : WsShape<NWG_, 1> {
      * dQ is deferred: three, or two for the wide tile (shared memory). */
     static constexpr int DS_BUFS = DEFER_DQ_ && BM_ == 64 ? 3 : 2;
     /* Each warpgroup's dQ block: 64 rows x DQ_COLS, staged as DQ_COLS / 32 accumulator blocks
-     * (dq_tile_index), double-buffered by tile parity for BM = 64. */
-    static constexpr int DQ_COLS = BM_ == 64 ? 32 : 64, DQ_STAGE_BUFS = BM_ == 64 ? 2 : 1;
+     * (dq_tile_index), double-buffered for BM = 64 (consecutive reductions alternate). */
+    static constexpr int DQ_COLS = BM_ == 64 && !SOLO_DQ_ ? 32 : 64, DQ_STAGE_BUFS = BM_ == 64 ? 2 : 1;
     /* fused dQ: dS^T [DS_BUFS][BM / 64][BN][64] bf16 and the staging blocks [2 warpgroups][DQ_STAGE_BUFS][64 * DQ_COLS] fp32 */
     static constexpr int DQ_BYTES = FUSED_DQ_ ? DS_BUFS * BN * BM * 2 + 2 * DQ_STAGE_BUFS * 64 * DQ_COLS * 4 : 0;
     /* K and V (a persistent launch adds ITEM_BYTES for a second pair), the stages (Q and dO),
@@ -257,6 +263,9 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     const float sl2 = p.scale_log2;
     const DescSw128 kv_desc = DescSw128::of(kv_addr), q_desc = DescSw128::of(q_addr);
     constexpr bool DEFER = Cfg::DEFER_DQ, PP = Cfg::PINGPONG, STAGED = BM == 128 && Cfg::FUSED_DQ && !DEFER;
+    constexpr bool SOLO = Cfg::SOLO_DQ;
+    /* whether this warpgroup computes the dQ of ring item t (all do, but under SOLO_DQ) */
+    auto dq_owner = [&](int t) { return !SOLO || (t & 1) == wg; };
 
     /* Ping-pong turns (as in the forward): barrier 5 + w is "warpgroup w may issue"; warpgroup
      * 0 goes first; per item of n tiles each issues 2 n + 1 times (S/dP, then dV/dK/dQ per
@@ -277,10 +286,10 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     const DescSw128 ds_desc = DescSw128::of(smem_addr(sDS)) + (BM == 128 ? wg * BN * 64 * 2 : 0);
     auto issue_dq = [&](float (&dq)[DQ_REGS], int buf, DescSw128 k_d) {
         const DescSw128 ds_d = ds_desc + buf * BN * BM * 2;
-        if constexpr (BM == 64) k_d = k_d + 64 * wg;
+        if constexpr (DQ_COLS == 32) k_d = k_d + 64 * wg;
 #pragma unroll
         for (int ks = 0; ks < BN / 16; ks++) {
-            if constexpr (BM == 64)
+            if constexpr (DQ_COLS == 32)
                 wgmma_m64n32k16_ss<1, 1>(dq, ds_d.at(ks * 16 * RB), k_d.at(ks * 16 * RB), ks > 0);
             else
                 wgmma_m64n64k16_ss<1, 1>(dq, ds_d.at(ks * 16 * RB), k_d.at(ks * 16 * RB), ks > 0);
@@ -298,7 +307,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
      * warpgroup has nothing to add. */
     auto reduce_dq = [&](const float (&dq)[DQ_REGS], int parity, int bh, int row0) {
         constexpr int NSB = Cfg::DQ_STAGE_BUFS;
-        const int blk_row = row0 + (BM == 128 ? 64 * wg : 0), blk_col = BM == 64 ? 32 * wg : 0;
+        const int blk_row = row0 + (BM == 128 ? 64 * wg : 0), blk_col = DQ_COLS == 32 ? 32 * wg : 0;
         if (BM == 128 && blk_row >= p.T) return;
         float *stage_blk = sDqStage + (wg * NSB + (NSB == 2 ? parity : 0)) * 64 * DQ_COLS;
         if (wtid == 0) bulk_wait_read<0>();
@@ -443,7 +452,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
                 }
                 if (DEFER) {
                     ds_ring.publish(i);
-                    if (i > first) ds_ring.acquire(i - 1);
+                    if (i > first && dq_owner(i - 1)) ds_ring.acquire(i - 1);
                 } else {
                     fence_proxy_async();
                     named_barrier(1, Cfg::CONSUMERS); /* both warpgroups' dS^T rows are in place */
@@ -490,7 +499,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             issue_dv();
             issue_dk();
             float dq[DQ_REGS];
-            const bool dq_now = Cfg::FUSED_DQ && (!DEFER || i > first);
+            const bool dq_now = Cfg::FUSED_DQ && (!DEFER || i > first) && dq_owner(i - 1);
             if (dq_now) issue_dq(dq, DEFER ? (i - 1) % Cfg::DS_BUFS : (i & 1), k_now);
             wgmma_commit();
             pass_turn();
@@ -503,11 +512,14 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             if (dq_now) {
                 fence_regs(dq);
                 if (DEFER) ds_ring.release(i - 1);
-                reduce_dq(dq, DEFER ? (i - 1) & 1 : i & 1, bh, DEFER ? prev_row0 : m.row0);
+                reduce_dq(dq, SOLO ? ((i - 1) >> 1) & 1 : DEFER ? (i - 1) & 1 : i & 1, bh, DEFER ? prev_row0 : m.row0);
+            } else if (SOLO && i > first) {
+                ds_ring.release(i - 1); /* the other warpgroup's dQ reads it */
             }
             prev_row0 = m.row0;
         }
-        if (DEFER && n_tiles > 0) { /* the last tile's dQ */
+        if (DEFER && n_tiles > 0 && !dq_owner(first + n_tiles - 1)) ds_ring.release(first + n_tiles - 1);
+        else if (DEFER && n_tiles > 0) { /* the last tile's dQ */
             const int last = first + n_tiles - 1;
             float dq[DQ_REGS];
             const int buf = ds_ring.acquire(last);
@@ -519,7 +531,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             wgmma_wait<0>();
             fence_regs(dq);
             ds_ring.release(last);
-            reduce_dq(dq, last & 1, bh, prev_row0);
+            reduce_dq(dq, SOLO ? (last >> 1) & 1 : last & 1, bh, prev_row0);
         }
         kv_op.release(my_item); /* every product reading K and V has retired */
         store_dkdv_rows<64>(p, pol, bh, b, h, key_row, k_len, dk, dv, tq);

@@ -154,25 +154,11 @@ cudaError_t launch_bwd_fused_sm90_ws(const FlashParams &p, const Policy &pol, cu
  * (flash_bwd_sm90_ws.cuh): LOCKSTEP meets at a barrier every tile to compute that tile's dQ;
  * DEFERRED computes each tile's dQ with the next tile's dV/dK (a ring of dS^T buffers, no
  * barrier between the warpgroups); PINGPONG adds turns so that one warpgroup's exponentials
- * run under the other's products. Chosen by the environment variable FLASH_BWD_SCHEDULE
- * (lockstep, deferred, pingpong), read once; unset: the default below. */
-enum BwdSchedule { BWD_LOCKSTEP, BWD_DEFERRED, BWD_PINGPONG };
-/* deferred: H100, session 10 (docs/PERF.md): sparse fwd+bwd qk 0.5 5.07-5.09 vs 5.39 ms, hash
- * nb=16 2.57-2.58 vs 2.62; dense backward either way within that day's run-to-run noise (16k:
- * 12.64-13.41 vs 12.81-13.27 ms). */
-constexpr BwdSchedule BWD_SCHEDULE_DEFAULT = BWD_DEFERRED;
-inline BwdSchedule bwd_schedule() {
-    static int cached = -1;
-    if (cached < 0) {
-        const char *v = getenv("FLASH_BWD_SCHEDULE");
-        if (!v || !*v) cached = BWD_SCHEDULE_DEFAULT;
-        else if (!strcmp(v, "lockstep")) cached = BWD_LOCKSTEP;
-        else if (!strcmp(v, "deferred")) cached = BWD_DEFERRED;
-        else if (!strcmp(v, "pingpong")) cached = BWD_PINGPONG;
-        else fatal(EXIT_USAGE, "FLASH_BWD_SCHEDULE = '%s': expected lockstep, deferred or pingpong", v);
-    }
-    return (BwdSchedule)cached;
-}
+ * run under the other's products; ALTERNATE is DEFERRED with each tile's whole dQ block computed by
+ * one warpgroup in turn (Sm90BwdWsTiles SOLO_DQ; 64-query tiles only). Chosen by the environment
+ * variable FLASH_BWD_SCHEDULE (lockstep, deferred, pingpong, alternate), read once; unset:
+ * bwd_schedule_default. */
+enum BwdSchedule { BWD_LOCKSTEP, BWD_DEFERRED, BWD_PINGPONG, BWD_ALTERNATE };
 
 /* The Hopper dK/dV (and fused dQ) kernels' query tile, dense and sparse: 64 or 128
  * (Sm90BwdWsTiles BM = 128, 128 x 128 tile pairs), from the environment variable
@@ -196,6 +182,32 @@ inline int bwd_query_tile() {
  * were bimodal there, 7.15-7.87 over 5 rounds), 11.09 vs 11.22 at 16k x 4. */
 constexpr int BWD_FUSED_STAGES = 2;
 
+/* Unset: alternate for the 64-query tile, deferred for the 128 one (alternate has none). H100,
+ * session 11 (docs/PERF.md): alternate against deferred, dense backward 10.73 vs 11.06 ms at 16k,
+ * 6.92 vs 6.83 at 8k, 4.46 vs 4.45 at 4k (5 rounds); sparse fwd+bwd hash nb=16 2.482 vs 2.524,
+ * qk 0.5 4.742 vs 4.761; end to end 16k x 2 dense 135.8 vs 138.8 ms, hash nb=16 64.0 vs 65.6.
+ * Deferred against lockstep: session 10, sparse qk 0.5 5.07-5.09 vs 5.39 ms. */
+inline BwdSchedule bwd_schedule_default(int query_tile) { return query_tile == 64 ? BWD_ALTERNATE : BWD_DEFERRED; }
+inline BwdSchedule bwd_schedule() {
+    static int cached = -1;
+    if (cached < 0) {
+        const char *v = getenv("FLASH_BWD_SCHEDULE");
+        if (!v || !*v) cached = bwd_schedule_default(bwd_query_tile());
+        else if (!strcmp(v, "lockstep")) cached = BWD_LOCKSTEP;
+        else if (!strcmp(v, "deferred")) cached = BWD_DEFERRED;
+        else if (!strcmp(v, "pingpong")) cached = BWD_PINGPONG;
+        else if (!strcmp(v, "alternate")) cached = BWD_ALTERNATE;
+        else fatal(EXIT_USAGE, "FLASH_BWD_SCHEDULE = '%s': expected lockstep, deferred, pingpong or alternate", v);
+    }
+    return (BwdSchedule)cached;
+}
+
+/* The alternate schedule exists for the 64-query tile only: a start-up error otherwise. */
+inline void check_bwd_schedule_tile() {
+    if (bwd_schedule() == BWD_ALTERNATE && bwd_query_tile() != 64)
+        fatal(EXIT_USAGE, "FLASH_BWD_SCHEDULE = alternate needs FLASH_BWD_QUERY_TILE = 64 (it is %d)", bwd_query_tile());
+}
+
 /* The fused backward of two consumer warpgroups, STAGES query stages and BM queries a tile
  * under a schedule (bwd_schedule). */
 template <int STAGES, bool PERSISTENT = false, int BM = 64, class Policy>
@@ -206,6 +218,14 @@ cudaError_t launch_bwd_fused_sm90_ws_scheduled(BwdSchedule schedule, const Flash
         return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true, true, false, BM>, PERSISTENT>(p, pol, s, ctas);
     case BWD_PINGPONG:
         return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true, true, true, BM>, PERSISTENT>(p, pol, s, ctas);
+    case BWD_ALTERNATE:
+        check_bwd_schedule_tile();
+        /* two stages whatever STAGES: its 16 KB staging blocks leave no room for a third beside a
+         * persistent CTA's second K/V pair */
+        if constexpr (BM == 64)
+            return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true, true, false, 64, true>, PERSISTENT>(p, pol, s, ctas);
+        else
+            return cudaErrorInvalidConfiguration; /* not reached: check_bwd_schedule_tile exits */
     default: return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true, false, false, BM>, PERSISTENT>(p, pol, s, ctas);
     }
 }

@@ -51,7 +51,8 @@ const char *bwd_names[] = {"api",
                            "ws fused 128x128 lockstep S2",
                            "ws fused 128x128 deferred S2",
                            "ws fused 128x128 deferred S2 pingpong",
-                           "ws fused deferred dQ S2 (api)",
+                           "ws fused deferred dQ S2",
+                           "ws fused alternate dQ S2, one warpgroup a tile (api)",
                            NULL};
 
 /* The persistent variants' work counter (one int of device memory for the process; the bench
@@ -204,6 +205,9 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
         break;
     case 21:
         err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true, true>>(p, pol, s);
+        break;
+    case 22:
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true, true, false, 64, true>>(p, pol, s);
         break;
     default: return -1;
     }

@@ -23,8 +23,9 @@ check() { # check DESCRIPTION COMMAND...
     if "${@:2}"; then pass=$((pass + 1)); echo "ok: $1"; else fail=$((fail + 1)); echo "FAIL: $1"; fi
 }
 
-for bad in FLASH_BWD_SCHEDULE=sideways FLASH_BWD_QUERY_TILE=96; do
-    env "$bad" "$TRAIN" "${common[@]}" --out "$work/bad" >"$work/bad.out" 2>&1
+# each a set of assignments; the message must name the first variable
+for bad in FLASH_BWD_SCHEDULE=sideways FLASH_BWD_QUERY_TILE=96 "FLASH_BWD_SCHEDULE=alternate FLASH_BWD_QUERY_TILE=128"; do
+    env $bad "$TRAIN" "${common[@]}" --out "$work/bad" >"$work/bad.out" 2>&1
     rc=$?
     check "$bad: exit 2 (got $rc)" test "$rc" = 2
     check "$bad: the message names ${bad%%=*}" grep -q "${bad%%=*}" "$work/bad.out"
@@ -36,5 +37,15 @@ check "deferred, tile 128: the run completes (got $rc)" test "$rc" = 0
 check "the device line names the schedule and the tile" \
     grep -q '"device":"[^"]*attention backward deferred, dense query tile 128' "$work/good/log.jsonl"
 [ "$fail" = 0 ] || tail -5 "$work/good.out"
+env -u FLASH_BWD_SCHEDULE FLASH_BWD_QUERY_TILE=128 "$TRAIN" "${common[@]}" --out "$work/tile128" >"$work/tile128.out" 2>&1
+rc=$?
+check "tile 128, schedule unset: the run completes (got $rc)" test "$rc" = 0
+check "tile 128, schedule unset: deferred (alternate has no 128-query tile)" \
+    grep -q '"device":"[^"]*attention backward deferred, dense query tile 128' "$work/tile128/log.jsonl"
+env -u FLASH_BWD_SCHEDULE -u FLASH_BWD_QUERY_TILE "$TRAIN" "${common[@]}" --out "$work/unset" >"$work/unset.out" 2>&1
+rc=$?
+check "schedule and tile unset: the run completes (got $rc)" test "$rc" = 0
+check "schedule and tile unset: alternate, tile 64" \
+    grep -q '"device":"[^"]*attention backward alternate, dense query tile 64' "$work/unset/log.jsonl"
 rm -rf "$work"
 echo "$pass passed, $fail failed"
