@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end tests of ./train on the CPU: resume exactness (after SIGTERM and after SIGKILL),
+# End-to-end tests of ./train on the CPU: resume exactness (after SIGTERM, SIGINT and SIGKILL),
 # bad input (clear message, exit 2, nothing overwritten), NaN stop. Uses small synthetic shards
 # (llm.c layout) written by tests/make_shards.py, so it needs no download.
 set -u
@@ -31,20 +31,24 @@ for line in open(sys.argv[1]):
 ./train --config "$W/cfg.json" --out "$W/straight" > "$W/straight.out" 2>&1; rc=$?
 check '[ $rc -eq 0 ] && [ -f "$W/straight/ckpt_00000030.bin" ]' "straight run finishes with a final checkpoint"
 
-# Resume after SIGTERM: the signal handler writes a checkpoint at the current step.
-./train --config "$W/cfg.json" --out "$W/term" > "$W/term.out" 2>&1 &
-pid=$!
-for _ in $(seq 1 400); do
-    n=$(cat "$W/term/log.jsonl" 2>/dev/null | grep -c '"type":"step"')
-    [ "$n" -ge 8 ] && break; sleep 0.02
+# Resume after SIGTERM and after SIGINT: the signal handler writes a checkpoint at the current
+# step and exits 128 + the signal.
+for sig in TERM:143 INT:130; do
+    name=${sig%%:*} code=${sig#*:} dir="$W/sig$name"
+    ./train --config "$W/cfg.json" --out "$dir" > "$dir.out" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 400); do
+        n=$(cat "$dir/log.jsonl" 2>/dev/null | grep -c '"type":"step"')
+        [ "$n" -ge 8 ] && break; sleep 0.02
+    done
+    kill -$name $pid; wait $pid; rc=$?
+    check '[ $rc -eq $code ]' "SIG$name exits $code (got $rc)"
+    check 'grep -q "checkpoint at step" "$dir.out"' "SIG$name message names the checkpoint"
+    ./train --resume "$dir" > "$dir.resume.out" 2>&1; rc=$?
+    check '[ $rc -eq 0 ]' "resume after SIG$name runs to the end"
+    check 'cmp -s "$W/straight/ckpt_00000030.bin" "$dir/ckpt_00000030.bin"' "final checkpoint bit-identical after SIG$name resume"
+    check 'diff <(strip_log "$W/straight/log.jsonl") <(strip_log "$dir/log.jsonl") >/dev/null' "log identical after SIG$name resume"
 done
-kill -TERM $pid; wait $pid; rc=$?
-check '[ $rc -eq 143 ]' "SIGTERM exits 143 (got $rc)"
-check 'grep -q "checkpoint at step" "$W/term.out"' "SIGTERM message names the checkpoint"
-./train --resume "$W/term" > "$W/term2.out" 2>&1; rc=$?
-check '[ $rc -eq 0 ]' "resume after SIGTERM runs to the end"
-check 'cmp -s "$W/straight/ckpt_00000030.bin" "$W/term/ckpt_00000030.bin"' "final checkpoint bit-identical after SIGTERM resume"
-check 'diff <(strip_log "$W/straight/log.jsonl") <(strip_log "$W/term/log.jsonl") >/dev/null' "log identical after SIGTERM resume"
 
 # Resume after SIGKILL: steps logged after the last checkpoint are dropped and redone.
 ./train --config "$W/cfg.json" --out "$W/kill" > "$W/kill.out" 2>&1 &
