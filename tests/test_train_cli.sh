@@ -31,37 +31,39 @@ for line in open(sys.argv[1]):
 ./train --config "$W/cfg.json" --out "$W/straight" > "$W/straight.out" 2>&1; rc=$?
 check '[ $rc -eq 0 ] && [ -f "$W/straight/ckpt_00000030.bin" ]' "straight run finishes with a final checkpoint"
 
+# Starts a run into $1 in the background (its pid in $pid) and waits until $2 steps are logged.
+start_run() {
+    ./train --config "$W/cfg.json" --out "$1" > "$1.out" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 400); do
+        n=$(cat "$1/log.jsonl" 2>/dev/null | grep -c '"type":"step"')
+        [ "$n" -ge "$2" ] && break; sleep 0.02
+    done
+}
+# Resumes the run in $1 to the end; its final checkpoint and log must equal the straight run's.
+check_resumed() { # $1 = run dir, $2 = what interrupted it (locals: check evals its test here)
+    local run=$1 what=$2
+    ./train --resume "$run" > "$run.resume.out" 2>&1; rc=$?
+    check '[ $rc -eq 0 ]' "resume after $what runs to the end"
+    check 'cmp -s "$W/straight/ckpt_00000030.bin" "$run/ckpt_00000030.bin"' "final checkpoint bit-identical after $what resume"
+    check 'diff <(strip_log "$W/straight/log.jsonl") <(strip_log "$run/log.jsonl") >/dev/null' "log identical after $what resume"
+}
+
 # Resume after SIGTERM and after SIGINT: the signal handler writes a checkpoint at the current
 # step and exits 128 + the signal.
 for sig in TERM:143 INT:130; do
     name=${sig%%:*} code=${sig#*:} dir="$W/sig$name"
-    ./train --config "$W/cfg.json" --out "$dir" > "$dir.out" 2>&1 &
-    pid=$!
-    for _ in $(seq 1 400); do
-        n=$(cat "$dir/log.jsonl" 2>/dev/null | grep -c '"type":"step"')
-        [ "$n" -ge 8 ] && break; sleep 0.02
-    done
+    start_run "$dir" 8
     kill -$name $pid; wait $pid; rc=$?
     check '[ $rc -eq $code ]' "SIG$name exits $code (got $rc)"
     check 'grep -q "checkpoint at step" "$dir.out"' "SIG$name message names the checkpoint"
-    ./train --resume "$dir" > "$dir.resume.out" 2>&1; rc=$?
-    check '[ $rc -eq 0 ]' "resume after SIG$name runs to the end"
-    check 'cmp -s "$W/straight/ckpt_00000030.bin" "$dir/ckpt_00000030.bin"' "final checkpoint bit-identical after SIG$name resume"
-    check 'diff <(strip_log "$W/straight/log.jsonl") <(strip_log "$dir/log.jsonl") >/dev/null' "log identical after SIG$name resume"
+    check_resumed "$dir" "SIG$name"
 done
 
 # Resume after SIGKILL: steps logged after the last checkpoint are dropped and redone.
-./train --config "$W/cfg.json" --out "$W/kill" > "$W/kill.out" 2>&1 &
-pid=$!
-for _ in $(seq 1 400); do
-    n=$(cat "$W/kill/log.jsonl" 2>/dev/null | grep -c '"type":"step"')
-    [ "$n" -ge 12 ] && break; sleep 0.02
-done
+start_run "$W/kill" 12
 kill -KILL $pid; wait $pid 2>/dev/null
-./train --resume "$W/kill" > "$W/kill2.out" 2>&1; rc=$?
-check '[ $rc -eq 0 ]' "resume after SIGKILL runs to the end"
-check 'cmp -s "$W/straight/ckpt_00000030.bin" "$W/kill/ckpt_00000030.bin"' "final checkpoint bit-identical after SIGKILL resume"
-check 'diff <(strip_log "$W/straight/log.jsonl") <(strip_log "$W/kill/log.jsonl") >/dev/null' "log identical after SIGKILL resume"
+check_resumed "$W/kill" SIGKILL
 check '[ $(ls "$W/kill"/ckpt_*.bin | wc -l) -eq 2 ]' "only keep_ckpts=2 checkpoints kept"
 
 # Bad input: exit status 2, a message naming the key or file, nothing written.
