@@ -198,14 +198,11 @@ inline BwdSchedule bwd_schedule() {
         else if (!strcmp(v, "pingpong")) cached = BWD_PINGPONG;
         else if (!strcmp(v, "alternate")) cached = BWD_ALTERNATE;
         else fatal(EXIT_USAGE, "FLASH_BWD_SCHEDULE = '%s': expected lockstep, deferred, pingpong or alternate", v);
+        if (cached == BWD_ALTERNATE && bwd_query_tile() != 64) /* it has no 128-query instance */
+            fatal(EXIT_USAGE, "FLASH_BWD_SCHEDULE = alternate needs FLASH_BWD_QUERY_TILE = 64 (it is %d)",
+                  bwd_query_tile());
     }
     return (BwdSchedule)cached;
-}
-
-/* The alternate schedule exists for the 64-query tile only: a start-up error otherwise. */
-inline void check_bwd_schedule_tile() {
-    if (bwd_schedule() == BWD_ALTERNATE && bwd_query_tile() != 64)
-        fatal(EXIT_USAGE, "FLASH_BWD_SCHEDULE = alternate needs FLASH_BWD_QUERY_TILE = 64 (it is %d)", bwd_query_tile());
 }
 
 /* The fused backward of two consumer warpgroups, STAGES query stages and BM queries a tile
@@ -219,13 +216,12 @@ cudaError_t launch_bwd_fused_sm90_ws_scheduled(BwdSchedule schedule, const Flash
     case BWD_PINGPONG:
         return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true, true, true, BM>, PERSISTENT>(p, pol, s, ctas);
     case BWD_ALTERNATE:
-        check_bwd_schedule_tile();
         /* two stages whatever STAGES: its 16 KB staging blocks leave no room for a third beside a
          * persistent CTA's second K/V pair */
         if constexpr (BM == 64)
             return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true, true, false, 64, true>, PERSISTENT>(p, pol, s, ctas);
         else
-            return cudaErrorInvalidConfiguration; /* not reached: check_bwd_schedule_tile exits */
+            return cudaErrorInvalidConfiguration; /* not reached: bwd_schedule refuses alternate with 128 */
     default: return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true, false, false, BM>, PERSISTENT>(p, pol, s, ctas);
     }
 }
