@@ -25,10 +25,6 @@ namespace sm90 {
  * for these layouts) at bit 16. */
 constexpr uint32_t DESC_SW128_HI = (1u << 30) | (1024u >> 4);
 
-__device__ __forceinline__ uint64_t desc_sw128(uint32_t smem_byte_addr) {
-    return ((uint64_t)DESC_SW128_HI << 32) | (((smem_byte_addr & 0x3FFFFu) >> 4) | (1u << 16));
-}
-
 /* A descriptor kept as its low word, so that the operands at constant offsets from one base
  * cost an add each: built from the address per operand, a descriptor took ~6 uniform-datapath
  * instructions (add, mask, shift, or, two moves), ~250 of the fused backward's ~635 a warp and
@@ -45,6 +41,9 @@ struct DescSw128 {
         return ((uint64_t)DESC_SW128_HI << 32) | (lo + (bytes >> 4));
     }
 };
+
+/* One operand's descriptor from its address (the kernels before DescSw128). */
+__device__ __forceinline__ uint64_t desc_sw128(uint32_t smem_byte_addr) { return DescSw128::of(smem_byte_addr).at(0); }
 
 /* Orders this thread's earlier register writes (accumulators, A fragments) before wgmma. */
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
