@@ -3,7 +3,7 @@
 # every instance: the flash and model GPU tests and the sparse tests under each
 # (FLASH_BWD_QUERY_TILE, FLASH_BWD_SCHEDULE) pair (CFGS="tile/schedule ..." picks some), the
 # trainer's environment checks, and the SASS of the API's default kernels (dense causal:
-# deferred fused backward, ping-pong forward), to read here (this machine has no cuobjdump).
+# alternate fused backward, ping-pong forward), to read here (this machine has no cuobjdump).
 # Same carry as bench/device_ws_check.sh. Logs under $OUT, one line per check.
 set -u
 . bench/device_env.sh
@@ -23,7 +23,7 @@ unset FLASH_BWD_QUERY_TILE FLASH_BWD_SCHEDULE
 TRAIN=carry/run/train timeout 90 bash tests/gpu/test_attn_env.sh > $OUT/attn_env.log 2>&1; echo "trainer env checks: rc $? $(tail -1 $OUT/attn_env.log)"
 if command -v cuobjdump >/dev/null; then
   lib=carry/flash/libflash_bench.so
-  for k in "flash_bwd_dkdv_sm90_ws_kernelINS_14Sm90BwdWsTilesILi2ELi3ELb1ELb1ELb0ELi64EEENS_17DenseCausalPolicyELb0E" \
+  for k in "flash_bwd_dkdv_sm90_ws_kernelINS_14Sm90BwdWsTilesILi2ELi2ELb1ELb1ELb0ELi64ELb1EEENS_17DenseCausalPolicyELb0E" \
            "flash_fwd_sm90_ws_kernelINS_14Sm90FwdWsTilesILi2ELi128ELi3ELb1EEENS_17DenseCausalPolicyELb0E"; do
     f=$(cuobjdump -sass $lib 2>/dev/null | grep -oE "Function : _ZN5flash[0-9]+$k[A-Za-z0-9_]*" | head -1 | sed 's/Function : //')
     [ -n "$f" ] && cuobjdump -sass -fun "$f" $lib > $OUT/${k%%INS*}.sass 2>/dev/null

@@ -119,8 +119,8 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
     DenseCausalPolicy pol = {dims->T, dims->exclude_self ? 1 : 0};
     const int T = dims->T;
     if (use_sm90(dims)) {
-        check_launch("backward preprocess", launch_bwd_preprocess<64>(p, false, stream));
         if (deterministic) { /* dQ from its own pass, no atomics */
+            check_launch("backward preparation", launch_bwd_prepare(p, pol, false, stream));
             check_launch("backward dK/dV", bwd_query_tile() == 128
                                                ? launch_bwd_dkdv_sm90_ws<Sm90DkDvWide>(p, pol, stream)
                                                : launch_bwd_dkdv_sm90_ws<Sm90DkDv64>(p, pol, stream));

@@ -121,11 +121,62 @@ __host__ __device__ __forceinline__ long dq_tile_index(int bh, int n_q_tiles, in
     return dq_block_index(bh, n_q_tiles, r, c) + ((cc / 8) * 128 + t) * 4 + e;
 }
 
-/* dq[b, q_row(bh, r), h, :] = bf16(scale * accumulator row r) for every work row r in [0, T) of
+/* What the Hopper backward kernels read besides the inputs, per 64-row tile of the work rows of
+ * bh (a CTA of 256 threads a tile; tiles past q_len, dropped qk queries, exit at once): delta =
+ * rowsum(dout * out) at each row's original position (p.delta, the dQ pass's), each work row's
+ * (lse in the log2 domain, delta) in work-row order (p.row_stats: the dK/dV producer loads them
+ * without first loading the row's position), and with zero_accum the tile's block of the fused
+ * dQ accumulator zeroed (only work tiles: the convert reads no other). 8 threads a row, 16-byte
+ * loads. */
+template <class Policy> __global__ void __launch_bounds__(256) flash_bwd_prepare_kernel(FlashParams p, Policy pol, int zero_accum) {
+    constexpr int D = 64;
+    const int n_q_tiles = (p.T + 63) / 64, tid = threadIdx.x;
+    const int bh = blockIdx.x / n_q_tiles, q0 = blockIdx.x % n_q_tiles * 64, q_len = pol.q_len(bh);
+    if (q0 >= q_len) return;
+    if (zero_accum) {
+        float4 *z = reinterpret_cast<float4 *>(p.dq_accum + (long)blockIdx.x * 64 * D);
+#pragma unroll
+        for (int j = 0; j < 64 * D / 4 / 256; j++) z[j * 256 + tid] = make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    /* both rows' loads first, then the sums and stores: four 16-byte loads in flight a thread */
+    const int b = bh / p.H, h = bh % p.H, part = tid % 8;
+    long t[2];
+    uint4 o4[2], d4[2];
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int r = q0 + half * 32 + tid / 8;
+        t[half] = r < q_len ? pol.q_row(bh, r) : -1;
+        o4[half] = d4[half] = make_uint4(0u, 0u, 0u, 0u);
+        if (t[half] >= 0) {
+            const long at = ((long)b * p.T + t[half]) * p.o_stride + h * D + part * 8;
+            o4[half] = *reinterpret_cast<const uint4 *>(p.out + at);
+            d4[half] = *reinterpret_cast<const uint4 *>(p.dout + at);
+        }
+    }
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const __nv_bfloat162 *o2 = reinterpret_cast<const __nv_bfloat162 *>(&o4[half]);
+        const __nv_bfloat162 *d2 = reinterpret_cast<const __nv_bfloat162 *>(&d4[half]);
+        float acc = 0.f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const float2 of = __bfloat1622float2(o2[j]), df = __bfloat1622float2(d2[j]);
+            acc = fmaf(of.x, df.x, fmaf(of.y, df.y, acc));
+        }
+#pragma unroll
+        for (int off = 4; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+        if (t[half] >= 0 && part == 0) {
+            const long at = (long)bh * p.T;
+            p.delta[at + t[half]] = acc;
+            p.row_stats[at + q0 + half * 32 + tid / 8] = make_float2(lse_to_log2(p.lse[at + t[half]]), acc);
+        }
+    }
+}
+
+/* dq[b, q_row(bh, r), h, :] = bf16(scale * accumulator row r) for every work row r < q_len of
  * bh. A thread takes one fragment group: 16 contiguous floats of a block (n-tile nt, threads
- * 4 j .. 4 j + 3 of the warpgroup), which are rows r0 and r0 + 8, 8 columns each. Rows the kernel
- * never reached (past q_len: dropped qk queries) hold the zeros of the memset, so every dq row
- * is written. */
+ * 4 j .. 4 j + 3 of the warpgroup), which are rows r0 and r0 + 8, 8 columns each. Rows past
+ * q_len (dropped qk queries) are the caller's to zero (sparse_attn.cu, zero_dropped_rows). */
 template <int D, class Policy> __global__ void flash_bwd_convert_dq_tiles_kernel(FlashParams p, Policy pol) {
     static_assert(D == 64, "the tile layout holds 64 columns");
     const long id = (long)blockIdx.x * blockDim.x + threadIdx.x; /* a group of 16 floats */
@@ -134,7 +185,8 @@ template <int D, class Policy> __global__ void flash_bwd_convert_dq_tiles_kernel
     const int j = (int)(id % 32), nt = (int)(id / 32 % 4), half = (int)(id / 128 % 2);
     const long tile = id / 256; /* bh * n_q_tiles + query tile */
     const int bh = (int)(tile / n_q_tiles), r0 = (int)(tile % n_q_tiles) * 64 + 16 * (j / 8) + j % 8;
-    const int b = bh / p.H, h = bh % p.H;
+    const int b = bh / p.H, h = bh % p.H, q_len = pol.q_len(bh);
+    if (r0 - r0 % 64 >= q_len) return; /* a tile of dropped rows: never zeroed (flash_bwd_prepare_kernel) */
     /* the group starts at element (r0, column tq = 0, e = 0) */
     const float4 *src = reinterpret_cast<const float4 *>(p.dq_accum + dq_tile_index(bh, n_q_tiles, r0, half * 32 + nt * 8));
     float4 f[4];
@@ -143,7 +195,7 @@ template <int D, class Policy> __global__ void flash_bwd_convert_dq_tiles_kernel
 #pragma unroll
     for (int hi = 0; hi < 2; hi++) {
         const int r = r0 + 8 * hi;
-        if (r >= p.T) continue;
+        if (r >= q_len) continue;
         uint4 out;
         uint32_t *w = reinterpret_cast<uint32_t *>(&out);
 #pragma unroll
@@ -203,42 +255,73 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             const int drawn = PERSISTENT ? ws_draw(p.work_counter, n_work, ptid) : n_work;
             if (k0 < k_len) { /* tiles past the work rows are nobody's work */
                 const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
-                auto k_row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
+                RowLookup<BN> k_rows;
+                k_rows.fetch(k_len - k0, [&](int c) { return pol.k_row(bh, k0 + c); }, ptid);
                 const int kb = kv_op.wait_free(item);
                 const uint32_t k_addr = kv_addr + kb * KVB;
-                producer_copy_rows<BN>(k_addr, head_base(p.k, p.k_stride, b, p.T, h, D), p.k_stride, k_len - k0,
-                                       k_row_of, ptid);
-                producer_copy_rows<BN>(k_addr + BN * RB, head_base(p.v, p.v_stride, b, p.T, h, D), p.v_stride,
-                                       k_len - k0, k_row_of, ptid);
+                k_rows.copy(k_addr, head_base(p.k, p.k_stride, b, p.T, h, D), p.k_stride, k_len - k0, ptid);
+                k_rows.copy(k_addr + BN * RB, head_base(p.v, p.v_stride, b, p.T, h, D), p.v_stride, k_len - k0, ptid);
                 if (PERSISTENT && ptid == 0) sItem[kb] = w;
                 kv_op.commit(item++, ptid);
                 const bf16 *q_base = head_base(p.q, p.q_stride, b, p.T, h, D);
                 const bf16 *do_base = head_base(p.dout, p.o_stride, b, p.T, h, D);
+                /* A query tile's rows are looked up while the tile before it is copied (flash_ws.cuh,
+                 * RowLookup) when they are loads: the plan's row, then the copy, were a chain of
+                 * two load latencies between a stage's release and its copies. Its statistics,
+                 * mask info and summary are loads of their own, issued before the wait. The wide
+                 * tile's 40-register producer takes its lane afresh per tile and looks each tile's
+                 * rows up per copy instead (held across both copies, it spilled 68 bytes more). */
+                constexpr bool AHEAD = BM == 64 && Policy::LOOKS_UP_ROWS;
+                struct Rows {
+                    int qt;
+                    RowLookup<BM> rows;
+                };
+                auto entry_of = [&](int i) { return pol.query_tile(bh, kt, i, BM, BN); };
+                ListWindow list;
+                if (AHEAD) list.start(n_tiles, entry_of, ptid % 32);
+                auto look_up = [&](int i) {
+                    Rows t;
+                    t.qt = AHEAD ? list.at(i, n_tiles, entry_of, ptid % 32) : entry_of(i);
+                    const int q0 = t.qt * BM;
+                    if (AHEAD) t.rows.fetch(q_len - q0, [&](int r) { return pol.q_row(bh, q0 + r); }, ptid);
+                    return t;
+                };
+                Rows cur;
+                if (AHEAD && n_tiles > 0) cur = look_up(0);
                 for (int i = 0; i < n_tiles; i++) {
-                    if (BM == 128) ptid = (int)opaque_u32((uint32_t)ptid);
-                    const int qt = pol.query_tile(bh, kt, i, BM, BN), q0 = qt * BM, n_valid = q_len - q0;
+                    if (!AHEAD) {
+                        ptid = (int)opaque_u32((uint32_t)ptid);
+                        cur = look_up(i);
+                    }
+                    const int qt = cur.qt, q0 = qt * BM, n_valid = q_len - q0;
                     const bool full = k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
-                    /* Statistics of query q0 + ptid: lse (log2 domain) and delta; +inf / 0 past q_len. */
-                    float lse2 = INFINITY, dl = 0.f;
+                    /* (lse in the log2 domain, delta) of query q0 + ptid; (+inf, 0) past q_len */
+                    float2 stats = make_float2(INFINITY, 0.f);
                     RowInfo info{};
                     if (ptid < BM && ptid < n_valid) {
-                        const long at_row = (long)bh * p.T + pol.q_row(bh, q0 + ptid);
-                        lse2 = lse_to_log2(p.lse[at_row]);
-                        dl = p.delta[at_row];
+                        stats = p.row_stats[(long)bh * p.T + q0 + ptid];
                         info = pol.q_info(bh, q0 + ptid);
                     }
+                    Rows next;
+                    if (AHEAD && i + 1 < n_tiles) next = look_up(i + 1);
                     const int s = ring.wait_free(first + i);
-                    auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
                     const uint32_t stage = q_addr + s * STAGE_BYTES;
-                    producer_copy_rows<BM>(stage, q_base, p.q_stride, n_valid, q_row_of, ptid);
-                    producer_copy_rows<BM>(stage + BM * RB, do_base, p.o_stride, n_valid, q_row_of, ptid);
+                    if (AHEAD) {
+                        cur.rows.copy(stage, q_base, p.q_stride, n_valid, ptid);
+                        cur.rows.copy(stage + BM * RB, do_base, p.o_stride, n_valid, ptid);
+                    } else {
+                        auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
+                        producer_copy_rows<BM>(stage, q_base, p.q_stride, n_valid, q_row_of, ptid);
+                        producer_copy_rows<BM>(stage + BM * RB, do_base, p.o_stride, n_valid, q_row_of, ptid);
+                    }
                     if (ptid < BM) {
-                        sLse[s * BM + ptid] = lse2;
-                        sDelta[s * BM + ptid] = dl;
+                        sLse[s * BM + ptid] = stats.x;
+                        sDelta[s * BM + ptid] = stats.y;
                         sQinfo[s * BM + ptid] = info;
                     }
                     if (ptid == 0) sMeta[s] = WsTileMeta{q0, full ? 1 : 0};
                     ring.commit(s);
+                    if (AHEAD) cur = next;
                 }
                 first += n_tiles;
             }
@@ -594,13 +677,12 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
             const int drawn = PERSISTENT ? ws_draw(p.work_counter, n_work, ptid) : n_work;
             if (q0 < q_len) { /* tiles past the work rows are nobody's work */
                 const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
-                auto q_row_of = [&](int r) { return pol.q_row(bh, q0 + r); };
+                RowLookup<BM> q_rows;
+                q_rows.fetch(q_len - q0, [&](int r) { return pol.q_row(bh, q0 + r); }, ptid);
                 const int qb = q_op.wait_free(item);
                 const uint32_t q_addr = qdo_addr + qb * QB;
-                producer_copy_rows<BM>(q_addr, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride, q_len - q0, q_row_of,
-                                       ptid);
-                producer_copy_rows<BM>(q_addr + BM * RB, head_base(p.dout, p.o_stride, b, p.T, h, D), p.o_stride,
-                                       q_len - q0, q_row_of, ptid);
+                q_rows.copy(q_addr, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride, q_len - q0, ptid);
+                q_rows.copy(q_addr + BM * RB, head_base(p.dout, p.o_stride, b, p.T, h, D), p.o_stride, q_len - q0, ptid);
                 if (PERSISTENT && ptid == 0) sItem[qb] = w;
                 q_op.commit(item++, ptid);
                 produce_key_tiles<BM, BN, ST>(ring, p, pol, bh, qt, n_tiles, first, k_addr, sKinfo, sMeta, ptid);

@@ -62,22 +62,27 @@ inline FlashParams make_params(const flash_attn_dims_t *d) {
 /* Workspace sections start on 256-byte boundaries. */
 inline size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
-/* The backward's workspace, shared by the dense and sparse APIs: delta (fp32 [B][H][T]), then,
- * unless deterministic, the fp32 dQ accumulator, sized for the larger of its two layouts:
- * [B][T][H][D] and the fused sm90 backward's tiles of 64 rows (dq_tile_index), whose row
- * count T rounds up. */
+/* The backward's workspace, shared by the dense and sparse APIs: delta (fp32 [B][H][T]), the
+ * Hopper kernels' row statistics (float2 [B][H][T] by work row), then, unless deterministic, the
+ * fp32 dQ accumulator, sized for the larger of its two layouts: [B][T][H][D] and the fused sm90
+ * backward's tiles of 64 rows (dq_tile_index), whose row count T rounds up. */
 inline size_t backward_delta_bytes(const flash_attn_dims_t *d) {
     return align256((size_t)d->B * d->T * d->H * sizeof(float));
 }
+inline size_t backward_row_stats_bytes(const flash_attn_dims_t *d) {
+    return align256((size_t)d->B * d->T * d->H * sizeof(float2));
+}
 inline size_t backward_workspace_bytes(const flash_attn_dims_t *d, int deterministic) {
     const size_t accum = (size_t)d->B * d->H * ((d->T + 63) / 64) * 64 * d->D;
-    return backward_delta_bytes(d) + (deterministic ? 0 : align256(accum * sizeof(float)));
+    return backward_delta_bytes(d) + backward_row_stats_bytes(d) + (deterministic ? 0 : align256(accum * sizeof(float)));
 }
-/* Points p.delta and p.dq_accum (NULL when deterministic) into a workspace of that size. */
+/* Points p.delta, p.row_stats and p.dq_accum (NULL when deterministic) into a workspace of that size. */
 inline void set_backward_workspace(FlashParams &p, const flash_attn_dims_t *d, void *workspace, int deterministic) {
-    p.delta = static_cast<float *>(workspace);
+    char *w = static_cast<char *>(workspace);
+    p.delta = reinterpret_cast<float *>(w);
+    p.row_stats = reinterpret_cast<float2 *>(w + backward_delta_bytes(d));
     p.dq_accum = deterministic ? NULL
-                               : reinterpret_cast<float *>(static_cast<char *>(workspace) + backward_delta_bytes(d));
+                               : reinterpret_cast<float *>(w + backward_delta_bytes(d) + backward_row_stats_bytes(d));
 }
 
 } // namespace flash

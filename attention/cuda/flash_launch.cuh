@@ -135,14 +135,22 @@ cudaError_t launch_bwd_dq_sm90_ws(const FlashParams &p, const Policy &pol, cudaS
     return launch_ws<Cfg, Policy, PERSISTENT, flash_bwd_dq_sm90_ws_kernel<Cfg, Policy, PERSISTENT>>(p, pol, Cfg::BM, ctas, s);
 }
 
-/* The fused backward (Sm90BwdWsTiles<2, S, true>): zeroes the tile-layout dQ accumulator
- * (p.dq_accum, B*H*ceil(T/64)*64*64 floats), runs dK/dV/dQ, converts dQ. The preprocess runs
- * before it without zero_accum (that is the other layout). */
+/* The Hopper backward's preparation (flash_bwd_prepare_kernel): delta, the work rows'
+ * statistics, and with zero_accum the fused kernel's dQ accumulator tiles zeroed. Runs before
+ * every warp-specialised dK/dV kernel (the portable kernels take launch_bwd_preprocess). */
+template <class Policy> cudaError_t launch_bwd_prepare(const FlashParams &p, const Policy &pol, bool zero_accum, cudaStream_t s) {
+    const long tiles = (long)p.B * p.H * ((p.T + 63) / 64);
+    flash_bwd_prepare_kernel<Policy><<<(unsigned)tiles, 256, 0, s>>>(p, pol, zero_accum ? 1 : 0);
+    return cudaGetLastError();
+}
+
+/* The fused backward (Sm90BwdWsTiles<2, S, true>): the preparation with the work tiles of the
+ * tile-layout dQ accumulator (p.dq_accum, B*H*ceil(T/64)*64*64 floats) zeroed, dK/dV/dQ, the
+ * dQ convert of the work rows. */
 template <class Cfg, bool PERSISTENT = false, class Policy>
 cudaError_t launch_bwd_fused_sm90_ws(const FlashParams &p, const Policy &pol, cudaStream_t s, int ctas = 0) {
     static_assert(Cfg::FUSED_DQ, "a fused configuration");
-    const size_t n = (size_t)p.B * p.H * ((p.T + 63) / 64) * 64 * 64;
-    cudaError_t err = cudaMemsetAsync(p.dq_accum, 0, n * sizeof(float), s);
+    cudaError_t err = launch_bwd_prepare(p, pol, true, s);
     if (err == cudaSuccess) err = launch_bwd_dkdv_sm90_ws<Cfg, PERSISTENT>(p, pol, s, ctas);
     if (err != cudaSuccess) return err;
     const long threads = (long)p.B * p.H * ((p.T + 63) / 64) * (64 * 64 / 16); /* 16 floats a thread */

@@ -16,6 +16,7 @@ struct FlashParams {
     long q_stride, k_stride, v_stride, o_stride;
     float *lse;      /* [B][H][T], natural log */
     float *delta;    /* [B][H][T], rowsum(dout * out), backward only */
+    float2 *row_stats; /* [B][H][T] by work row: (lse * log2(e), delta); Hopper dK/dV producers (flash_bwd_prepare_kernel) */
     float *dq_accum; /* fp32, non-deterministic backward: [B][T][H][D], or tiles (dq_tile_index) */
     int *work_counter; /* persistent launches: work items handed out so far (launch_ws zeroes it) */
     int B, T, H;

@@ -12,6 +12,9 @@
  *   num_query_tiles / query_tile the live query tiles of a key tile (dK, dV: the transpose)
  *   tile_full(qt, kt)            every pair of in-range rows of the tile is allowed, so the
  *                                kernel may skip the per-element mask
+ *   LOOKS_UP_ROWS                whether rows, lists and infos are global loads (a plan's) or
+ *                                arithmetic: the Hopper dK/dV producer looks a query tile up a
+ *                                tile ahead only when they are loads (flash_bwd_sm90_ws.cuh)
  * Kernels mask rows past q_len / k_len themselves, so tile_full may ignore the ends.
  * Tile sizes are arguments because the forward and backward kernels tile differently.
  *
@@ -28,6 +31,7 @@ namespace flash {
 struct DenseCausalPolicy {
     int T;
     int exclude_self;
+    static constexpr bool LOOKS_UP_ROWS = false;
 
     struct RowInfo {
         int pos;

@@ -176,33 +176,72 @@ __device__ __forceinline__ int ws_share(int drawn, volatile int *slot, int ptid)
     return w;
 }
 
-/* Copies ROWS rows of 64 bf16 into a swizzled tile by the producer warpgroup (ptid 0..127):
- * chunk id = j * 128 + ptid, so one warp instruction reads 4 whole rows. Rows are looked up all
- * at once first (with a sparse policy, independent global loads in flight together). Rows at
- * or past n_valid are zero-filled. */
+/* The rows a producer thread copies of a tile of ROWS rows of 64 bf16 (chunk id = j * 128 +
+ * ptid, so one warp instruction reads 4 whole rows), looked up apart from the copies: with a
+ * sparse policy a row is a global load (the plan's permutation), and the dK/dV producer looks
+ * a query tile's rows up one tile ahead so that their latency hides under the previous tile's
+ * copies instead of standing between the stage's release and its copies. Two tiles of the same
+ * rows (K and V, Q and dO) share one lookup. Rows at or past n_valid are zero-filled. */
+template <int ROWS> struct RowLookup {
+    static constexpr int N = ROWS * 8 / 128;
+    int row[N];
+
+    template <class RowOf> __device__ __forceinline__ void fetch(int n_valid, RowOf row_of, int ptid) {
+#pragma unroll
+        for (int j = 0; j < N; j++) {
+            const int r = (j * 128 + ptid) / 8;
+            row[j] = r < n_valid ? row_of(r) : 0;
+        }
+    }
+    __device__ __forceinline__ void copy(uint32_t tile_addr, const bf16 *base, long stride, int n_valid,
+                                         int ptid) const {
+#pragma unroll
+        for (int j = 0; j < N; j++) {
+            const int r = (j * 128 + ptid) / 8, c = ptid % 8;
+            cp_async_16(tile_addr + 2u * (uint32_t)SwizzledTile<64>::offset(r, c), base + (long)row[j] * stride + c * 8,
+                        r < n_valid);
+        }
+    }
+};
+
+/* Looks up the rows of a tile (all at once: independent global loads in flight together), then
+ * copies them into one swizzled tile (RowLookup). */
 template <int ROWS, class RowOf>
 __device__ __forceinline__ void producer_copy_rows(uint32_t tile_addr, const bf16 *base, long stride, int n_valid,
                                                    RowOf row_of, int ptid) {
-    constexpr int N = ROWS * 8 / 128;
-    int row[N];
-#pragma unroll
-    for (int j = 0; j < N; j++) {
-        const int r = (j * 128 + ptid) / 8;
-        row[j] = r < n_valid ? row_of(r) : 0;
-    }
-#pragma unroll
-    for (int j = 0; j < N; j++) {
-        const int r = (j * 128 + ptid) / 8, c = ptid % 8;
-        cp_async_16(tile_addr + 2u * (uint32_t)SwizzledTile<64>::offset(r, c), base + (long)row[j] * stride + c * 8,
-                    r < n_valid);
-    }
+    RowLookup<ROWS> rows;
+    rows.fetch(n_valid, row_of, ptid);
+    rows.copy(tile_addr, base, stride, n_valid, ptid);
 }
+
+/* A warp's window onto a tile list of n entries (the dK/dV producer's query tiles): entry i comes
+ * by a shuffle from lane i % 32 of the window holding it, and the window after it is loaded as a
+ * window is entered, so that one list load's latency is paid per 32 entries instead of one per
+ * entry ahead of the entry's row lookups. at(i) is called by the whole warp with i = 0, 1, 2,
+ * ... in order. */
+struct ListWindow {
+    int cur, next;
+    template <class EntryOf> __device__ __forceinline__ void start(int n, EntryOf entry_of, int lane) {
+        cur = lane < n ? entry_of(lane) : 0;
+        next = 32 + lane < n ? entry_of(32 + lane) : 0;
+    }
+    template <class EntryOf> __device__ __forceinline__ int at(int i, int n, EntryOf entry_of, int lane) {
+        if (i > 0 && i % 32 == 0) {
+            cur = next;
+            next = i + 32 + lane < n ? entry_of(i + 32 + lane) : 0;
+        }
+        return __shfl_sync(0xffffffffu, cur, i % 32);
+    }
+};
 
 /* The producer loop of the kernels that stream key tiles (forward, dQ): for each live key
  * tile of query tile qt, K and V rows into the stage of ring item first + i (BN rows each, V
- * right after K), the keys' mask info and the tile's WsTileMeta. The caller waits for its
- * copies (cp_async_wait) before the CTA ends. FRESH_LANE (a producer of 24 registers): the lane
- * is taken afresh per tile (opaque_u32) so that the copy addresses are recomputed, not held. */
+ * right after K, one row lookup for both), the keys' mask info and the tile's WsTileMeta. The
+ * caller waits for its copies (cp_async_wait) before the CTA ends. Unlike the dK/dV producer's
+ * query tiles, key tiles are looked up when they are copied: a tile ahead (ListWindow, rows
+ * held across the wait) the sparse forward was 2-3% slower (H100, session 12: qk 0.5 1.525 vs
+ * 1.490 ms, hash nb=16 0.721 vs 0.698). FRESH_LANE (a producer of 24 registers): the lane is
+ * taken afresh per tile (opaque_u32) so that the copy addresses are recomputed, not held. */
 template <int BM, int BN, int ST, bool FRESH_LANE = false, class Policy>
 __device__ __forceinline__ void produce_key_tiles(const StageRing<ST> &ring, const FlashParams &p, const Policy &pol,
                                                   int bh, int qt, int n_tiles, int first, uint32_t kv_addr,
@@ -219,9 +258,10 @@ __device__ __forceinline__ void produce_key_tiles(const StageRing<ST> &ring, con
         const bool full = k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
         const int s = ring.wait_free(first + i);
         const uint32_t stage = kv_addr + s * STAGE_BYTES;
-        auto k_row_of = [&](int c) { return pol.k_row(bh, k0 + c); };
-        producer_copy_rows<BN>(stage, k_base, p.k_stride, n_valid, k_row_of, ptid);
-        producer_copy_rows<BN>(stage + BN * D * 2, v_base, p.v_stride, n_valid, k_row_of, ptid);
+        RowLookup<BN> rows;
+        rows.fetch(n_valid, [&](int c) { return pol.k_row(bh, k0 + c); }, ptid);
+        rows.copy(stage, k_base, p.k_stride, n_valid, ptid);
+        rows.copy(stage + BN * D * 2, v_base, p.v_stride, n_valid, ptid);
         if (ptid < BN) sKinfo[s * BN + ptid] = info;
         if (ptid == 0) sMeta[s] = WsTileMeta{k0, full ? 1 : 0};
         ring.commit(s);

@@ -36,16 +36,18 @@ typedef Sm90DqWsTiles<2, 2> Sm90Dq64; /* BM = 128 queries, BN = 64 keys, warp-sp
 int force_portable = 0;
 /* Grid of the warp-specialised kernels (flash_launch.cuh, launch_ws). Sparse tiles have short
  * key loops, so a CTA per tile spends much of its life loading its first operands and storing;
- * persistent CTAs overlap that with the previous tile's products, and in test_sparse_attn
- * (random Gaussian Q and K, even buckets) they were the faster: hash nb=16 fwd+bwd 2.551 vs
- * 2.636 ms (H100, session 8). But they take their tiles in a fixed round robin, and in the
- * trainer (bench_step, GPT-2 small, 16k x 2) the hash step went from 70.2 to 108.5 ms with
- * them: the model's buckets are uneven, so some CTAs draw far more work than others. The items
- * are now drawn from an atomic counter (flash_ws.cuh, ws_draw), not yet measured in the
- * trainer; until then one CTA per tile (the hardware balances) is the default. With 0 the
- * one-item instances run: their consumers get 224 registers (208 in a persistent CTA, whose
- * producer needs 80) and a single item-operand buffer. */
-int persistent_ctas = 0;
+ * persistent CTAs overlap that with the previous tile's products. They draw their items from an
+ * atomic counter (flash_ws.cuh, ws_draw): with a fixed round robin instead, the trainer's hash
+ * step (GPT-2 small, 16k x 2, whose buckets are uneven) went from 70.2 to 108.5 ms (session 8).
+ * Drawn, they are the default since session 12 (H100, test_sparse_attn --time-only, B 4 T 16384
+ * H 12, fwd+bwd with planning, 3 rounds: qk 0.5 4.28-4.32 vs 4.42-4.51 ms a CTA per tile, hash
+ * nb=16 2.19 vs 2.44; bench_step 16k x 2: hash nb=16 65.6 vs 65.5 ms a step, qk 0.5 77.9 vs
+ * 78.3). 0 runs the one-item instances: their consumers get 224 registers (208 in a persistent
+ * CTA, whose producer needs 80) and a single item-operand buffer. The wide backward tile
+ * (FLASH_BWD_QUERY_TILE=128) has no persistent instance and runs a CTA per tile, unless a
+ * persistent grid was asked for explicitly (grid_set; then a fatal error). */
+int persistent_ctas = -1;
+bool grid_set = false;
 
 bool use_sm90(int D) { return D == 64 && !force_portable && sm90_available(); }
 
@@ -118,7 +120,10 @@ extern "C" void sparse_attn_force_portable(int on) { force_portable = on != 0; }
 
 extern "C" const char *sparse_attn_path(int D) { return use_sm90(D) ? "sm90 wgmma" : "mma.sync"; }
 
-extern "C" void sparse_attn_set_persistent(int ctas) { persistent_ctas = ctas; }
+extern "C" void sparse_attn_set_persistent(int ctas) {
+    persistent_ctas = ctas;
+    grid_set = true;
+}
 
 extern "C" int sparse_attn_backward_split(int D, int deterministic) {
     /* Measured (test_sparse_attn --time, H100, session 8, B 4 T 16384 H 12): on Hopper the
@@ -214,18 +219,20 @@ extern "C" void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_ti
     set_backward_workspace(p, dims, workspace, deterministic);
     const PlanPolicy kv_pol = make_plan_policy(plan->rows, dkdv_tiles->lists);
     const int T = dims->T;
-    /* With the fp32 dQ accumulator (not deterministic) the convert writes every row, dropped
-     * queries included (their accumulator rows stay zero); the deterministic dQ pass writes
-     * work rows only. Keys past k_len are never visited by the dK/dV pass. */
+    /* The dQ passes write work rows only (the portable convert writes every row: dropped
+     * queries' accumulator rows stay zero); keys past k_len are never visited by the dK/dV pass.
+     * zero_dropped_rows writes the rest. */
     const bool sm90 = use_sm90(dims->D);
-    /* the portable atomic dQ adds into the preprocess's zeroes; the fused launch zeroes its own layout */
-    check_launch("backward preprocess", launch_bwd_preprocess<64>(p, !deterministic && !sm90, stream));
+    /* The portable atomic dQ adds into the preprocess's zeroes; on Hopper the preparation
+     * (flash_bwd_prepare_kernel, the fused launch's own) visits work rows only. */
+    if (!sm90) check_launch("backward preprocess", launch_bwd_preprocess<64>(p, !deterministic, stream));
+    else if (deterministic) check_launch("backward preparation", launch_bwd_prepare(p, kv_pol, false, stream));
     p.work_counter = dkdv_tiles->work_counter;
-    const int ctas = persistent_ctas;
     const bool wide = sm90 && bwd_query_tile() == 128;
-    if (wide && ctas)
+    const int ctas = wide ? 0 : persistent_ctas; /* the wide tile: a CTA per tile (persistent_ctas) */
+    if (wide && persistent_ctas && grid_set)
         fatal(EXIT_USAGE, "sparse_attn: persistent CTAs (sparse_attn_set_persistent(%d)) do not run the 128-query "
-              "backward tile (FLASH_BWD_QUERY_TILE=128): its fused kernel fills the shared memory", ctas);
+              "backward tile (FLASH_BWD_QUERY_TILE=128): its fused kernel fills the shared memory", persistent_ctas);
     cudaError_t err;
     if (deterministic) {
         if (!sm90) err = launch_bwd_dkdv<Bwd64, PlanPolicy, false, true>(p, kv_pol, T, stream);
@@ -245,6 +252,7 @@ extern "C" void sparse_attn_backward(const attn_plan_cuda_t *plan, const attn_ti
         else if (ctas) err = launch_bwd_fused_sm90_ws_scheduled<3, true>(bwd_schedule(), p, kv_pol, stream, ctas);
         else err = launch_bwd_fused_sm90_ws_scheduled<BWD_FUSED_STAGES>(bwd_schedule(), p, kv_pol, stream);
         check_launch("backward dK/dV/dQ", err);
+        zero_dropped_rows(plan, kv_pol, 0, dq, dims->q_stride, NULL, 0, NULL, stream); /* the convert writes work rows */
     } else {
         check_launch("backward dK/dV/dQ", launch_bwd_dkdv<Bwd64, PlanPolicy, true, true>(p, kv_pol, T, stream));
         check_launch("backward dQ convert", launch_bwd_convert_dq<64>(p, stream));

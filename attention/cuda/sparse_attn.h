@@ -51,10 +51,11 @@ void sparse_attn_tile_shape(sparse_attn_pass_t pass, int D, int *block_m, int *b
 void sparse_attn_force_portable(int on);
 /* "sm90 wgmma" or "mma.sync": the kernels a call with head dim D runs now. */
 const char *sparse_attn_path(int D);
-/* Grid of the Hopper kernels: 0 (the default) one CTA per tile; ctas < 0 persistent CTAs, as
- * many as are resident at once, each taking every gridDim-th tile; n > 0 persistent with at
- * most n CTAs (tests: several tiles a CTA even on small shapes). Why 0: sparse_attn.cu. The
- * backward with FLASH_BWD_QUERY_TILE=128 runs only with 0 (any other is a fatal error). */
+/* Grid of the Hopper kernels: 0 one CTA per tile; ctas < 0 (the default) persistent CTAs, as
+ * many as are resident at once, each drawing its next tile from a counter; n > 0 persistent
+ * with at most n CTAs (tests: several tiles a CTA even on small shapes). Why persistent:
+ * sparse_attn.cu. The backward with FLASH_BWD_QUERY_TILE=128 has no persistent kernel: it runs
+ * a CTA per tile under the default, and a persistent grid set here for it is a fatal error. */
 void sparse_attn_set_persistent(int ctas);
 
 /* Whether sparse_attn_backward should be given dQ tile lists (the split dQ pass, no atomics) for

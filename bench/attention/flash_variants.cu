@@ -132,9 +132,12 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
     set_backward_workspace(p, d, ws, 0);
     DenseCausalPolicy pol = {d->T, d->exclude_self};
     p.work_counter = work_counter();
-    const bool split = v >= 3; /* dQ in its own pass or fused: the preprocess zeroes nothing */
+    const bool split = v >= 3; /* dQ in its own pass or fused: no [B][T][H][D] accumulator to zero */
+    const bool fused = v == 11 || v == 12 || v >= 14; /* launch_bwd_fused_sm90_ws prepares itself */
     typedef Sm90DqTiles<2, 2> OldDq;
-    cudaError_t err = launch_bwd_preprocess<64>(p, !split, s);
+    cudaError_t err = !split ? launch_bwd_preprocess<64>(p, true, s)
+                      : fused ? cudaSuccess
+                              : launch_bwd_prepare(p, pol, false, s); /* delta, and the row statistics of the ws kernels */
     if (err != cudaSuccess) return -2;
     typedef DenseCausalPolicy P;
     switch (v) {

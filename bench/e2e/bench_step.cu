@@ -5,7 +5,7 @@
  *   bench_step --seq 8192 --batch 4 [--steps 20] [--warmup 3] [--layers 12] [--deterministic]
  *              [--mode dense|qk_sparse|hash_sparse] [--buckets 16] [--drop 0.5]
  *              [--sparse-grid N]   (the sparse Hopper kernels' grid, sparse_attn_set_persistent:
- *                                   0 a CTA per tile (the default), -1 persistent) */
+ *                                   0 a CTA per tile, -1 persistent (the default)) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,8 +56,8 @@ int main(int argc, char **argv) {
     const int steps = arg_int(argc, argv, "--steps", 20), warmup = arg_int(argc, argv, "--warmup", 3);
     const int layers = arg_int(argc, argv, "--layers", 12);
     const int deterministic = has_flag(argc, argv, "--deterministic");
-    const int sparse_grid = arg_int(argc, argv, "--sparse-grid", 0);
-    sparse_attn_set_persistent(sparse_grid);
+    const int sparse_grid = arg_int(argc, argv, "--sparse-grid", -1);
+    if (sparse_grid != -1) sparse_attn_set_persistent(sparse_grid); /* -1 is the library's default */
     if (T < 1 || B < 1 || steps < 1 || warmup < 0 || layers < 1)
         fatal(EXIT_USAGE, "bench_step: --seq, --batch, --steps, --layers must be >= 1, --warmup >= 0");
 
@@ -116,7 +116,7 @@ int main(int argc, char **argv) {
     if (cfg.attn.mode == ATTN_HASH_SPARSE) snprintf(name, sizeof name, "scfa-cuda-hash%d", cfg.attn.n_buckets);
     else if (cfg.attn.mode == ATTN_QK_SPARSE) snprintf(name, sizeof name, "scfa-cuda-qk%.2f", cfg.attn.drop_prob);
     else snprintf(name, sizeof name, "scfa-cuda");
-    if (cfg.attn.mode != ATTN_DENSE && sparse_grid != 0) /* a distinct name: compare_e2e keys on it */
+    if (cfg.attn.mode != ATTN_DENSE && sparse_grid != -1) /* a distinct name: compare_e2e keys on it */
         snprintf(name + strlen(name), sizeof name - strlen(name), "-grid%d", sparse_grid);
     printf("{\"trainer\": \"%s\", \"seq\": %d, \"batch\": %d, \"layers\": %d, \"deterministic\": %d, "
            "\"ms_per_step\": %.2f, \"tokens_per_s\": %.0f, \"fwd_ms\": %.2f, \"bwd_ms\": %.2f, "

@@ -365,7 +365,7 @@ static void run_timing(void) {
         {"qk drop=0.7", {ATTN_QK_SPARSE, 1, 0.7f, 0}, 0},
     };
     /* The portable path (two rows for reference), then the Hopper path with one CTA per tile
-     * (the default) and with persistent CTAs. */
+     * and with persistent CTAs (the default). */
     for (int run = hopper_only(); run < 3; run++) {
         const int portable = run == 0;
         sparse_attn_force_portable(portable);
@@ -408,7 +408,7 @@ int main(int argc, char **argv) {
     /* --time: the timing after the checks; --time-only: the timing alone. */
     const int time_only = argc > 1 && strcmp(argv[1], "--time-only") == 0;
     /* The portable kernels first, then the default path if it differs (wgmma on Hopper): with
-     * one CTA per tile (the default), persistent CTAs as many as fit (on these small shapes
+     * one CTA per tile, persistent CTAs as many as fit (the default; on these small shapes
      * about one tile each), and 1 and 5 persistent CTAs, each walking many tiles. */
     const int hopper_grids[] = {0, -1, 1, 5};
     for (int run = hopper_only(); run < 5 && !time_only; run++) {
