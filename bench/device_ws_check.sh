@@ -42,8 +42,8 @@ echo "== e2e ($(el) s)"
 for c in 16384x2 8192x4; do for m in dense hash_sparse:16; do
   timeout 25 carry/run/bench_step --seq ${c%x*} --batch ${c#*x} --steps 5 --warmup 2 --mode ${m%%:*} --buckets ${m#*:} --drop ${m#*:} >> $OUT/e2e.jsonl 2>> $OUT/e2e.err || echo "bench_step $c $m failed" >> $OUT/e2e.err
 done; done
-# the sparse kernels' persistent grid against the default (a CTA per tile), same step
-timeout 25 carry/run/bench_step --seq 16384 --batch 2 --steps 5 --warmup 2 --mode hash_sparse --buckets 16 --sparse-grid -1 >> $OUT/e2e.jsonl 2>> $OUT/e2e.err || echo "bench_step persistent failed" >> $OUT/e2e.err
+# the sparse kernels' grid of a CTA per tile against the default (persistent), same step
+timeout 25 carry/run/bench_step --seq 16384 --batch 2 --steps 5 --warmup 2 --mode hash_sparse --buckets 16 --sparse-grid 0 >> $OUT/e2e.jsonl 2>> $OUT/e2e.err || echo "bench_step a CTA per tile failed" >> $OUT/e2e.err
 left=$(( ${TORCH_BY:-225} - $(el) )); echo "torch compile with $left s left"
 timeout $left python3 bench/e2e/torch_gpt.py --modes compile --configs 16384x2,8192x4 --steps 5 --warmup 2 >> $OUT/e2e.jsonl 2>> $OUT/e2e.err
 for sch in ${SCHEDULES:-}; do for m in dense hash_sparse:16; do

@@ -352,14 +352,25 @@ def run_checks(lib):
 
 # ---------------------------------------------------------------- benchmark
 
+# GPU cycles of the spin kernel queued ahead of each timed call (~1 ms at H100 clocks): the host
+# then enqueues the call's launches (Python, ctypes, PyTorch's dispatch: 0.1-0.2 ms) while the
+# GPU still spins, so the events time the GPU's work, not the host's launch latency. Before
+# session 12 the timer had no lead: a call's host overhead was in its time (ours and the
+# baselines' alike), e.g. qk 0.5 fwd+bwd 4.354 ms in scfa.py against 4.172 in the C test.
+LEAD_CYCLES = 2_000_000
+
+
 def median_ms(fn, warmup=5, reps=30):
-    """Median of `reps` CUDA-event-timed calls of fn after `warmup` untimed ones, in ms."""
+    """Median of `reps` CUDA-event-timed calls of fn after `warmup` untimed ones, in ms; each
+    timed call is enqueued behind a spin kernel (LEAD_CYCLES) so that host launch latency is
+    not timed."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(LEAD_CYCLES)
         a.record()
         fn()
         b.record()

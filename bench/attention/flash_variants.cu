@@ -53,6 +53,7 @@ const char *bwd_names[] = {"api",
                            "ws fused 128x128 deferred S2 pingpong",
                            "ws fused deferred dQ S2",
                            "ws fused alternate dQ S2, one warpgroup a tile (api)",
+                           "ws fused alternate dQ S2 persistent (drawn items)",
                            NULL};
 
 /* The persistent variants' work counter (one int of device memory for the process; the bench
@@ -211,6 +212,9 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
         break;
     case 22:
         err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true, true, false, 64, true>>(p, pol, s);
+        break;
+    case 23:
+        err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true, true, false, 64, true>, true>(p, pol, s, -1);
         break;
     default: return -1;
     }
