@@ -21,12 +21,13 @@ prof() { # name, seconds, kernel regex, command...
     xz -T4 $P/$name.sass.csv; rm -f $P/$name.ncu-rep
 }
 B=carry/run/bench_step
-# PROFS picks some of them (default: all but the qk ones, fwd_qk and bwd_qk): PROFS="bwd_dense fwd_dense" bash bench/device_prof_ws.sh
+# PROFS picks some of them (default: all but fwd_qk, bwd_qk and bwd_dense_4k): PROFS="bwd_dense fwd_dense" bash bench/device_prof_ws.sh
 want() { case " ${PROFS:-bwd_dense fwd_dense bwd_hash centre} " in *" $1 "*) return 0;; esac; return 1; }
 want bwd_dense && prof bwd_dense 90 'flash_bwd_dkdv_sm90_ws_kernel' $B --seq 8192 --batch 4 --steps 1 --warmup 0 --mode dense
 want fwd_dense && prof fwd_dense 90 'flash_fwd_sm90_ws_kernel' $B --seq 8192 --batch 4 --steps 1 --warmup 0 --mode dense
 want fwd_qk && prof fwd_qk 90 'flash_fwd_sm90_ws_kernel' $B --seq 16384 --batch 2 --steps 1 --warmup 0 --mode qk_sparse --drop 0.5
 want bwd_qk && prof bwd_qk 90 'flash_bwd_dkdv_sm90_ws_kernel' $B --seq 16384 --batch 2 --steps 1 --warmup 0 --mode qk_sparse --drop 0.5
+want bwd_dense_4k && prof bwd_dense_4k 90 'flash_bwd_dkdv_sm90_ws_kernel' $B --seq 4096 --batch 16 --steps 1 --warmup 0 --mode dense
 want bwd_hash && prof bwd_hash 90 'flash_bwd_dkdv_sm90_ws_kernel' $B --seq 8192 --batch 4 --steps 1 --warmup 0 --mode hash_sparse --buckets 16
 want centre && LC=2 prof centre 60 'centre_' $W/main/test_plan_cuda
 ls -la $P

@@ -36,8 +36,8 @@ void flash_attn_forward(const flash_attn_dims_t *dims, const flash_bf16_t *q,
                         const flash_bf16_t *k, const flash_bf16_t *v, flash_bf16_t *out,
                         float *lse, cudaStream_t stream);
 
-/* Bytes of device workspace flash_attn_backward needs (delta, and the fp32 dQ accumulator
- * unless deterministic). */
+/* Bytes of device workspace flash_attn_backward needs (delta, the Hopper kernels' per-row
+ * statistics, and the fp32 dQ accumulator unless deterministic). */
 size_t flash_attn_backward_workspace_bytes(const flash_attn_dims_t *dims, int deterministic);
 
 /* Overwrites dq, dk, dv from out and lse of the forward pass and dout. deterministic != 0

@@ -69,8 +69,8 @@ void sparse_attn_forward(const attn_plan_cuda_t *plan, const attn_tiles_cuda_t *
                          const flash_bf16_t *k, const flash_bf16_t *v, flash_bf16_t *out,
                          float *lse, cudaStream_t stream);
 
-/* Device workspace sparse_attn_backward needs (delta; the fp32 dQ accumulator unless
- * deterministic). */
+/* Device workspace sparse_attn_backward needs (delta; the Hopper kernels' per-row statistics;
+ * the fp32 dQ accumulator unless deterministic). */
 size_t sparse_attn_backward_workspace_bytes(const flash_attn_dims_t *dims, int deterministic);
 
 /* Overwrites dq, dk, dv. dkdv_tiles: SPARSE_ATTN_PASS_DKDV shape. dq_tiles == NULL: dQ is
