@@ -5,7 +5,7 @@
  *
  * dK/dV: a CTA owns BN = 64 NWG keys (K, V loaded once), warpgroup w keys [64w, 64w + 64); the
  * ring carries query tiles of BM = 64: Q, dO, and per query lse (log2 domain), delta and mask
- * info. Per tile:
+ * info (lse and delta from p.row_stats, which flash_bwd_prepare_kernel writes first). Per tile:
  *   S^T = K_w Q^T, dP^T = V_w dO^T     smem operands
  *   P^T, dS^T                           registers
  *   dV_w += P^T dO, dK_w += dS^T Q      P^T / dS^T from registers, dO / Q read N-major
