@@ -270,7 +270,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
                  * two load latencies between a stage's release and its copies. Its statistics,
                  * mask info and summary are loads of their own, issued before the wait. The wide
                  * tile's 40-register producer takes its lane afresh per tile and looks each tile's
-                 * rows up per copy instead (held across both copies, it spilled 68 bytes more). */
+                 * rows up per copy instead (held across both copies, ptxas spilled 24-48 bytes
+                 * more in the PlanPolicy instances, the same in the dense ones). */
                 constexpr bool AHEAD = BM == 64 && Policy::LOOKS_UP_ROWS;
                 struct Rows {
                     int qt;
