@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BR=${1:-wip/qk-fwd-keys}; WT=/tmp/qk
+git worktree prune
 [ -d $WT ] || git worktree add $WT "$BR"
 [ "$(git -C $WT rev-parse --abbrev-ref HEAD)" = "$BR" ] || { echo "error: $WT is not on $BR" >&2; exit 1; }
 (cd $WT && make --no-print-directory build/libcore.a build/tests/gpu/test_sparse_attn && bash bench/build_carry.sh)
