@@ -14,14 +14,14 @@ for r in 1 2 3; do
     SPARSE_QK_FWD_KEYS=$k SPARSE_TEST_HOPPER_ONLY=1 timeout 60 $W/main/test_sparse_attn --time-only > $OUT/time_${k}_$r.log 2>&1 || echo "time $k $r: rc $?"
   done
 done
-for k in 64 128; do
-  SPARSE_QK_FWD_KEYS=$k PROFS=fwd_qk bash bench/device_prof_ws.sh > $OUT/prof_$k.log 2>&1
-  mkdir -p $OUT/prof_$k && mv $OUT/prof/* $OUT/prof_$k/ 2>/dev/null
-done
 echo "== qk rows (fwd / bwd / all), per round ($(el) s)"
 for k in 64 128; do
   for m in "qk drop=0.5 sm90 cta" "qk drop=0.5 sm90 pers" "qk drop=0.7 sm90 pers"; do
     echo "  keys $k $m: $(grep -h "| $m" $OUT/time_${k}_*.log | awk -F'|' '{printf "%s/%s/%s ", $5+0, $6+0, $8+0}')"
   done
-  grep -E "Duration|Issue Slots Busy|Eligible Warps" $OUT/prof_$k.log | sed "s/^/  keys $k ncu: /"
 done
+for k in 64 128; do
+  SPARSE_QK_FWD_KEYS=$k PROFS=fwd_qk bash bench/device_prof_ws.sh > $OUT/prof_$k.log 2>&1
+  mkdir -p $OUT/prof_$k && mv $OUT/prof/* $OUT/prof_$k/ 2>/dev/null
+done
+for k in 64 128; do grep -E "Duration|Issue Slots Busy|Eligible Warps" $OUT/prof_$k.log | sed "s/^/  keys $k ncu: /"; done
