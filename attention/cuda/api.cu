@@ -153,7 +153,7 @@ static int check_create_args(int B, int T, int H, int D, int mode, int n_buckets
     if (mode != SCFA_DENSE)
         for (int pass = 0; pass < 3; pass++) {
             int bm, bn;
-            sparse_attn_tile_shape((sparse_attn_pass_t)pass, D, &bm, &bn);
+            sparse_attn_tile_shape((sparse_attn_pass_t)pass, (attn_mode_t)mode, D, &bm, &bn);
             const long slots = (long)B * H * ((T + bm - 1) / bm) * ((T + bn - 1) / bn);
             if (slots > INT32_MAX)
                 return fail(SCFA_ERR_ARGUMENT, "%s: %ld tile list slots for B*H = %d, T = %d are "
@@ -198,9 +198,9 @@ extern "C" int scfa_create(scfa_ctx_t **ctx, int B, int T, int H, int D, int mod
     if (is_sparse(c)) {
         attn_plan_cuda_init(&c->plan, &c->p, B, T, H, D);
         int bm, bn;
-        sparse_attn_tile_shape(SPARSE_ATTN_PASS_FORWARD, D, &bm, &bn);
+        sparse_attn_tile_shape(SPARSE_ATTN_PASS_FORWARD, c->p.mode, D, &bm, &bn);
         attn_tiles_cuda_init(&c->fwd_tiles, &c->plan, bm, bn);
-        sparse_attn_tile_shape(SPARSE_ATTN_PASS_DKDV, D, &bm, &bn);
+        sparse_attn_tile_shape(SPARSE_ATTN_PASS_DKDV, c->p.mode, D, &bm, &bn);
         attn_tiles_cuda_init(&c->dkdv_tiles, &c->plan, bm, bn);
     }
     *ctx = c;
@@ -327,7 +327,7 @@ extern "C" int scfa_backward(scfa_ctx_t *c, const void *q, long q_stride, const 
     if (sparse_attn_backward_split(c->D, deterministic)) {
         if (!c->dq_tiles_allocated) {
             int bm, bn;
-            sparse_attn_tile_shape(SPARSE_ATTN_PASS_DQ, c->D, &bm, &bn);
+            sparse_attn_tile_shape(SPARSE_ATTN_PASS_DQ, c->p.mode, c->D, &bm, &bn);
             attn_tiles_cuda_init(&c->dq_tiles, &c->plan, bm, bn);
             c->dq_tiles_allocated = 1;
         }
@@ -347,9 +347,10 @@ extern "C" int scfa_tile_counts(scfa_ctx_t *c, void *stream, int64_t *live, int6
     const char *fn = "scfa_tile_counts";
     int rc;
     if ((rc = check_ctx(c, fn)) != SCFA_OK || (rc = check_plan_built(c, fn)) != SCFA_OK) return rc;
-    /* Dense is counted with the sparse forward's tile shape, so that fractions compare. */
+    /* Counted with the forward lists' tile shape (qk_sparse with SPARSE_QK_FWD_KEYS=128: 128 x
+     * 128); dense with the hash modes' shape (ATTN_DENSE gives it), so that fractions compare. */
     int bm, bn;
-    sparse_attn_tile_shape(SPARSE_ATTN_PASS_FORWARD, 64, &bm, &bn);
+    sparse_attn_tile_shape(SPARSE_ATTN_PASS_FORWARD, c->p.mode, 64, &bm, &bn);
     const int nq = (c->T + bm - 1) / bm, nk = (c->T + bn - 1) / bn;
     const int64_t bh = (int64_t)c->B * c->H;
     int64_t n_causal = 0;

@@ -5,6 +5,8 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "attention/cuda/flash_checks.cuh"
 #include "attention/cuda/flash_launch.cuh"
@@ -26,6 +28,12 @@ typedef FwdTiles<64, 128, 64, 4> Fwd64;
 typedef BwdTiles<64, 128, 64, 8> Bwd64; /* BN = 128 keys, BM = 64 queries */
 typedef DqTiles<64, 64, 64, 4> Dq64;
 typedef Sm90FwdWsTiles<2, 64, 4> Sm90Fwd64; /* warp-specialised; the forward lists' 128 x 64 tiles */
+/* qk_sparse's forward with SPARSE_QK_FWD_KEYS=128 (qk_fwd_keys): its compacted rows form causal
+ * blocks as dense ones do, so the dense API's 128 x 128 tiles, ping-pong with a CTA per tile,
+ * without it when persistent (ping-pong turns are counted per item). Hash buckets are short
+ * runs of keys: 64-key tiles waste less there. */
+typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90FwdQk;
+typedef Sm90FwdWsTiles<2, 128, 3> Sm90FwdQkPersistent;
 typedef Sm90BwdWsTiles<2, 3> Sm90DkDvWs; /* BN = 128 keys, BM = 64 queries, warp-specialised */
 typedef Sm90BwdWsTiles<2, BWD_FUSED_STAGES, true> Sm90Fused64; /* the same tiles with dQ (not deterministic) */
 /* FLASH_BWD_QUERY_TILE=128 (flash_launch.cuh, bwd_query_tile): 128 x 128 dK/dV tiles, split or
@@ -51,6 +59,21 @@ bool grid_set = false;
 
 bool use_sm90(int D) { return D == 64 && !force_portable && sm90_available(); }
 
+/* Keys a tile of qk_sparse's Hopper forward: 64 (the default: the hash modes' shape) or 128,
+ * from the environment variable SPARSE_QK_FWD_KEYS, read once. Session 11 measured 128 with the
+ * ping-pong kernel slower (1.903 vs 1.474 ms, not understood); this switch is there to measure
+ * it again, profiled, and with persistent CTAs. */
+int qk_fwd_keys() {
+    static int cached = 0;
+    if (!cached) {
+        const char *v = getenv("SPARSE_QK_FWD_KEYS");
+        if (!v || !*v || !strcmp(v, "64")) cached = 64;
+        else if (!strcmp(v, "128")) cached = 128;
+        else fatal(EXIT_USAGE, "SPARSE_QK_FWD_KEYS = '%s': expected 64 or 128", v);
+    }
+    return cached;
+}
+
 void check_launch(const char *what, cudaError_t err) { api_check_launch("sparse_attn", what, err); }
 
 void check_ptr(const char *what, const void *ptr) { api_check_ptr("sparse_attn", what, ptr); }
@@ -73,7 +96,7 @@ void check_tiles(const char *what, const attn_tiles_cuda_t *tiles, const attn_pl
                  sparse_attn_pass_t pass) {
     if (tiles == NULL) fatal(EXIT_USAGE, "sparse_attn: %s tile lists are NULL", what);
     int bm = 0, bn = 0;
-    sparse_attn_tile_shape(pass, plan->D, &bm, &bn);
+    sparse_attn_tile_shape(pass, plan->p.mode, plan->D, &bm, &bn);
     if (tiles->lists.block_m != bm || tiles->lists.block_n != bn ||
         tiles->lists.BH != plan->B * plan->H)
         fatal(EXIT_USAGE, "sparse_attn: %s tile lists are %dx%d for BH=%d; this pass needs %dx%d "
@@ -135,7 +158,7 @@ extern "C" int sparse_attn_backward_split(int D, int deterministic) {
     return deterministic;
 }
 
-extern "C" void sparse_attn_tile_shape(sparse_attn_pass_t pass, int D, int *block_m, int *block_n) {
+extern "C" void sparse_attn_tile_shape(sparse_attn_pass_t pass, attn_mode_t mode, int D, int *block_m, int *block_n) {
     if (D != 64) fatal(EXIT_USAGE, "sparse_attn: head dim D = %d is not supported (64)", D);
     const bool sm90 = use_sm90(D);
     static_assert(Sm90Fwd64::BM == Fwd64::BM && Sm90Fwd64::BN == Fwd64::BN &&
@@ -143,10 +166,15 @@ extern "C" void sparse_attn_tile_shape(sparse_attn_pass_t pass, int D, int *bloc
                       Sm90DkDvWs::BM == Bwd64::BM && Sm90DkDvWs::BN == Bwd64::BN,
                   "forward and dK/dV tile lists serve both paths (but the wide Hopper tile)");
     static_assert(Sm90DkDvWide::BM == 128 && Sm90DkDvWide::BN == Bwd64::BN, "the wide dK/dV tile");
+    static_assert(Sm90FwdQk::BM == Fwd64::BM && Sm90FwdQk::BN == 128 && Sm90FwdQkPersistent::BM == Fwd64::BM &&
+                      Sm90FwdQkPersistent::BN == 128, "qk_sparse's 128-key Hopper forward tiles");
     static_assert(Fwd64::BM == ATTN_FWD_BLOCK_M && Fwd64::BN == ATTN_FWD_BLOCK_N,
                   "attn_live (attention/plan_tiles.h) counts forward tiles");
     switch (pass) {
-    case SPARSE_ATTN_PASS_FORWARD: *block_m = Fwd64::BM; *block_n = Fwd64::BN; return;
+    case SPARSE_ATTN_PASS_FORWARD:
+        *block_m = Fwd64::BM;
+        *block_n = sm90 && mode == ATTN_QK_SPARSE && qk_fwd_keys() == 128 ? 128 : Fwd64::BN;
+        return;
     case SPARSE_ATTN_PASS_DKDV:
         *block_m = sm90 && bwd_query_tile() == 128 ? Sm90DkDvWide::BM : Bwd64::BM;
         *block_n = Bwd64::BN;
@@ -178,7 +206,11 @@ extern "C" void sparse_attn_forward(const attn_plan_cuda_t *plan, const attn_til
     const PlanPolicy pol = make_plan_policy(plan->rows, fwd_tiles->lists);
     p.work_counter = fwd_tiles->work_counter;
     cudaError_t err;
+    const bool wide_keys = fwd_tiles->lists.block_n == 128; /* check_tiles: qk_sparse, SPARSE_QK_FWD_KEYS=128 */
     if (!use_sm90(dims->D)) err = launch_fwd<Fwd64>(p, pol, dims->T, stream);
+    else if (wide_keys && persistent_ctas)
+        err = launch_fwd_sm90_ws<Sm90FwdQkPersistent, true>(p, pol, stream, persistent_ctas);
+    else if (wide_keys) err = launch_fwd_sm90_ws<Sm90FwdQk>(p, pol, stream);
     else if (persistent_ctas) err = launch_fwd_sm90_ws<Sm90Fwd64, true>(p, pol, stream, persistent_ctas);
     else err = launch_fwd_sm90_ws<Sm90Fwd64>(p, pol, stream);
     check_launch("forward kernel", err);

@@ -41,10 +41,11 @@ typedef enum {
     SPARSE_ATTN_PASS_DQ = 2       /* deterministic backward's dQ pass */
 } sparse_attn_pass_t;
 
-/* (block_m, block_n) the tile lists of `pass` must be built with, for head dim D, on the path
- * in force at the time of the call (the dQ pass's shape differs between the two paths, and on
- * Hopper the dK/dV pass's block_m is FLASH_BWD_QUERY_TILE's, flash_attn.h). */
-void sparse_attn_tile_shape(sparse_attn_pass_t pass, int D, int *block_m, int *block_n);
+/* (block_m, block_n) the tile lists of `pass` must be built with, for a plan of `mode` and head
+ * dim D, on the path in force at the time of the call (the dQ pass's shape differs between the
+ * two paths; on Hopper the dK/dV pass's block_m is FLASH_BWD_QUERY_TILE's, flash_attn.h, and
+ * qk_sparse's forward block_n is SPARSE_QK_FWD_KEYS's, sparse_attn.cu). */
+void sparse_attn_tile_shape(sparse_attn_pass_t pass, attn_mode_t mode, int D, int *block_m, int *block_n);
 
 /* Tests and benchmarks: on != 0 runs the portable kernels even on Hopper. Tile lists built
  * under one setting must be rebuilt for the other (the calls check the shapes). */

@@ -59,7 +59,7 @@ static const attn_tiles_cuda_t *tiles_for(attn_layer_cuda_t *a, sparse_attn_pass
                                           cudaStream_t stream) {
     if (a->tiles_built[pass] < 0) {
         int bm = 0, bn = 0;
-        sparse_attn_tile_shape(pass, a->D, &bm, &bn);
+        sparse_attn_tile_shape(pass, a->p.mode, a->D, &bm, &bn);
         attn_tiles_cuda_init(&a->tiles[pass], &a->plan, bm, bn);
         a->tiles_built[pass] = 0;
     }

@@ -159,7 +159,7 @@ static void run_case(const sparse_case_t *c, uint64_t seed) {
     attn_tiles_cuda_t tiles[3];
     for (int s = 0; s < 3; s++) {
         int bm, bn;
-        sparse_attn_tile_shape((sparse_attn_pass_t)s, D, &bm, &bn);
+        sparse_attn_tile_shape((sparse_attn_pass_t)s, c->p.mode, D, &bm, &bn);
         attn_tiles_cuda_init(&tiles[s], &plan, bm, bn);
         attn_tiles_cuda_build(&tiles[s], &plan, 0);
     }
@@ -285,7 +285,7 @@ static void bench_sparse(const char *label, const attn_params_t *p, int shared_k
     const sparse_attn_pass_t passes[3] = {SPARSE_ATTN_PASS_FORWARD, SPARSE_ATTN_PASS_DKDV, SPARSE_ATTN_PASS_DQ};
     for (int i = 0; i < 3; i++) {
         int bm, bn;
-        sparse_attn_tile_shape(passes[i], d->D, &bm, &bn);
+        sparse_attn_tile_shape(passes[i], p->mode, d->D, &bm, &bn);
         attn_tiles_cuda_init(&tiles[i], &plan, bm, bn);
     }
     const uint64_t key = rng_key(11, RNG_DOMAIN_ATTN, 1, 0, 0);
