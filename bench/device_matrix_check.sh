@@ -20,6 +20,8 @@ for cfg in ${CFGS:-64/deferred 64/lockstep 64/pingpong 64/alternate 128/lockstep
     echo "model tile $t: rc $? $(tail -1 $OUT/model_$t.log)";; esac
 done
 unset FLASH_BWD_QUERY_TILE FLASH_BWD_SCHEDULE
+SPARSE_QK_FWD_KEYS=64 SPARSE_TEST_HOPPER_ONLY=1 timeout 70 $W/main/test_sparse_attn > $OUT/sparse_qk_keys64.log 2>&1
+echo "sparse, qk forward on 64-key tiles: rc $? $(tail -1 $OUT/sparse_qk_keys64.log) ($(el) s)"
 TRAIN=carry/run/train timeout 90 bash tests/gpu/test_attn_env.sh > $OUT/attn_env.log 2>&1; echo "trainer env checks: rc $? $(tail -1 $OUT/attn_env.log)"
 if command -v cuobjdump >/dev/null; then
   lib=carry/flash/libflash_bench.so

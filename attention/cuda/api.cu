@@ -347,8 +347,8 @@ extern "C" int scfa_tile_counts(scfa_ctx_t *c, void *stream, int64_t *live, int6
     const char *fn = "scfa_tile_counts";
     int rc;
     if ((rc = check_ctx(c, fn)) != SCFA_OK || (rc = check_plan_built(c, fn)) != SCFA_OK) return rc;
-    /* Counted with the forward lists' tile shape (qk_sparse with SPARSE_QK_FWD_KEYS=128: 128 x
-     * 128); dense with the hash modes' shape (ATTN_DENSE gives it), so that fractions compare. */
+    /* Counted with the forward lists' tile shape (qk_sparse: 128 x 128 unless
+     * SPARSE_QK_FWD_KEYS=64); dense with the hash modes' shape (ATTN_DENSE gives it), so that fractions compare. */
     int bm, bn;
     sparse_attn_tile_shape(SPARSE_ATTN_PASS_FORWARD, c->p.mode, 64, &bm, &bn);
     const int nq = (c->T + bm - 1) / bm, nk = (c->T + bn - 1) / bn;

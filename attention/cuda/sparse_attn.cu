@@ -28,7 +28,7 @@ typedef FwdTiles<64, 128, 64, 4> Fwd64;
 typedef BwdTiles<64, 128, 64, 8> Bwd64; /* BN = 128 keys, BM = 64 queries */
 typedef DqTiles<64, 64, 64, 4> Dq64;
 typedef Sm90FwdWsTiles<2, 64, 4> Sm90Fwd64; /* warp-specialised; the forward lists' 128 x 64 tiles */
-/* qk_sparse's forward with SPARSE_QK_FWD_KEYS=128 (qk_fwd_keys): its compacted rows form causal
+/* qk_sparse's forward (128 keys unless SPARSE_QK_FWD_KEYS=64, qk_fwd_keys): its compacted rows form causal
  * blocks as dense ones do, so the dense API's 128 x 128 tiles, ping-pong with a CTA per tile,
  * without it when persistent (ping-pong turns are counted per item). Hash buckets are short
  * runs of keys: 64-key tiles waste less there. */
@@ -59,16 +59,17 @@ bool grid_set = false;
 
 bool use_sm90(int D) { return D == 64 && !force_portable && sm90_available(); }
 
-/* Keys a tile of qk_sparse's Hopper forward: 64 (the default: the hash modes' shape) or 128,
- * from the environment variable SPARSE_QK_FWD_KEYS, read once. Session 11 measured 128 with the
- * ping-pong kernel slower (1.903 vs 1.474 ms, not understood); this switch is there to measure
- * it again, profiled, and with persistent CTAs. */
+/* Keys a tile of qk_sparse's Hopper forward: 128 (the default) or 64 (the hash modes' shape),
+ * from the environment variable SPARSE_QK_FWD_KEYS, read once. H100, session 14 (docs/PERF.md),
+ * B 4, T 16384, H 12, persistent grid (the sparse default), 3 interleaved rounds: qk 0.5
+ * forward 1.157 vs 1.382-1.391 ms, fwd+bwd with planning 4.025-4.038 vs 4.233-4.240; qk 0.7
+ * 0.503-0.534 vs 0.575-0.606. A CTA per tile (ping-pong) ties: 4.27-4.36 vs 4.34-4.42. */
 int qk_fwd_keys() {
     static int cached = 0;
     if (!cached) {
         const char *v = getenv("SPARSE_QK_FWD_KEYS");
-        if (!v || !*v || !strcmp(v, "64")) cached = 64;
-        else if (!strcmp(v, "128")) cached = 128;
+        if (!v || !*v || !strcmp(v, "128")) cached = 128;
+        else if (!strcmp(v, "64")) cached = 64;
         else fatal(EXIT_USAGE, "SPARSE_QK_FWD_KEYS = '%s': expected 64 or 128", v);
     }
     return cached;
@@ -206,7 +207,7 @@ extern "C" void sparse_attn_forward(const attn_plan_cuda_t *plan, const attn_til
     const PlanPolicy pol = make_plan_policy(plan->rows, fwd_tiles->lists);
     p.work_counter = fwd_tiles->work_counter;
     cudaError_t err;
-    const bool wide_keys = fwd_tiles->lists.block_n == 128; /* check_tiles: qk_sparse, SPARSE_QK_FWD_KEYS=128 */
+    const bool wide_keys = fwd_tiles->lists.block_n == 128; /* check_tiles: qk_sparse's default (qk_fwd_keys) */
     if (!use_sm90(dims->D)) err = launch_fwd<Fwd64>(p, pol, dims->T, stream);
     else if (wide_keys && persistent_ctas)
         err = launch_fwd_sm90_ws<Sm90FwdQkPersistent, true>(p, pol, stream, persistent_ctas);
