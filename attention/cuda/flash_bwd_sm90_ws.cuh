@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
         int item = 0, first = 0; /* the CTA's items so far, ring items so far */
         for (int w = blockIdx.x; w < n_work;) {
             int bh;
-            const int kt = ws_key_tile(w, BH, bh), k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
+            const int kt = ws_key_tile(w, BH, p.head_group, n_kt, bh), k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
             const int drawn = PERSISTENT ? ws_draw(p.work_counter, n_work, ptid) : n_work;
             if (k0 < k_len) { /* tiles past the work rows are nobody's work */
                 const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
@@ -419,7 +419,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             if (w < 0) break;
         }
         int bh;
-        const int kt = ws_key_tile(w, BH, bh), k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
+        const int kt = ws_key_tile(w, BH, p.head_group, n_kt, bh), k0 = kt * BN, q_len = pol.q_len(bh), k_len = pol.k_len(bh);
         if (k0 >= k_len) break; /* one-item CTAs only: the producer skips such items */
         const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
         int key_row[2];
@@ -674,7 +674,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
         int item = 0, first = 0; /* the CTA's items so far, ring items so far */
         for (int w = blockIdx.x; w < n_work;) {
             int bh;
-            const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
+            const int qt = ws_query_tile(w, BH, p.head_group, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
             const int drawn = PERSISTENT ? ws_draw(p.work_counter, n_work, ptid) : n_work;
             if (q0 < q_len) { /* tiles past the work rows are nobody's work */
                 const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
@@ -713,7 +713,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
             if (w < 0) break;
         }
         int bh;
-        const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
+        const int qt = ws_query_tile(w, BH, p.head_group, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
         if (q0 >= q_len) break; /* one-item CTAs only: the producer skips such items */
         const int b = bh / p.H, h = bh % p.H, k_len = pol.k_len(bh);
         const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);

@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
         int item = 0, first = 0; /* the CTA's items so far, ring items so far */
         for (int w = blockIdx.x; w < n_work;) {
             int bh;
-            const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
+            const int qt = ws_query_tile(w, BH, p.head_group, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
             const int drawn = PERSISTENT ? ws_draw(p.work_counter, n_work, ptid) : n_work;
             if (q0 < q_len) { /* tiles past q_len (dropped qk queries) are nobody's work */
                 const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
@@ -110,7 +110,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
             if (w < 0) break;
         }
         int bh;
-        const int qt = ws_query_tile(w, BH, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
+        const int qt = ws_query_tile(w, BH, p.head_group, n_qt, bh), q0 = qt * BM, q_len = pol.q_len(bh);
         if (q0 >= q_len) break; /* one-item CTAs only: the producer skips such items */
         const int b = bh / p.H, h = bh % p.H, k_len = pol.k_len(bh);
         const int n_tiles = pol.num_key_tiles(bh, qt, BM, BN);

@@ -35,6 +35,49 @@ cudaError_t launch_tiled(const FlashParams &p, const Policy &pol, int rows, int 
     return cudaGetLastError();
 }
 
+/* Heads whose tiles a warp-specialised kernel walks together (flash_ws.cuh, ws_tile_rank), so
+ * that about HEAD_GROUP_CTAS of the `resident` CTAs running at once share each head: from the
+ * environment variable FLASH_HEAD_GROUP (heads a group, or "all": the order before session 14),
+ * read once; unset: resident / HEAD_GROUP_CTAS (8 heads on an H100). H100, session 14
+ * (docs/PERF.md), dense fwd+bwd B*T 65536: 2.067 -> 1.647 ms at 1k, 5.684 -> 4.005 at 4k,
+ * 9.426 -> 7.158 at 8k, 14.745 -> 14.085 at 16k; groups of 4, 8, 16 or 32 heads within ~3% of
+ * each other; sparse qk 0.5 4.04 -> 3.83, hash nb=16 unchanged. */
+constexpr int HEAD_GROUP_CTAS = 16;
+inline int head_group(int BH, int resident) {
+    enum { NOT_READ = -1, UNSET = 0, ALL = -2 };
+    static int env = NOT_READ; /* or the heads it names */
+    if (env == NOT_READ) {
+        const char *v = getenv("FLASH_HEAD_GROUP");
+        char *end = NULL;
+        const long n = v && *v ? strtol(v, &end, 10) : 0;
+        if (!v || !*v) env = UNSET;
+        else if (!strcmp(v, "all")) env = ALL;
+        else if (*end == 0 && n >= 1 && n <= 1 << 20) env = (int)n;
+        else fatal(EXIT_USAGE, "FLASH_HEAD_GROUP = '%s': expected a number of heads (1 or more) or 'all'", v);
+    }
+    const int g = env == ALL ? BH : env == UNSET ? resident / HEAD_GROUP_CTAS : env;
+    return g < 1 ? 1 : g > BH ? BH : g;
+}
+
+/* CTAs of `kernel` (`threads` threads, `smem` bytes of shared memory) resident at once on the
+ * current device, asked once per device into cache[64] (the caller's, one per kernel instance);
+ * 0 on error (err says which). */
+template <class Kernel> int resident_ctas(Kernel kernel, int threads, int smem, int *cache, cudaError_t &err) {
+    int dev = 0;
+    err = cudaGetDevice(&dev);
+    if (err != cudaSuccess) return 0;
+    if (dev < 0 || dev >= 64) { err = cudaErrorInvalidDevice; return 0; }
+    if (!cache[dev]) {
+        int per_sm = 0, sms = 0;
+        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
+        if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+        if (err != cudaSuccess) return 0;
+        if (per_sm < 1) { err = cudaErrorInvalidConfiguration; return 0; } /* the kernel cannot run here */
+        cache[dev] = per_sm * sms;
+    }
+    return cache[dev];
+}
+
 /* Launches a warp-specialised kernel (flash_ws.cuh) over a 1D grid of work items, the tiles of
  * TILE rows of every (batch, head) of p.T rows: one CTA an item, or for a PERSISTENT kernel
  * instance ctas < 0: as many CTAs as are resident at once on the current device; ctas > 0: at
@@ -48,31 +91,24 @@ cudaError_t launch_ws(const FlashParams &p, const Policy &pol, int tile, int cta
     static cudaError_t attr = allow_smem(KERNEL, SMEM);
     if (attr != cudaSuccess) return attr;
     const long n_work = (long)p.B * p.H * ((p.T + tile - 1) / tile);
+    if (n_work == 0) return cudaSuccess;
+    cudaError_t err;
+    static int cache[64];
+    const int resident = resident_ctas(KERNEL, Cfg::THREADS, SMEM, cache, err);
+    if (!resident) return err;
     long grid = n_work;
     if (PERSISTENT && ctas != 0) {
-        static int resident[64]; /* per device: CTAs resident at once, 0 = not asked yet */
-        int dev = 0;
-        cudaError_t err = cudaGetDevice(&dev);
-        if (err != cudaSuccess) return err;
-        if (dev < 0 || dev >= 64) return cudaErrorInvalidDevice;
-        if (!resident[dev]) {
-            int per_sm = 0, sms = 0;
-            err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, KERNEL, Cfg::THREADS, SMEM);
-            if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-            if (err != cudaSuccess) return err;
-            if (per_sm < 1) return cudaErrorInvalidConfiguration; /* the kernel cannot run here */
-            resident[dev] = per_sm * sms;
-        }
-        if (grid > resident[dev]) grid = resident[dev];
+        if (grid > resident) grid = resident;
         if (ctas > 0 && grid > ctas) grid = ctas;
     }
-    if (grid == 0) return cudaSuccess;
     if (grid < n_work) {
         if (!p.work_counter) return cudaErrorInvalidValue;
-        const cudaError_t err = cudaMemsetAsync(p.work_counter, 0, sizeof(int), s);
+        err = cudaMemsetAsync(p.work_counter, 0, sizeof(int), s);
         if (err != cudaSuccess) return err;
     }
-    KERNEL<<<(unsigned)grid, Cfg::THREADS, SMEM, s>>>(p, pol);
+    FlashParams pg = p;
+    pg.head_group = head_group(p.B * p.H, (int)(grid < resident ? grid : resident));
+    KERNEL<<<(unsigned)grid, Cfg::THREADS, SMEM, s>>>(pg, pol);
     return cudaGetLastError();
 }
 

@@ -20,6 +20,7 @@ struct FlashParams {
     float *dq_accum; /* fp32, non-deterministic backward: [B][T][H][D], or tiles (dq_tile_index) */
     int *work_counter; /* persistent launches: work items handed out so far (launch_ws zeroes it) */
     int B, T, H;
+    int head_group;   /* warp-specialised kernels: heads whose tiles run together (flash_ws.cuh); launch_ws sets it */
     float scale;      /* 1 / sqrt(D) */
     float scale_log2; /* scale * log2(e): scores go through exp2 */
 };

@@ -131,18 +131,27 @@ template <int NBUF> struct ItemOperand : MbarRing<NBUF> {
     }
 };
 
-/* Work item w of n_work = BH * n_tiles: heads innermost, query tiles from the last (causal:
- * the longest lists), key tiles from the first. CTAs running at once then hold nearby tiles
- * of every head (in the sparse modes, tiles of the same buckets), whose K/V gathers share L2:
- * ordering every tile by list length instead made the hash forward 1.6x slower (H100,
- * session 8, attention/cuda/NOTES.md). */
-__device__ __forceinline__ int ws_query_tile(int w, int BH, int n_tiles, int &bh) {
-    bh = w % BH;
-    return n_tiles - 1 - w / BH;
+/* Work item w of n_work = BH * n_tiles, in groups of G heads (p.head_group, launch_ws; the
+ * last group may have fewer): a group's items come before the next group's, and within a group
+ * heads are innermost, query tiles run from the last (causal: the longest lists), key tiles
+ * from the first. The CTAs running at once then hold nearby tiles of a few heads, so that the
+ * rows they stream (K/V in the forward, Q/dO and the dQ accumulator in the backward) are read
+ * from DRAM once and served to the others from L2. Without groups (G = BH), 132 CTAs over 192
+ * heads at 4k x 16 held one tile a head and hit L2 21% of the time (dense backward 4.06 ms for
+ * the work that took 2.45 at 8k x 4, 48 heads, 62% hits: H100, session 14, ncu). Ordering
+ * every tile by list length instead made the hash forward 1.6x slower (H100, session 8,
+ * attention/cuda/NOTES.md). */
+__device__ __forceinline__ int ws_tile_rank(int w, int BH, int G, int n_tiles, int &bh) {
+    const int g0 = w / (G * n_tiles) * G; /* the group's first head */
+    const int r = w - g0 * n_tiles, heads = min(G, BH - g0);
+    bh = g0 + r % heads;
+    return r / heads;
 }
-__device__ __forceinline__ int ws_key_tile(int w, int BH, int &bh) {
-    bh = w % BH;
-    return w / BH;
+__device__ __forceinline__ int ws_query_tile(int w, int BH, int G, int n_tiles, int &bh) {
+    return n_tiles - 1 - ws_tile_rank(w, BH, G, n_tiles, bh);
+}
+__device__ __forceinline__ int ws_key_tile(int w, int BH, int G, int n_tiles, int &bh) {
+    return ws_tile_rank(w, BH, G, n_tiles, bh);
 }
 
 /* The set-up of every warp-specialised kernel: thread 0 initialises the item operand's
