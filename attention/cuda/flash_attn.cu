@@ -67,6 +67,8 @@ extern "C" const char *flash_attn_bwd_schedule(void) {
 
 extern "C" int flash_attn_bwd_query_tile(void) { return bwd_query_tile(); }
 
+extern "C" int flash_attn_head_group(void) { return head_group_setting(); }
+
 extern "C" void flash_attn_forward(const flash_attn_dims_t *dims, const flash_bf16_t *q,
                                    const flash_bf16_t *k, const flash_bf16_t *v,
                                    flash_bf16_t *out, float *lse, cudaStream_t stream) {

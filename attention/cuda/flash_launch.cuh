@@ -43,19 +43,23 @@ cudaError_t launch_tiled(const FlashParams &p, const Policy &pol, int rows, int 
  * 9.426 -> 7.158 at 8k, 14.745 -> 14.085 at 16k; groups of 4, 8, 16 or 32 heads within ~3% of
  * each other; sparse qk 0.5 4.04 -> 3.83, hash nb=16 unchanged. */
 constexpr int HEAD_GROUP_CTAS = 16;
-inline int head_group(int BH, int resident) {
-    enum { NOT_READ = -1, UNSET = 0, ALL = -2 };
-    static int env = NOT_READ; /* or the heads it names */
-    if (env == NOT_READ) {
+constexpr int HEAD_GROUP_AUTO = 0, HEAD_GROUP_ALL = -1;
+inline int head_group_setting() { /* HEAD_GROUP_AUTO, HEAD_GROUP_ALL or the heads it names */
+    static int cached = -2;
+    if (cached == -2) {
         const char *v = getenv("FLASH_HEAD_GROUP");
         char *end = NULL;
         const long n = v && *v ? strtol(v, &end, 10) : 0;
-        if (!v || !*v) env = UNSET;
-        else if (!strcmp(v, "all")) env = ALL;
-        else if (*end == 0 && n >= 1 && n <= 1 << 20) env = (int)n;
+        if (!v || !*v) cached = HEAD_GROUP_AUTO;
+        else if (!strcmp(v, "all")) cached = HEAD_GROUP_ALL;
+        else if (*end == 0 && n >= 1 && n <= 1 << 20) cached = (int)n;
         else fatal(EXIT_USAGE, "FLASH_HEAD_GROUP = '%s': expected a number of heads (1 or more) or 'all'", v);
     }
-    const int g = env == ALL ? BH : env == UNSET ? resident / HEAD_GROUP_CTAS : env;
+    return cached;
+}
+inline int head_group(int BH, int resident) {
+    const int set = head_group_setting();
+    const int g = set == HEAD_GROUP_ALL ? BH : set == HEAD_GROUP_AUTO ? resident / HEAD_GROUP_CTAS : set;
     return g < 1 ? 1 : g > BH ? BH : g;
 }
 

@@ -159,6 +159,8 @@ extern "C" int sparse_attn_backward_split(int D, int deterministic) {
     return deterministic;
 }
 
+extern "C" int sparse_attn_qk_fwd_keys(void) { return qk_fwd_keys(); }
+
 extern "C" void sparse_attn_tile_shape(sparse_attn_pass_t pass, attn_mode_t mode, int D, int *block_m, int *block_n) {
     if (D != 64) fatal(EXIT_USAGE, "sparse_attn: head dim D = %d is not supported (64)", D);
     const bool sm90 = use_sm90(D);

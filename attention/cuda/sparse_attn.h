@@ -64,6 +64,10 @@ void sparse_attn_set_persistent(int ctas);
  * the dK/dV pass, the faster on both paths (H100 measurements in attention/cuda/NOTES.md). */
 int sparse_attn_backward_split(int D, int deterministic);
 
+/* Keys a tile of qk_sparse's Hopper forward: 128 (default) or 64, from the environment variable
+ * SPARSE_QK_FWD_KEYS; a fatal error (exit 2) for any other value, so call this at start-up. */
+int sparse_attn_qk_fwd_keys(void);
+
 /* out [B][T][H][D] (o_stride), lse [B][H][T]. fwd_tiles: SPARSE_ATTN_PASS_FORWARD shape. */
 void sparse_attn_forward(const attn_plan_cuda_t *plan, const attn_tiles_cuda_t *fwd_tiles,
                          const flash_attn_dims_t *dims, const flash_bf16_t *q,

@@ -24,28 +24,29 @@ check() { # check DESCRIPTION COMMAND...
 }
 
 # each a set of assignments; the message must name the first variable
-for bad in FLASH_BWD_SCHEDULE=sideways FLASH_BWD_QUERY_TILE=96 "FLASH_BWD_SCHEDULE=alternate FLASH_BWD_QUERY_TILE=128"; do
+for bad in FLASH_BWD_SCHEDULE=sideways FLASH_BWD_QUERY_TILE=96 "FLASH_BWD_SCHEDULE=alternate FLASH_BWD_QUERY_TILE=128" \
+           FLASH_HEAD_GROUP=0 FLASH_HEAD_GROUP=4x SPARSE_QK_FWD_KEYS=96; do
     env $bad "$TRAIN" "${common[@]}" --out "$work/bad" >"$work/bad.out" 2>&1
     rc=$?
     check "$bad: exit 2 (got $rc)" test "$rc" = 2
     check "$bad: the message names ${bad%%=*}" grep -q "${bad%%=*}" "$work/bad.out"
 done
 
-FLASH_BWD_SCHEDULE=deferred FLASH_BWD_QUERY_TILE=128 "$TRAIN" "${common[@]}" --out "$work/good" >"$work/good.out" 2>&1
+FLASH_BWD_SCHEDULE=deferred FLASH_BWD_QUERY_TILE=128 FLASH_HEAD_GROUP=3 SPARSE_QK_FWD_KEYS=64 "$TRAIN" "${common[@]}" --out "$work/good" >"$work/good.out" 2>&1
 rc=$?
 check "deferred, tile 128: the run completes (got $rc)" test "$rc" = 0
-check "the device line names the schedule and the tile" \
-    grep -q '"device":"[^"]*attention backward deferred, dense query tile 128' "$work/good/log.jsonl"
+check "the device line names the schedule, the tile, the head group and the qk keys" \
+    grep -q '"device":"[^"]*attention backward deferred, dense query tile 128, head group 3, qk forward keys 64' "$work/good/log.jsonl"
 [ "$fail" = 0 ] || tail -5 "$work/good.out"
 env -u FLASH_BWD_SCHEDULE FLASH_BWD_QUERY_TILE=128 "$TRAIN" "${common[@]}" --out "$work/tile128" >"$work/tile128.out" 2>&1
 rc=$?
 check "tile 128, schedule unset: the run completes (got $rc)" test "$rc" = 0
 check "tile 128, schedule unset: deferred (alternate has no 128-query tile)" \
     grep -q '"device":"[^"]*attention backward deferred, dense query tile 128' "$work/tile128/log.jsonl"
-env -u FLASH_BWD_SCHEDULE -u FLASH_BWD_QUERY_TILE "$TRAIN" "${common[@]}" --out "$work/unset" >"$work/unset.out" 2>&1
+env -u FLASH_BWD_SCHEDULE -u FLASH_BWD_QUERY_TILE -u FLASH_HEAD_GROUP -u SPARSE_QK_FWD_KEYS "$TRAIN" "${common[@]}" --out "$work/unset" >"$work/unset.out" 2>&1
 rc=$?
 check "schedule and tile unset: the run completes (got $rc)" test "$rc" = 0
-check "schedule and tile unset: alternate, tile 64" \
-    grep -q '"device":"[^"]*attention backward alternate, dense query tile 64' "$work/unset/log.jsonl"
+check "all unset: alternate, tile 64, head group auto, qk keys 128" \
+    grep -q '"device":"[^"]*attention backward alternate, dense query tile 64, head group auto, qk forward keys 128' "$work/unset/log.jsonl"
 rm -rf "$work"
 echo "$pass passed, $fail failed"
