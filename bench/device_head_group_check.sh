@@ -43,7 +43,6 @@ for g in groups:
     for l in open(p) if os.path.exists(p) else []:
         r = json.loads(l); rows.setdefault(r["T"], {})[g] = r
 for T in sorted(rows):
-    c = list(rows[T].values())[0]
     cells = [f"{g}: {r['ours_fwd']:.3f} / {r['ours_fb']:.3f} ({r['cudnn_fb'] / r['ours_fb']:.2f}x, cuDNN {r['cudnn_fb']:.3f})"
              for g, r in rows[T].items()]
     print(f"  T {T:5d} | " + " | ".join(cells))

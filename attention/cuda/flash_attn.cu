@@ -3,6 +3,7 @@
 #include "attention/cuda/flash_attn.h"
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "attention/cuda/flash_checks.cuh"
 #include "attention/cuda/flash_launch.cuh"
@@ -67,7 +68,14 @@ extern "C" const char *flash_attn_bwd_schedule(void) {
 
 extern "C" int flash_attn_bwd_query_tile(void) { return bwd_query_tile(); }
 
-extern "C" int flash_attn_head_group(void) { return head_group_setting(); }
+extern "C" const char *flash_attn_head_group(void) {
+    static char heads[16];
+    const int g = head_group_setting();
+    if (g == HEAD_GROUP_AUTO) return "auto";
+    if (g == HEAD_GROUP_ALL) return "all";
+    snprintf(heads, sizeof heads, "%d", g);
+    return heads;
+}
 
 extern "C" void flash_attn_forward(const flash_attn_dims_t *dims, const flash_bf16_t *q,
                                    const flash_bf16_t *k, const flash_bf16_t *v,

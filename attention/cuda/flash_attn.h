@@ -69,10 +69,10 @@ const char *flash_attn_bwd_schedule(void);
 int flash_attn_bwd_query_tile(void);
 
 /* Heads whose tiles the Hopper kernels (dense and sparse) walk together, from the environment
- * variable FLASH_HEAD_GROUP: 0 when unset (resident CTAs / 16, flash_launch.cuh), -1 for
- * "all" (no groups), else the number it gives; a fatal error (exit 2) for any other value, so
- * call this at start-up too. */
-int flash_attn_head_group(void);
+ * variable FLASH_HEAD_GROUP: "auto" when unset (resident CTAs / 16, flash_launch.cuh), "all"
+ * (no groups), else the number it gives; a fatal error (exit 2) for any other value, so call
+ * this at start-up too. */
+const char *flash_attn_head_group(void);
 
 #ifdef __cplusplus
 }

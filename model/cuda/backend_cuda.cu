@@ -171,12 +171,9 @@ static backend_t *create(const gpt_config_t *cfg, int B, int T, const dist_t *di
         snprintf(b->device, sizeof b->device, "cuda: %s (bf16)", prop.name);
     /* the attention kernels' environment (checked here, at start-up) goes into every log's header */
     const size_t used = strlen(b->device);
-    const int group = flash_attn_head_group();
-    char group_name[16];
-    snprintf(group_name, sizeof group_name, "%d", group);
     snprintf(b->device + used, sizeof b->device - used,
              ", attention backward %s, dense query tile %d, head group %s, qk forward keys %d", flash_attn_bwd_schedule(),
-             flash_attn_bwd_query_tile(), group == 0 ? "auto" : group < 0 ? "all" : group_name, sparse_attn_qk_fwd_keys());
+             flash_attn_bwd_query_tile(), flash_attn_head_group(), sparse_attn_qk_fwd_keys());
     b->cfg = *cfg;
     c->g = gpt_cuda_create(cfg, B, T);
     if (dist) c->zero = zero_cuda_create(c->g, dist);
