@@ -38,6 +38,7 @@ struct scfa_ctx {
     int plan_built, dkdv_tiles_built, dq_tiles_built;
     void *workspace;
     size_t workspace_bytes;
+    int *work_counter; /* dense: the persistent grids' (flash_attn_dims_t) */
 };
 
 static thread_local char last_error[512];
@@ -102,7 +103,7 @@ static int check_plan_built(const scfa_ctx_t *c, const char *fn) {
 static flash_attn_dims_t make_dims(const scfa_ctx_t *c, long q_stride, long k_stride,
                                    long v_stride, long o_stride) {
     flash_attn_dims_t d = {c->B, c->T, c->H, c->D, c->p.exclude_self,
-                           q_stride, k_stride, v_stride, o_stride};
+                           q_stride, k_stride, v_stride, o_stride, c->work_counter};
     return d;
 }
 
@@ -195,6 +196,10 @@ extern "C" int scfa_create(scfa_ctx_t **ctx, int B, int T, int H, int D, int mod
     c->p.drop_prob = mode == SCFA_QK_SPARSE ? drop_prob : 0.0f;
     c->p.exclude_self = exclude_self != 0;
     c->shared_qk = mode == SCFA_HASH_SPARSE && shared_qk != 0;
+    if (!is_sparse(c) && (err = cudaMalloc((void **)&c->work_counter, sizeof(int))) != cudaSuccess) {
+        free(c);
+        return fail_cuda("cudaMalloc (work counter)", err);
+    }
     if (is_sparse(c)) {
         attn_plan_cuda_init(&c->plan, &c->p, B, T, H, D);
         int bm, bn;
@@ -216,6 +221,7 @@ extern "C" void scfa_free(scfa_ctx_t *c) {
         attn_plan_cuda_free(&c->plan);
     }
     if (c->workspace) cudaFree(c->workspace);
+    if (c->work_counter) cudaFree(c->work_counter);
     c->magic = 0;
     free(c);
 }

@@ -29,6 +29,11 @@ typedef struct {
     int B, T, H, D;
     int exclude_self;
     long q_stride, k_stride, v_stride, o_stride; /* in elements */
+    /* Optional (NULL: one CTA per tile): one int of device memory from which the Hopper kernels'
+     * persistent grids draw their tiles, zeroed by each call on its stream; calls that may run
+     * at the same time need counters of their own. Used where persistent grids were measured
+     * faster (short T: flash_attn.cu, use_persistent). */
+    int *work_counter;
 } flash_attn_dims_t;
 
 /* out [B][T][H][D] (o_stride), lse [B][H][T]. */

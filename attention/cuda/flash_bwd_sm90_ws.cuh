@@ -174,27 +174,38 @@ template <class Policy> __global__ void __launch_bounds__(256) flash_bwd_prepare
 }
 
 /* dq[b, q_row(bh, r), h, :] = bf16(scale * accumulator row r) for every work row r < q_len of
- * bh. A thread takes one fragment group: 16 contiguous floats of a block (n-tile nt, threads
- * 4 j .. 4 j + 3 of the warpgroup), which are rows r0 and r0 + 8, 8 columns each. Rows past
- * q_len (dropped qk queries) are the caller's to zero (sparse_attn.cu, zero_dropped_rows). */
-template <int D, class Policy> __global__ void flash_bwd_convert_dq_tiles_kernel(FlashParams p, Policy pol) {
+ * bh; rows past q_len (dropped qk queries) are the caller's to zero (sparse_attn.cu,
+ * zero_dropped_rows). A CTA of 256 threads a 64-row tile (tiles of dropped rows only exit at
+ * once: flash_bwd_prepare_kernel never zeroed them). The tile's 16 KB of fp32 are read as
+ * float4s in order and written out as whole 128-byte rows, through shared memory: read straight
+ * in fragment order, a warp's stores were 16 bytes in each of 32 rows, and the kernel moved its
+ * 300 MB at 1.3 TB/s (0.23 ms at B*T = 65536, 12 heads; ncu, session 15).
+ * float4 L of a tile is 128 c8 + t: 8-column chunk c8 (column half * 4 + n-tile), fragment
+ * thread t (dq_tile_index), and holds columns 2q, 2q + 1 (q = t % 4) of rows rr and rr + 8. It
+ * is staged at L ^ c8: 8 consecutive threads then hit 8 different 16-byte bank groups both when
+ * storing in order and when loading one row pair's chunks c8 = 0..7. */
+template <int D, class Policy> __global__ void __launch_bounds__(256) flash_bwd_convert_dq_tiles_kernel(FlashParams p, Policy pol) {
     static_assert(D == 64, "the tile layout holds 64 columns");
-    const long id = (long)blockIdx.x * blockDim.x + threadIdx.x; /* a group of 16 floats */
-    const int n_q_tiles = (p.T + 63) / 64;
-    if (id >= (long)p.B * p.H * n_q_tiles * (64 * D / 16)) return;
-    const int j = (int)(id % 32), nt = (int)(id / 32 % 4), half = (int)(id / 128 % 2);
-    const long tile = id / 256; /* bh * n_q_tiles + query tile */
-    const int bh = (int)(tile / n_q_tiles), r0 = (int)(tile % n_q_tiles) * 64 + 16 * (j / 8) + j % 8;
-    const int b = bh / p.H, h = bh % p.H, q_len = pol.q_len(bh);
-    if (r0 - r0 % 64 >= q_len) return; /* a tile of dropped rows: never zeroed (flash_bwd_prepare_kernel) */
-    /* the group starts at element (r0, column tq = 0, e = 0) */
-    const float4 *src = reinterpret_cast<const float4 *>(p.dq_accum + dq_tile_index(bh, n_q_tiles, r0, half * 32 + nt * 8));
+    __shared__ float4 tile[64 * D / 4];
+    const int n_q_tiles = (p.T + 63) / 64, tid = threadIdx.x;
+    const int bh = blockIdx.x / n_q_tiles, q0 = blockIdx.x % n_q_tiles * 64, q_len = pol.q_len(bh);
+    if (q0 >= q_len) return;
+    const float4 *src = reinterpret_cast<const float4 *>(p.dq_accum + (long)blockIdx.x * 64 * D);
+#pragma unroll
+    for (int i = 0; i < 64 * D / 4 / 256; i++) {
+        const int L = i * 256 + tid;
+        tile[L ^ (L >> 7)] = __ldcs(src + L); /* read once: streamed past L1 and L2 */
+    }
+    __syncthreads();
+    const int c8 = tid % 8, pair = tid / 8, rr = 16 * (pair / 8) + pair % 8;
+    const int t0 = 32 * (rr / 16) + 4 * (rr % 8); /* fragment thread of (rr, chunk column 0) */
     float4 f[4];
 #pragma unroll
-    for (int q = 0; q < 4; q++) f[q] = src[q]; /* thread 4j + q: columns 2q, 2q + 1 of rows r0, r0 + 8 */
+    for (int q = 0; q < 4; q++) f[q] = tile[(128 * c8 + t0 + q) ^ c8];
+    const int b = bh / p.H, h = bh % p.H;
 #pragma unroll
     for (int hi = 0; hi < 2; hi++) {
-        const int r = r0 + 8 * hi;
+        const int r = q0 + rr + 8 * hi;
         if (r >= q_len) continue;
         uint4 out;
         uint32_t *w = reinterpret_cast<uint32_t *>(&out);
@@ -202,7 +213,7 @@ template <int D, class Policy> __global__ void flash_bwd_convert_dq_tiles_kernel
         for (int q = 0; q < 4; q++)
             w[q] = hi ? pack_bf16(f[q].z * p.scale, f[q].w * p.scale) : pack_bf16(f[q].x * p.scale, f[q].y * p.scale);
         const long t = pol.q_row(bh, r);
-        *reinterpret_cast<uint4 *>(p.dq + ((long)b * p.T + t) * p.q_stride + h * D + half * 32 + nt * 8) = out;
+        *reinterpret_cast<uint4 *>(p.dq + ((long)b * p.T + t) * p.q_stride + h * D + c8 * 8) = out;
     }
 }
 

@@ -42,6 +42,7 @@ inline void api_check_shape(const char *api, const flash_attn_dims_t *d) {
     api_check_stride(api, "k_stride", d->k_stride, d);
     api_check_stride(api, "v_stride", d->v_stride, d);
     api_check_stride(api, "o_stride", d->o_stride, d);
+    if (((uintptr_t)d->work_counter & 3) != 0) fatal(EXIT_USAGE, "%s: work_counter is not 4-byte aligned", api);
 }
 
 /* Shapes and scales of the kernels' parameters; pointers are the caller's to fill. */
@@ -54,6 +55,7 @@ inline FlashParams make_params(const flash_attn_dims_t *d) {
     p.k_stride = d->k_stride;
     p.v_stride = d->v_stride;
     p.o_stride = d->o_stride;
+    p.work_counter = d->work_counter;
     p.scale = 1.0f / sqrtf((float)d->D);
     p.scale_log2 = p.scale * 1.4426950408889634f;
     return p;

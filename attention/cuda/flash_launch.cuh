@@ -193,8 +193,8 @@ cudaError_t launch_bwd_fused_sm90_ws(const FlashParams &p, const Policy &pol, cu
     cudaError_t err = launch_bwd_prepare(p, pol, true, s);
     if (err == cudaSuccess) err = launch_bwd_dkdv_sm90_ws<Cfg, PERSISTENT>(p, pol, s, ctas);
     if (err != cudaSuccess) return err;
-    const long threads = (long)p.B * p.H * ((p.T + 63) / 64) * (64 * 64 / 16); /* 16 floats a thread */
-    flash_bwd_convert_dq_tiles_kernel<64, Policy><<<(unsigned)((threads + 255) / 256), 256, 0, s>>>(p, pol);
+    const long tiles = (long)p.B * p.H * ((p.T + 63) / 64);
+    flash_bwd_convert_dq_tiles_kernel<64, Policy><<<(unsigned)tiles, 256, 0, s>>>(p, pol);
     return cudaGetLastError();
 }
 

@@ -31,7 +31,8 @@ class Dims(ctypes.Structure):
     _fields_ = [("B", ctypes.c_int), ("T", ctypes.c_int), ("H", ctypes.c_int),
                 ("D", ctypes.c_int), ("exclude_self", ctypes.c_int),
                 ("q_stride", ctypes.c_long), ("k_stride", ctypes.c_long),
-                ("v_stride", ctypes.c_long), ("o_stride", ctypes.c_long)]
+                ("v_stride", ctypes.c_long), ("o_stride", ctypes.c_long),
+                ("work_counter", ctypes.c_void_p)]
 
 
 def rel(a, b):
@@ -42,7 +43,9 @@ def rel(a, b):
 class Ours:
     def __init__(self, lib, B, T, H, D):
         self.lib = lib
-        self.dims = Dims(B, T, H, D, 0, H * D, H * D, H * D, H * D)
+        # the API's persistent grids draw tiles from this counter, as the trainer's do
+        self.counter = torch.zeros(1, dtype=torch.int32, device="cuda")
+        self.dims = Dims(B, T, H, D, 0, H * D, H * D, H * D, H * D, self.counter.data_ptr())
         ws = lib.flash_attn_backward_workspace_bytes(ctypes.byref(self.dims), 0)
         self.ws = torch.empty(ws, dtype=torch.uint8, device="cuda")
         self.lse = torch.empty(B * H * T, dtype=torch.float32, device="cuda")

@@ -116,6 +116,7 @@ void carve_activations(gpt_cuda_t *g, Carver &c) {
     g->red_scratch = c.take<float>(red);
     g->norm_scratch = c.take<double>(GRAD_NORM_BLOCKS);
     g->attn_workspace = c.take<char>(g->attn_workspace_bytes);
+    g->attn_work_counter = c.take<int>(1);
     g->tokens_dev = c.take<int32_t>(N);
     g->targets_dev = c.take<int32_t>(N);
 }
@@ -131,6 +132,7 @@ flash_attn_dims_t attn_dims(const gpt_cuda_t *g, int layer, int B, int T) {
     d.k_stride = g->cfg.shared_qk ? g->C : g->P;
     d.v_stride = g->P;
     d.o_stride = g->C;
+    d.work_counter = g->attn_work_counter;
     return d;
 }
 

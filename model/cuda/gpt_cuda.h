@@ -81,6 +81,7 @@ typedef struct {
     double *norm_scratch;          /* grad norm partials */
     void *attn_workspace;
     size_t attn_workspace_bytes;
+    int *attn_work_counter; /* the dense attention's persistent grids (flash_attn_dims_t) */
 
     int32_t *tokens_dev, *targets_dev; /* [N] */
     int32_t *tokens_host, *targets_host; /* pinned staging [N] */

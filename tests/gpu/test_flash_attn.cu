@@ -107,15 +107,16 @@ typedef struct {
 } case_data_t;
 
 /* Runs forward, forward again, both backward modes (deterministic twice) on the current path
- * and checks everything against the reference. */
-static void check_path(const test_case_t *c, const case_data_t *x, const char *path) {
+ * and checks everything against the reference; work_counter: flash_attn_dims_t's (persistent
+ * grids on Hopper) or NULL. */
+static void check_path(const test_case_t *c, const case_data_t *x, const char *path, int *work_counter) {
     const int B = c->B, T = c->T, H = c->H, D = c->D;
     const size_t n = (size_t)B * T * H * D, rows = (size_t)B * H * T;
     char label[160];
     snprintf(label, sizeof label, "%-10s B=%d T=%d H=%d D=%d excl=%d fused=%d pad=%d", path, B, T,
              H, D, c->exclude_self, c->fused_qkv, c->pad_out);
     flash_attn_dims_t dims = {B, T, H, D, c->exclude_self, x->qkv_stride, x->qkv_stride,
-                              x->qkv_stride, x->o_stride};
+                              x->qkv_stride, x->o_stride, work_counter};
     uint16_t *d_qkv, *d_dqkv[2], *d_out, *d_dout;
     float *d_lse;
     void *d_ws;
@@ -253,9 +254,15 @@ static void run_case(const test_case_t *c, uint64_t seed) {
     flash_attn_force_portable(1);
     char portable_path[32];
     snprintf(portable_path, sizeof portable_path, "%s", flash_attn_path(&dims));
-    check_path(c, &x, portable_path);
+    check_path(c, &x, portable_path, NULL);
     flash_attn_force_portable(0);
-    if (strcmp(flash_attn_path(&dims), portable_path) != 0) check_path(c, &x, flash_attn_path(&dims));
+    if (strcmp(flash_attn_path(&dims), portable_path) != 0) {
+        check_path(c, &x, flash_attn_path(&dims), NULL);
+        int *counter; /* the same kernels' persistent grids */
+        CUDA_OK(cudaMalloc(&counter, sizeof(int)));
+        check_path(c, &x, "persistent", counter);
+        cudaFree(counter);
+    }
 
     attn_plan_free(&plan);
     free(x.qkv); free(x.dout); free(x.out); free(x.lse); free(x.dq); free(x.dk); free(x.dv);
