@@ -39,9 +39,9 @@ typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90Fwd64;
  * H100, session 15 (docs/PERF.md; B*T = 65536, 12 heads; persistent vs a CTA per tile, median of
  * 2 rounds): forward 0.371 vs 0.434 ms at 1k, 1.055 vs 1.108 at 4k, 1.956 vs 2.060 at 8k, 3.806
  * vs 3.822 at 16k; backward 1.052 vs 1.128, 2.678 vs 2.797, then slower: 5.110 vs 4.964 at 8k,
- * 9.978 vs 9.639 at 16k. One limit for both, where both win. */
+ * 9.978 vs 9.639 at 16k. Each where it won. */
 typedef Sm90FwdWsTiles<2, 128, 3> Sm90Fwd64Persistent;
-constexpr int PERSISTENT_MAX_T = 4096;
+constexpr int FWD_PERSISTENT_MAX_T = 8192, BWD_PERSISTENT_MAX_T = 4096;
 typedef Sm90BwdWsTiles<2, 3> Sm90DkDv64;
 typedef Sm90BwdWsTiles<2, 2, false, false, false, 128> Sm90DkDvWide; /* FLASH_BWD_QUERY_TILE=128 */
 typedef Sm90DqWsTiles<2, 2> Sm90Dq64;
@@ -61,7 +61,7 @@ int force_portable = 0;
 /* Head dim 64 on Hopper takes the wgmma kernels; everything else the mma.sync ones. */
 bool use_sm90(const flash_attn_dims_t *d) { return d->D == 64 && !force_portable && sm90_available(); }
 
-bool use_persistent(const flash_attn_dims_t *d) { return d->work_counter && d->T <= PERSISTENT_MAX_T; }
+bool use_persistent(const flash_attn_dims_t *d, int max_t) { return d->work_counter && d->T <= max_t; }
 
 } // namespace
 
@@ -104,10 +104,13 @@ extern "C" void flash_attn_forward(const flash_attn_dims_t *dims, const flash_bf
     p.out = out;
     p.lse = lse;
     DenseCausalPolicy pol = {dims->T, dims->exclude_self ? 1 : 0};
-    cudaError_t err = !use_sm90(dims)        ? (dims->D == 64 ? launch_fwd<Fwd64>(p, pol, dims->T, stream)
-                                                                : launch_fwd<Fwd128>(p, pol, dims->T, stream))
-                      : use_persistent(dims) ? launch_fwd_sm90_ws<Sm90Fwd64Persistent, true>(p, pol, stream, -1)
-                                             : launch_fwd_sm90_ws<Sm90Fwd64>(p, pol, stream);
+    cudaError_t err;
+    if (!use_sm90(dims))
+        err = dims->D == 64 ? launch_fwd<Fwd64>(p, pol, dims->T, stream) : launch_fwd<Fwd128>(p, pol, dims->T, stream);
+    else if (use_persistent(dims, FWD_PERSISTENT_MAX_T))
+        err = launch_fwd_sm90_ws<Sm90Fwd64Persistent, true>(p, pol, stream, -1);
+    else
+        err = launch_fwd_sm90_ws<Sm90Fwd64>(p, pol, stream);
     check_launch("forward kernel", err);
 }
 
@@ -149,10 +152,13 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
             check_launch("backward dQ", launch_bwd_dq_sm90_ws<Sm90Dq64>(p, pol, stream));
         } else {
             /* the 128-query tile has no persistent instance (shared memory) */
-            const cudaError_t err =
-                bwd_query_tile() == 128 ? launch_bwd_fused_sm90_ws_scheduled<2, false, 128>(bwd_schedule(), p, pol, stream)
-                : use_persistent(dims)  ? launch_bwd_fused_sm90_ws_scheduled<3, true>(bwd_schedule(), p, pol, stream, -1)
-                                        : launch_bwd_fused_sm90_ws_scheduled<BWD_FUSED_STAGES>(bwd_schedule(), p, pol, stream);
+            cudaError_t err;
+            if (bwd_query_tile() == 128)
+                err = launch_bwd_fused_sm90_ws_scheduled<2, false, 128>(bwd_schedule(), p, pol, stream);
+            else if (use_persistent(dims, BWD_PERSISTENT_MAX_T))
+                err = launch_bwd_fused_sm90_ws_scheduled<3, true>(bwd_schedule(), p, pol, stream, -1);
+            else
+                err = launch_bwd_fused_sm90_ws_scheduled<BWD_FUSED_STAGES>(bwd_schedule(), p, pol, stream);
             check_launch("backward dK/dV/dQ", err);
         }
     } else if (dims->D == 64) {

@@ -91,6 +91,7 @@ void carve_activations(gpt_cuda_t *g, Carver &c) {
         a->att = c.take<bf16>(N * C);
         a->lse = c.take<float>(N * g->H);
         a->fc_preact = c.take<bf16>(N * 4 * C);
+        a->gelu = c.take<bf16>(N * 4 * C);
     }
     g->resid_final = c.take<bf16>(N * C);
     g->lnf = c.take<bf16>(N * C);
@@ -101,7 +102,6 @@ void carve_activations(gpt_cuda_t *g, Carver &c) {
     g->logits = c.take<bf16>((size_t)g->logit_chunk * Vp);
     g->losses = c.take<float>(N);
     g->loss_mean = c.take<double>(1);
-    g->gelu = c.take<bf16>(N * 4 * C);
     g->dbig = c.take<bf16>(N * 4 * C);
     g->tmp = c.take<bf16>(N * C);
     g->dres = c.take<bf16>(N * C);
@@ -340,9 +340,9 @@ float gpt_cuda_forward(gpt_cuda_t *g, const int32_t *inputs, const int32_t *targ
         matmul_forward_cuda(g->mm, g->tmp, a->att, pw + o->projw, at(pw, o->projb), N, C, C, nullptr, s);
         residual_layernorm_forward_cuda(a->resid_mid, a->ln2, a->ln2_mean, a->ln2_rstd, a->resid_in,
                                         g->tmp, pf + o->ln2w, at(pf, o->ln2b), N, C, s);
-        matmul_forward_cuda(g->mm, g->gelu, a->ln2, pw + o->fcw, at(pw, o->fcb), N, C, 4 * C,
+        matmul_forward_cuda(g->mm, a->gelu, a->ln2, pw + o->fcw, at(pw, o->fcb), N, C, 4 * C,
                             a->fc_preact, s);
-        matmul_forward_cuda(g->mm, g->tmp, g->gelu, pw + o->mprojw, at(pw, o->mprojb), N, 4 * C, C,
+        matmul_forward_cuda(g->mm, g->tmp, a->gelu, pw + o->mprojw, at(pw, o->mprojb), N, 4 * C, C,
                             nullptr, s);
         if (l + 1 < L) {
             gpt_cuda_layer_acts_t *next = &g->acts[l + 1];
@@ -409,9 +409,8 @@ void gpt_cuda_backward(gpt_cuda_t *g, float scale) {
     for (int l = g->L - 1; l >= 0; l--) {
         const gpt_cuda_layer_offsets_t *o = &g->off[l];
         const gpt_cuda_layer_acts_t *a = &g->acts[l];
-        /* MLP: the GELU output is recomputed; its backward is fused into the dinp matmul. */
-        gelu_forward_cuda(g->gelu, a->fc_preact, NC * 4, s);
-        matmul_backward_cuda(g->mm, g->dbig, 0, gr + o->mprojw, g->dres, g->gelu, pw + o->mprojw, N,
+        /* MLP: the GELU output kept by the forward; its backward is fused into the dinp matmul. */
+        matmul_backward_cuda(g->mm, g->dbig, 0, gr + o->mprojw, g->dres, a->gelu, pw + o->mprojw, N,
                              4 * C, C, a->fc_preact, s);
         if (o->mprojb != SIZE_MAX) bias_backward_cuda(gr + o->mprojb, g->dres, N, C, red, s);
         matmul_backward_cuda(g->mm, g->tmp, 0, gr + o->fcw, g->dbig, a->ln2, pw + o->fcw, N, C,
