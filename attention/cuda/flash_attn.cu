@@ -33,8 +33,9 @@ typedef DqTiles<128, 64, 32, 4> Dq128;
  * (2-7%), slower at 1k-2k (3-14%) and either at 8k (within that day's +-12% run-to-run noise;
  * docs/PERF.md): not the default until an interleaved A/B settles 8k. */
 typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90Fwd64;
-/* With a work counter at short T: a persistent grid drawing its tiles (ping-pong turns assume one
- * tile a CTA, so without them) and the fused backward's persistent instance. Short causal tiles
+/* With a work counter at short T: a persistent grid drawing its tiles (without ping-pong: the
+ * persistent ping-pong instance, bench variant 14, is not timed yet) and the fused backward's
+ * persistent instance. Short causal tiles
  * are mostly prologue and epilogue, which a persistent CTA overlaps with its next tile's loads.
  * H100, session 15 (docs/PERF.md; B*T = 65536, 12 heads; persistent vs a CTA per tile, median of
  * 2 rounds): forward 0.371 vs 0.434 ms at 1k, 1.055 vs 1.108 at 4k, 1.956 vs 2.060 at 8k, 3.806

@@ -14,8 +14,10 @@
 namespace flash {
 
 /* PINGPONG (two consumer warpgroups): the warpgroups take turns issuing their products
- * (named barriers 1 and 2), so that one's softmax runs while the other's products do. Its
- * turns are counted per work item: not with a persistent grid. */
+ * (named barriers 1 and 2), so that one's softmax runs while the other's products do. An
+ * item's turns balance (each barrier gets as many arrivals as waits, and warpgroup 1 hands the
+ * first turn of the next item over only after its last one), so a persistent CTA takes them
+ * item after item. */
 template <int NWG_, int BN_, int STAGES_, bool PINGPONG_ = false>
 struct Sm90FwdWsTiles : WsShape<NWG_, 1> {
     static constexpr int D = 64, NWG = NWG_, BM = 64 * NWG_, BN = BN_, STAGES = STAGES_;
@@ -42,7 +44,6 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     constexpr int STAGE_ELEMS = 2 * BN * D, STAGE_BYTES = STAGE_ELEMS * 2;
     typedef typename Policy::RowInfo RowInfo;
     using namespace sm90;
-    static_assert(!(Cfg::PINGPONG && PERSISTENT), "ping-pong turns are counted for one item a CTA");
 
     constexpr int NBUF = PERSISTENT ? 2 : 1, QB = Cfg::ITEM_BYTES;
     extern __shared__ unsigned char smem_raw[];

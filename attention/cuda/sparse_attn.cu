@@ -30,8 +30,8 @@ typedef DqTiles<64, 64, 64, 4> Dq64;
 typedef Sm90FwdWsTiles<2, 64, 4> Sm90Fwd64; /* warp-specialised; the forward lists' 128 x 64 tiles */
 /* qk_sparse's forward (128 keys unless SPARSE_QK_FWD_KEYS=64, qk_fwd_keys): its compacted rows form causal
  * blocks as dense ones do, so the dense API's 128 x 128 tiles, ping-pong with a CTA per tile,
- * without it when persistent (ping-pong turns are counted per item). Hash buckets are short
- * runs of keys: 64-key tiles waste less there. */
+ * without it when persistent (a persistent ping-pong instance is untimed: bench variant 14,
+ * dense). Hash buckets are short runs of keys: 64-key tiles waste less there. */
 typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90FwdQk;
 typedef Sm90FwdWsTiles<2, 128, 3> Sm90FwdQkPersistent;
 typedef Sm90BwdWsTiles<2, 3> Sm90DkDvWs; /* BN = 128 keys, BM = 64 queries, warp-specialised */

@@ -29,6 +29,7 @@ const char *fwd_names[] = {"api",
                            "ws 2wg BN64 S4 persistent (sparse api)",
                            "ws 3wg BN128 S2",
                            "ws 3wg BN128 S3",
+                           "ws 2wg BN128 S3 pingpong persistent",
                            NULL};
 const char *bwd_names[] = {"api",
                            "mma.sync api",
@@ -105,6 +106,7 @@ extern "C" int bench_fwd_variant(int v, const flash_attn_dims_t *d, const flash_
     case 11: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 64, 4>, true>(p, pol, s, -1); break;
     case 12: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<3, 128, 2>>(p, pol, s); break;
     case 13: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<3, 128, 3>>(p, pol, s); break;
+    case 14: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3, true>, true>(p, pol, s, -1); break;
     default: return -1;
     }
     return err == cudaSuccess ? 0 : -2;

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One device call (~2 min): end to end A/B of two builds of the trainer's step, dense GPT-2
+# small at 8k x 4 and 16k x 2, two interleaved runs each, against compiled PyTorch in the same
+# call, then the new build's model test. Build here into the git-ignored carry/e2e/:
+#   bench_step_old, bench_step_new   bench_step (bench/build_carry.sh's link line) of each build
+#   test_model_cuda.xz               the new build's build/tests/gpu/test_model_cuda, xz-packed
+# and send carry = ["carry/e2e", "carry/run/lib"] (the shared libraries, bench/build_carry.sh).
+# Logs under $OUT; the table last. TORCH_S: seconds for torch.compile (default 90).
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+export LD_LIBRARY_PATH=$PWD/carry/run/lib:${LD_LIBRARY_PATH:-}
+T0=$(date +%s)
+for c in 8192x4 16384x2; do for b in old new old new; do
+  timeout 25 carry/e2e/bench_step_$b --seq ${c%x*} --batch ${c#*x} --steps 5 --warmup 2 --mode dense >> $OUT/e2e_$b.jsonl 2>> $OUT/e2e.err
+done; done; echo "bench_step done $(( $(date +%s) - T0 )) s"
+timeout ${TORCH_S:-90} python3 bench/e2e/torch_gpt.py --modes compile --configs 8192x4,16384x2 --steps 5 --warmup 2 >> $OUT/torch.jsonl 2>> $OUT/e2e.err
+echo "torch done $(( $(date +%s) - T0 )) s"
+if [ -f carry/e2e/test_model_cuda.xz ]; then
+  xz -dc carry/e2e/test_model_cuda.xz > /tmp/test_model_cuda && chmod +x /tmp/test_model_cuda
+  timeout 60 /tmp/test_model_cuda > $OUT/model.log 2>&1; echo "model rc $? $(tail -1 $OUT/model.log) $(( $(date +%s) - T0 )) s"
+fi
+python3 - $OUT <<'PY'
+import json, sys, os
+o = sys.argv[1]
+rows = lambda f: [json.loads(l) for l in open(f) if l.startswith("{")] if os.path.exists(f) else []
+t = {(r["seq"], r["batch"]): r for r in rows(o + "/torch.jsonl")}
+for b in ("old", "new"):
+    for r in rows(o + f"/e2e_{b}.jsonl"):
+        ref = t.get((r["seq"], r["batch"]))
+        print(f"{b} {r['seq']} x {r['batch']} {r['ms_per_step']:.1f} ms mem {r.get('device_used_gib')} GiB"
+              + (f" torch {ref['ms_per_step']:.1f} ms {r['tokens_per_s'] / ref['tokens_per_s']:.3f}x" if ref else ""))
+PY
