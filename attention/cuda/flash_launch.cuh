@@ -175,12 +175,15 @@ cudaError_t launch_bwd_dq_sm90_ws(const FlashParams &p, const Policy &pol, cudaS
     return launch_ws<Cfg, Policy, PERSISTENT, flash_bwd_dq_sm90_ws_kernel<Cfg, Policy, PERSISTENT>>(p, pol, Cfg::BM, ctas, s);
 }
 
+/* 64-row query tiles of every (batch, head): the grid of the preparation and the dQ convert, a
+ * CTA a tile. */
+inline long bwd_row_tiles(const FlashParams &p) { return (long)p.B * p.H * ((p.T + 63) / 64); }
+
 /* The Hopper backward's preparation (flash_bwd_prepare_kernel): delta, the work rows'
  * statistics, and with zero_accum the fused kernel's dQ accumulator tiles zeroed. Runs before
  * every warp-specialised dK/dV kernel (the portable kernels take launch_bwd_preprocess). */
 template <class Policy> cudaError_t launch_bwd_prepare(const FlashParams &p, const Policy &pol, bool zero_accum, cudaStream_t s) {
-    const long tiles = (long)p.B * p.H * ((p.T + 63) / 64);
-    flash_bwd_prepare_kernel<Policy><<<(unsigned)tiles, 256, 0, s>>>(p, pol, zero_accum ? 1 : 0);
+    flash_bwd_prepare_kernel<Policy><<<(unsigned)bwd_row_tiles(p), 256, 0, s>>>(p, pol, zero_accum ? 1 : 0);
     return cudaGetLastError();
 }
 
@@ -193,8 +196,7 @@ cudaError_t launch_bwd_fused_sm90_ws(const FlashParams &p, const Policy &pol, cu
     cudaError_t err = launch_bwd_prepare(p, pol, true, s);
     if (err == cudaSuccess) err = launch_bwd_dkdv_sm90_ws<Cfg, PERSISTENT>(p, pol, s, ctas);
     if (err != cudaSuccess) return err;
-    const long tiles = (long)p.B * p.H * ((p.T + 63) / 64);
-    flash_bwd_convert_dq_tiles_kernel<64, Policy><<<(unsigned)tiles, 256, 0, s>>>(p, pol);
+    flash_bwd_convert_dq_tiles_kernel<64, Policy><<<(unsigned)bwd_row_tiles(p), 256, 0, s>>>(p, pol);
     return cudaGetLastError();
 }
 
