@@ -35,8 +35,8 @@ typedef DqTiles<128, 64, 32, 4> Dq128;
 typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90Fwd64;
 /* With a work counter at short T: a persistent grid drawing its tiles (without ping-pong: the
  * persistent ping-pong instance, bench variant 14, is not timed yet) and the fused backward's
- * persistent instance. Short causal tiles
- * are mostly prologue and epilogue, which a persistent CTA overlaps with its next tile's loads.
+ * persistent instance. Short causal tiles are mostly prologue and epilogue, which a persistent
+ * CTA overlaps with its next tile's loads.
  * H100, session 15 (docs/PERF.md; B*T = 65536, 12 heads; persistent vs a CTA per tile, median of
  * 2 rounds): forward 0.371 vs 0.434 ms at 1k, 1.055 vs 1.108 at 4k, 1.956 vs 2.060 at 8k, 3.806
  * vs 3.822 at 16k; backward 1.052 vs 1.128, 2.678 vs 2.797, then slower: 5.110 vs 4.964 at 8k,

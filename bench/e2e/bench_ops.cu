@@ -109,7 +109,9 @@ int main(int argc, char **argv) {
     CUDA_CHECK(cudaMalloc((void **)&norm_scratch, GRAD_NORM_BLOCKS * sizeof(double)));
     CUDA_CHECK(cudaMemset(lnw, 0, C * sizeof(float)));
     layernorm_forward_cuda(ln, mean, rstd, x, lnw, nullptr, N, C, s); /* valid statistics */
-    flash_attn_dims_t ad = {B, T, H, D, 0, 3 * C, 3 * C, 3 * C, C};
+    int *counter; /* the persistent grids' work counter, as the trainer's attention has one */
+    CUDA_CHECK(cudaMalloc((void **)&counter, sizeof(int)));
+    flash_attn_dims_t ad = {B, T, H, D, 0, 3 * C, 3 * C, 3 * C, C, counter};
     void *ws;
     CUDA_CHECK(cudaMalloc(&ws, flash_attn_backward_workspace_bytes(&ad, 0)));
     const double f = 2.0 * N * C * C; /* flops of an N x C x C product */
@@ -125,7 +127,6 @@ int main(int argc, char **argv) {
     time_op("crossentropy fused (chunk)", chunks, 0, [&] { crossentropy_fused_cuda(losses, nullptr, logits, tgt, 1e-5f, chunk, V, Vp, s); });
     time_op("head dlnf (chunk)", chunks, fh, [&] { matmul_backward_cuda(mm, dres, 0, nullptr, logits, ln, wte, chunk, C, Vp, nullptr, s); });
     time_op("head dwte fp32+= (chunk)", chunks, fh, [&] { matmul_backward_cuda(mm, nullptr, 0, gwte, logits, ln, wte, chunk, C, Vp, nullptr, s); });
-    time_op("gelu recompute", L, 0, [&] { gelu_forward_cuda(big2, big, NC * 4, s); });
     time_op("matmul mlp.proj dinp +DGELU", L, 4 * f, [&] { matmul_backward_cuda(mm, big2, 0, nullptr, dres, big, wmp, N, 4 * C, C, big, s); });
     time_op("matmul mlp.proj dW", L, 4 * f, [&] { matmul_backward_cuda(mm, nullptr, 0, gw, dres, big, wmp, N, 4 * C, C, nullptr, s); });
     time_op("matmul fc dinp", L, 4 * f, [&] { matmul_backward_cuda(mm, y, 0, nullptr, big2, ln, wfc, N, C, 4 * C, nullptr, s); });
