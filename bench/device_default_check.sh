@@ -14,7 +14,7 @@ timeout 60 $W/main/test_model_cuda > $OUT/model.log 2>&1; echo "model: rc $? $(t
 TRAIN=carry/run/train timeout 90 bash tests/gpu/test_attn_env.sh > $OUT/attn_env.log 2>&1; echo "env checks: rc $? $(tail -1 $OUT/attn_env.log)"
 timeout 90 $W/main/test_sparse_attn --time > $OUT/sparse.log 2>&1; echo "sparse: rc $? $(tail -1 $OUT/sparse.log) ($(el) s)"
 grep -iE "fail|mismatch" $OUT/sparse.log | head -3
-timeout 180 python3 bench/attention/bench_dense.py --lib carry/flash/libflash_bench.so --seqs ${SEQS:-1024,4096,8192,16384} --variants --rounds 2 \
+timeout ${BENCH_S:-180} python3 bench/attention/bench_dense.py --lib carry/flash/libflash_bench.so --seqs ${SEQS:-1024,4096,8192,16384} --variants --rounds 2 \
   --fwd-variants ${FWD_VARIANTS:-8,10} --bwd-variants ${BWD_VARIANTS:-22,23} --out $OUT/bench.jsonl > $OUT/bench.log 2>&1; echo "bench rc $? ($(el) s)"
 timeout 50 ncu --clock-control none --kernel-name-base demangled --kernel-name regex:flash --metrics gpu__time_duration.sum \
   --csv --page raw carry/run/bench_step --seq 1024 --batch 64 --steps 1 --warmup 0 --mode dense > $OUT/ncu_1k.csv 2> $OUT/ncu_1k.err

@@ -32,7 +32,10 @@ typedef DqTiles<128, 64, 32, 4> Dq128;
  * 192 x 128 (FA3's shape, bench variant 13) were faster at 16k in four H100 runs of session 10
  * (2-7%), slower at 1k-2k (3-14%) and either at 8k (within that day's +-12% run-to-run noise;
  * docs/PERF.md): not the default until an interleaved A/B settles 8k. */
-typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90Fwd64;
+#ifndef FLASH_FWD_EXP_POLY /* EXPERIMENT (session 16): n-tiles of 16 through exp2_poly */
+#define FLASH_FWD_EXP_POLY 0
+#endif
+typedef Sm90FwdWsTiles<2, 128, 3, true, FLASH_FWD_EXP_POLY> Sm90Fwd64;
 /* With a work counter at short T: a persistent grid drawing its tiles (without ping-pong: the
  * persistent ping-pong instance, bench variant 14, is not timed yet) and the fused backward's
  * persistent instance. Short causal tiles are mostly prologue and epilogue, which a persistent
@@ -41,7 +44,7 @@ typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90Fwd64;
  * 2 rounds): forward 0.371 vs 0.434 ms at 1k, 1.055 vs 1.108 at 4k, 1.956 vs 2.060 at 8k, 3.806
  * vs 3.822 at 16k; backward 1.052 vs 1.128, 2.678 vs 2.797, then slower: 5.110 vs 4.964 at 8k,
  * 9.978 vs 9.639 at 16k. Each where it won. */
-typedef Sm90FwdWsTiles<2, 128, 3> Sm90Fwd64Persistent;
+typedef Sm90FwdWsTiles<2, 128, 3, false, FLASH_FWD_EXP_POLY> Sm90Fwd64Persistent;
 constexpr int FWD_PERSISTENT_MAX_T = 8192, BWD_PERSISTENT_MAX_T = 4096;
 typedef Sm90BwdWsTiles<2, 3> Sm90DkDv64;
 typedef Sm90BwdWsTiles<2, 2, false, false, false, 128> Sm90DkDvWide; /* FLASH_BWD_QUERY_TILE=128 */
