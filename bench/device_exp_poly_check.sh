@@ -7,7 +7,8 @@
 #      the API's two instances, 3 warpgroups, persistent ping-pong, exp-poly 2/4/6 of 16 n-tiles
 #      on ping-pong and 2/4 on persistent), 2 rounds;
 #   3. end to end, dense GPT-2 small, 8k x 4 and 16k x 2: bench_step built with
-#      FLASH_FWD_EXP_POLY = 0, 2, 4, two interleaved runs each, then torch.compile (TORCH_S);
+#      FLASH_FWD_EXP_POLY = 0, 2, 4 (E2E_POLYS), two interleaved runs each, then torch.compile
+#      (TORCH_S);
 #   4. the model test of the exp-poly 4 build; an ncu census of one 8k x 4 step (exp-poly 0),
 #      every kernel, if time is left.
 # Build here (git-ignored, all xz-packed into carry/s16/): bench_step_p{0,2,4}.xz,
@@ -32,13 +33,13 @@ timeout ${BENCH_S:-150} python3 bench/attention/bench_dense.py --lib carry/flash
   --fwd-variants ${FWD_VARIANTS:-8,10,13,14,15,16,17,18,19} --bwd-variants 22 --out $OUT/bench.jsonl > $OUT/bench.log 2>&1
 echo "bench rc $? ($(el) s)"
 
-for c in 8192x4 16384x2; do for r in 1 2; do for n in 0 2 4; do
+for c in 8192x4 16384x2; do for r in 1 2; do for n in ${E2E_POLYS:-0 2 4}; do
   timeout 25 $B/bench_step_p$n --seq ${c%x*} --batch ${c#*x} --steps 5 --warmup 2 --mode dense >> $OUT/e2e_p$n.jsonl 2>> $OUT/e2e.err
 done; done; done; echo "bench_step done ($(el) s)"
 timeout ${TORCH_S:-150} python3 bench/e2e/torch_gpt.py --modes compile --configs 8192x4,16384x2 --steps 5 --warmup 2 >> $OUT/torch.jsonl 2>> $OUT/e2e.err
 echo "torch rc $? ($(el) s)"
 timeout 60 $B/test_model_cuda_p4 > $OUT/model_p4.log 2>&1; echo "model test (exp-poly 4): rc $? $(tail -1 $OUT/model_p4.log) ($(el) s)"
-left=$(( ${NCU_BY:-500} - $(el) ))
+left=$(( ${NCU_BY:-400} - $(el) ))
 if [ $left -gt 30 ]; then
   timeout $left ncu --clock-control none --kernel-name-base function --metrics gpu__time_duration.sum --csv --page raw \
     $B/bench_step_p0 --seq 8192 --batch 4 --steps 1 --warmup 0 --mode dense > $OUT/ncu_8k.csv 2> $OUT/ncu_8k.err
