@@ -5,19 +5,45 @@
 #   bench_step_old, bench_step_new   bench_step (bench/build_carry.sh's link line) of each build
 #   test_model_cuda.xz               the new build's build/tests/gpu/test_model_cuda, xz-packed
 # and send carry = ["carry/e2e", "carry/run/lib"] (the shared libraries, bench/build_carry.sh).
-# Logs under $OUT; the table last. TORCH_S: seconds for torch.compile (default 90).
+# Logs under $OUT; the table last. TORCH_S: seconds for torch.compile (default 90). NCU_LN=1: an
+# ncu census of the LayerNorm kernels of one step of each build, and ncu sections of the new one's
+# LayerNorm backward (logs only).
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 export LD_LIBRARY_PATH=$PWD/carry/run/lib:${LD_LIBRARY_PATH:-}
 T0=$(date +%s)
+# the SM clock and power every 200 ms while the steps run: throttling shows as a gap between
+# the step time and the sum of its kernels' times (ncu runs each kernel on its own)
+nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader,nounits -lms 200 > $OUT/clocks.csv &
+SMI=$!
 for c in 8192x4 16384x2; do for b in old new old new; do
   timeout 25 carry/e2e/bench_step_$b --seq ${c%x*} --batch ${c#*x} --steps 5 --warmup 2 --mode dense >> $OUT/e2e_$b.jsonl 2>> $OUT/e2e.err
-done; done; echo "bench_step done $(( $(date +%s) - T0 )) s"
+done; done; kill $SMI; echo "bench_step done $(( $(date +%s) - T0 )) s"
+python3 - $OUT/clocks.csv <<'PY'
+import sys
+v = [[float(x) for x in l.split(",")] for l in open(sys.argv[1]) if l.count(",") == 2]
+busy = sorted(r for r in v if r[1] > 200) # samples under load
+if busy:
+    q = lambda i, f: sorted(r[i] for r in busy)[int(f * (len(busy) - 1))]
+    print(f"under load ({len(busy)} samples): SM clock min {q(0, 0):.0f} median {q(0, .5):.0f} max {q(0, 1):.0f} MHz,"
+          f" power median {q(1, .5):.0f} W, max temperature {q(2, 1):.0f} C")
+PY
 timeout ${TORCH_S:-90} python3 bench/e2e/torch_gpt.py --modes compile --configs 8192x4,16384x2 --steps 5 --warmup 2 >> $OUT/torch.jsonl 2>> $OUT/e2e.err
 echo "torch done $(( $(date +%s) - T0 )) s"
 if [ -f carry/e2e/test_model_cuda.xz ]; then
   xz -dc carry/e2e/test_model_cuda.xz > /tmp/test_model_cuda && chmod +x /tmp/test_model_cuda
   timeout 60 /tmp/test_model_cuda > $OUT/model.log 2>&1; echo "model rc $? $(tail -1 $OUT/model.log) $(( $(date +%s) - T0 )) s"
+fi
+if [ -n "${NCU_LN:-}" ]; then # the LayerNorm backward's kernels of one 8k x 4 step, old and new
+  for b in old new; do
+    timeout 60 ncu --clock-control none --kernel-name-base function --kernel-name regex:layernorm_ --metrics gpu__time_duration.sum \
+      --csv --page raw carry/e2e/bench_step_$b --seq 8192 --batch 4 --steps 1 --warmup 0 --mode dense > $OUT/ncu_ln_$b.csv 2>> $OUT/e2e.err
+    echo "== $b"; python3 bench/e2e/ncu_kernel_sum.py $OUT/ncu_ln_$b.csv | cut -c1-120
+  done
+  timeout 60 ncu --clock-control none --kernel-name regex:layernorm_backward --launch-skip 2 --launch-count 1 --section SpeedOfLight \
+    --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis carry/e2e/bench_step_new \
+    --seq 8192 --batch 4 --steps 1 --warmup 0 --mode dense > $OUT/ncu_ln_detail.txt 2>> $OUT/e2e.err
+  echo "ncu detail rc $? $(( $(date +%s) - T0 )) s"
 fi
 python3 - $OUT <<'PY'
 import json, sys, os

@@ -31,20 +31,21 @@ typedef DqTiles<128, 64, 32, 4> Dq128;
 /* Forward: ping-pong, two consumer warpgroups, 128 x 128 tiles, 3 stages. Three warpgroups of
  * 192 x 128 (FA3's shape, bench variant 13) were faster at 16k in four H100 runs of session 10
  * (2-7%), slower at 1k-2k (3-14%) and either at 8k (within that day's +-12% run-to-run noise;
- * docs/PERF.md): not the default until an interleaved A/B settles 8k. */
-#ifndef FLASH_FWD_EXP_POLY /* EXPERIMENT (session 16): n-tiles of 16 through exp2_poly */
-#define FLASH_FWD_EXP_POLY 0
-#endif
-typedef Sm90FwdWsTiles<2, 128, 3, true, FLASH_FWD_EXP_POLY> Sm90Fwd64;
+ * docs/PERF.md): not the default until an interleaved A/B settles 8k. Session 16 (H200, 2
+ * interleaved rounds): 3.767 vs 3.846 ms at 16k, 1.948 vs 1.983 (persistent) at 8k, 2% apart.
+ * Exponentials partly on the FMA pipes (exp2_poly, bench variants 15-19) were slower: 4.123 at
+ * 16k with 4 of 16 n-tiles. */
+typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90Fwd64;
 /* With a work counter at short T: a persistent grid drawing its tiles (without ping-pong: the
- * persistent ping-pong instance, bench variant 14, is not timed yet) and the fused backward's
+ * persistent ping-pong instance, bench variant 14, was within 1% of it in session 16: 1.964 vs
+ * 1.983 ms at 8k, 3.832 vs 3.844 at 16k) and the fused backward's
  * persistent instance. Short causal tiles are mostly prologue and epilogue, which a persistent
  * CTA overlaps with its next tile's loads.
  * H100, session 15 (docs/PERF.md; B*T = 65536, 12 heads; persistent vs a CTA per tile, median of
  * 2 rounds): forward 0.371 vs 0.434 ms at 1k, 1.055 vs 1.108 at 4k, 1.956 vs 2.060 at 8k, 3.806
  * vs 3.822 at 16k; backward 1.052 vs 1.128, 2.678 vs 2.797, then slower: 5.110 vs 4.964 at 8k,
  * 9.978 vs 9.639 at 16k. Each where it won. */
-typedef Sm90FwdWsTiles<2, 128, 3, false, FLASH_FWD_EXP_POLY> Sm90Fwd64Persistent;
+typedef Sm90FwdWsTiles<2, 128, 3> Sm90Fwd64Persistent;
 constexpr int FWD_PERSISTENT_MAX_T = 8192, BWD_PERSISTENT_MAX_T = 4096;
 typedef Sm90BwdWsTiles<2, 3> Sm90DkDv64;
 typedef Sm90BwdWsTiles<2, 2, false, false, false, 128> Sm90DkDvWide; /* FLASH_BWD_QUERY_TILE=128 */
