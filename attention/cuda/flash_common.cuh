@@ -76,9 +76,10 @@ __device__ __forceinline__ float exp2_approx(float x) {
  * exponential costs the MUFU (16 a cycle per SM), so the forward's softmax can move some of its
  * exponentials here. x = n + f with n = round(x) (the 1.5 * 2^23 trick: the sum's low mantissa
  * bits hold n) and f in [-0.5, 0.5]; 2^f by a cubic through Chebyshev nodes (relative error
- * <= 1.0e-4, below bf16's 3.9e-3 rounding of P); n goes into the exponent field with one
- * integer multiply-add. Below -126 (masked scores are -inf) it returns 2^-126 ~ 1e-38, which no
- * row sum or product in fp32 can tell from 0. */
+ * <= 1.0e-4, below bf16's 3.9e-3 rounding of P); n goes into the exponent field with an
+ * integer shift and add. Below -126 (masked scores are -inf) it returns 2^-126 ~ 1e-38, which no
+ * row sum or product in fp32 can tell from 0. Measured slower (session 16, docs/PERF.md: 4 of 16
+ * n-tiles, 4.12 vs 3.85 ms at 16k): the forward is not MUFU-bound; only bench variants use it. */
 __device__ __forceinline__ float exp2_poly(float x) {
     x = fmaxf(x, -126.0f);
     const float t = x + 12582912.0f; /* 1.5 * 2^23: rounds x to an integer n in t's low bits */

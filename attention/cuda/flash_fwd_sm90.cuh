@@ -66,15 +66,16 @@ __device__ __forceinline__ void mask_s_tile(float *s, const Policy &pol, const t
         }
 }
 
-/* One online-softmax step over a masked S tile: new row maxima and sums, P as bf16 A
- * fragments (p_out, KN k-blocks), alpha = the factor O must be rescaled by. Rows fully masked
- * so far use max 0 (no -inf - -inf). sl2 = scale * log2(e). The exponentials of EXP_POLY of the
- * NT n-tiles (spread evenly) go through exp2_poly instead of the MUFU. */
-/* Whether n-tile nt of NT is one of the EXP_POLY whose exponentials exp2_poly computes. */
+/* Whether n-tile nt of NT is one of the EXP_POLY (spread evenly) whose exponentials exp2_poly
+ * computes. */
 template <int NT, int EXP_POLY> __device__ __forceinline__ constexpr bool poly_tile(int nt) {
     return EXP_POLY > 0 && (nt * EXP_POLY) % NT < EXP_POLY;
 }
 
+/* One online-softmax step over a masked S tile: new row maxima and sums, P as bf16 A
+ * fragments (p_out, KN k-blocks), alpha = the factor O must be rescaled by. Rows fully masked
+ * so far use max 0 (no -inf - -inf). sl2 = scale * log2(e). The exponentials of EXP_POLY of the
+ * NT n-tiles go through exp2_poly instead of the MUFU (bench variants only: slower). */
 template <int NT, int KN, int EXP_POLY = 0>
 __device__ __forceinline__ void online_softmax(float *s, float row_max[2], float row_sum[2], float alpha[2],
                                                uint32_t *p_out, float sl2) {
