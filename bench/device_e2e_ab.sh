@@ -5,9 +5,9 @@
 #   bench_step_old, bench_step_new   bench_step (bench/build_carry.sh's link line) of each build
 #   test_model_cuda.xz               the new build's build/tests/gpu/test_model_cuda, xz-packed
 # and send carry = ["carry/e2e", "carry/run/lib"] (the shared libraries, bench/build_carry.sh).
-# Logs under $OUT; the table last. TORCH_S: seconds for torch.compile (default 90). NCU_LN=1: an
-# ncu census of the LayerNorm kernels of one step of each build, and ncu sections of the new one's
-# LayerNorm backward (logs only).
+# Logs under $OUT; the table last. TORCH_S: seconds for torch.compile (default 90).
+# NCU_KERNELS=regex: an ncu census of those kernels in one 8k x 4 step of each build (session 16:
+# NCU_KERNELS=layernorm_); NCU_DETAIL=regex: ncu sections of one such kernel of the new build.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 export LD_LIBRARY_PATH=$PWD/carry/run/lib:${LD_LIBRARY_PATH:-}
@@ -34,16 +34,19 @@ if [ -f carry/e2e/test_model_cuda.xz ]; then
   xz -dc carry/e2e/test_model_cuda.xz > /tmp/test_model_cuda && chmod +x /tmp/test_model_cuda
   timeout 60 /tmp/test_model_cuda > $OUT/model.log 2>&1; echo "model rc $? $(tail -1 $OUT/model.log) $(( $(date +%s) - T0 )) s"
 fi
-if [ -n "${NCU_LN:-}" ]; then # the LayerNorm backward's kernels of one 8k x 4 step, old and new
+if [ -n "${NCU_KERNELS:-}" ]; then # the kernels matching this regex in one 8k x 4 step, old and new
   for b in old new; do
-    timeout 60 ncu --clock-control none --kernel-name-base function --kernel-name regex:layernorm_ --metrics gpu__time_duration.sum \
-      --csv --page raw carry/e2e/bench_step_$b --seq 8192 --batch 4 --steps 1 --warmup 0 --mode dense > $OUT/ncu_ln_$b.csv 2>> $OUT/e2e.err
-    echo "== $b"; python3 bench/e2e/ncu_kernel_sum.py $OUT/ncu_ln_$b.csv | cut -c1-120
+    timeout 60 ncu --clock-control none --kernel-name-base function --kernel-name "regex:$NCU_KERNELS" --metrics gpu__time_duration.sum \
+      --csv --page raw carry/e2e/bench_step_$b --seq 8192 --batch 4 --steps 1 --warmup 0 --mode dense > $OUT/ncu_$b.csv 2>> $OUT/e2e.err
+    echo "== $b"; python3 bench/e2e/ncu_kernel_sum.py $OUT/ncu_$b.csv | cut -c1-120
   done
-  timeout 60 ncu --clock-control none --kernel-name regex:layernorm_backward --launch-skip 2 --launch-count 1 --section SpeedOfLight \
+fi
+if [ -n "${NCU_DETAIL:-}" ]; then # ncu sections of the third launch of the kernel matching this regex (new build)
+  timeout 60 ncu --clock-control none --kernel-name "regex:$NCU_DETAIL" --launch-skip 2 --launch-count 1 --section SpeedOfLight \
     --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis carry/e2e/bench_step_new \
-    --seq 8192 --batch 4 --steps 1 --warmup 0 --mode dense > $OUT/ncu_ln_detail.txt 2>> $OUT/e2e.err
+    --seq 8192 --batch 4 --steps 1 --warmup 0 --mode dense > $OUT/ncu_detail.txt 2>> $OUT/e2e.err
   echo "ncu detail rc $? $(( $(date +%s) - T0 )) s"
+  grep -E "Duration|DRAM Throughput|Achieved Occupancy|Theoretical Occupancy|Block Limit Registers|No Eligible" $OUT/ncu_detail.txt
 fi
 python3 - $OUT <<'PY'
 import json, sys, os
