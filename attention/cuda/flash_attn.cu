@@ -33,8 +33,8 @@ typedef DqTiles<128, 64, 32, 4> Dq128;
  * (2-7%), slower at 1k-2k (3-14%) and either at 8k (within that day's +-12% run-to-run noise;
  * docs/PERF.md): not the default until an interleaved A/B settles 8k. Session 16 (H200, 2
  * interleaved rounds): 3.767 vs 3.846 ms at 16k, 1.948 vs 1.983 (persistent) at 8k, 2% apart.
- * Exponentials partly on the FMA pipes (exp2_poly, bench variants 15-19) were slower: 4.123 at
- * 16k with 4 of 16 n-tiles. */
+ * Exponentials partly on the FMA pipes (a cubic for 2^x, 070dc19; removed) were slower: 4.123
+ * at 16k with 4 of 16 n-tiles. */
 typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90Fwd64;
 /* With a work counter at short T: a persistent grid drawing its tiles (without ping-pong: the
  * persistent ping-pong instance, bench variant 14, was within 1% of it in session 16: 1.964 vs

@@ -71,27 +71,6 @@ __device__ __forceinline__ float exp2_approx(float x) {
     return y;
 }
 
-/* 2^x for x <= 0 on the FMA and integer pipes, not the multi-function unit (MUFU): at head dim
- * 64 a score costs the tensor cores as many cycles (128 MACs at 2048 a cycle per SM) as its
- * exponential costs the MUFU (16 a cycle per SM), so the forward's softmax can move some of its
- * exponentials here. x = n + f with n = round(x) (the 1.5 * 2^23 trick: the sum's low mantissa
- * bits hold n) and f in [-0.5, 0.5]; 2^f by a cubic through Chebyshev nodes (relative error
- * <= 1.0e-4, below bf16's 3.9e-3 rounding of P); n goes into the exponent field with an
- * integer shift and add. Below -126 (masked scores are -inf) it returns 2^-126 ~ 1e-38, which no
- * row sum or product in fp32 can tell from 0. Measured slower (session 16, docs/PERF.md: 4 of 16
- * n-tiles, 4.12 vs 3.85 ms at 16k): the forward is not MUFU-bound; only bench variants use it. */
-__device__ __forceinline__ float exp2_poly(float x) {
-    x = fmaxf(x, -126.0f);
-    const float t = x + 12582912.0f; /* 1.5 * 2^23: rounds x to an integer n in t's low bits */
-    const float f = x - (t - 12582912.0f);
-    float p = fmaf(0.05583828f, f, 0.24263948f);
-    p = fmaf(p, f, 0.69313675f);
-    p = fmaf(p, f, 0.99992454f);
-    /* t's bits are 0x4B400000 + n; shifted left 23 only n << 23 remains (0x4B400000 << 23 wraps
-     * to 0). */
-    return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
-}
-
 /* Shared-memory tile of rows of COLS bf16 (COLS a multiple of 64). Rows are made of 16-byte
  * chunks; chunk c of row r is stored at chunk c ^ (r % 8), so the 8 row addresses of one
  * ldmatrix (8 rows, same logical chunk) fall into 8 different bank groups, plain or transposed. */

@@ -66,17 +66,10 @@ __device__ __forceinline__ void mask_s_tile(float *s, const Policy &pol, const t
         }
 }
 
-/* Whether n-tile nt of NT is one of the EXP_POLY (spread evenly) whose exponentials exp2_poly
- * computes. */
-template <int NT, int EXP_POLY> __device__ __forceinline__ constexpr bool poly_tile(int nt) {
-    return EXP_POLY > 0 && (nt * EXP_POLY) % NT < EXP_POLY;
-}
-
 /* One online-softmax step over a masked S tile: new row maxima and sums, P as bf16 A
  * fragments (p_out, KN k-blocks), alpha = the factor O must be rescaled by. Rows fully masked
- * so far use max 0 (no -inf - -inf). sl2 = scale * log2(e). The exponentials of EXP_POLY of the
- * NT n-tiles go through exp2_poly instead of the MUFU (bench variants only: slower). */
-template <int NT, int KN, int EXP_POLY = 0>
+ * so far use max 0 (no -inf - -inf). sl2 = scale * log2(e). */
+template <int NT, int KN>
 __device__ __forceinline__ void online_softmax(float *s, float row_max[2], float row_sum[2], float alpha[2],
                                                uint32_t *p_out, float sl2) {
 #pragma unroll
@@ -95,8 +88,7 @@ __device__ __forceinline__ void online_softmax(float *s, float row_max[2], float
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                const float x = fmaf(s[4 * nt + 2 * hf + e], sl2, -m_scaled);
-                const float pe = poly_tile<NT, EXP_POLY>(nt) ? exp2_poly(x) : exp2_approx(x);
+                const float pe = exp2_approx(fmaf(s[4 * nt + 2 * hf + e], sl2, -m_scaled));
                 s[4 * nt + 2 * hf + e] = pe;
                 sum += pe;
             }
@@ -119,10 +111,7 @@ __device__ __forceinline__ void store_fwd_rows(const FlashParams &p, const Polic
         float sum = row_sum[hf];
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        /* A row with no allowed key keeps max -inf; its sum is 0, or ~1e-38 per key from
-         * exp2_poly, which must not normalise its P into an average. */
-        const bool any = sum > 0.f && row_max[hf] != -INFINITY;
-        const float inv = any ? 1.f / sum : 0.f;
+        const float inv = sum > 0.f ? 1.f / sum : 0.f;
         const int r = row0 + hf * 8;
         if (r >= q_len) continue;
         const int mem = pol.q_row(bh, r);
@@ -132,7 +121,7 @@ __device__ __forceinline__ void store_fwd_rows(const FlashParams &p, const Polic
             *reinterpret_cast<uint32_t *>(dst + nd * 8) =
                 pack_bf16(o[4 * nd + 2 * hf] * inv, o[4 * nd + 2 * hf + 1] * inv);
         if (tq == 0)
-            p.lse[(long)bh * p.T + mem] = any ? row_max[hf] * p.scale + logf(sum) : -INFINITY;
+            p.lse[(long)bh * p.T + mem] = sum > 0.f ? row_max[hf] * p.scale + logf(sum) : -INFINITY;
     }
 }
 

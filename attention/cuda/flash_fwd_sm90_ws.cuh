@@ -18,10 +18,9 @@ namespace flash {
  * item's turns balance (each barrier gets as many arrivals as waits, and warpgroup 1 hands the
  * first turn of the next item over only after its last one), so a persistent CTA takes them
  * item after item. */
-template <int NWG_, int BN_, int STAGES_, bool PINGPONG_ = false, int EXP_POLY_ = 0>
+template <int NWG_, int BN_, int STAGES_, bool PINGPONG_ = false>
 struct Sm90FwdWsTiles : WsShape<NWG_, 1> {
     static constexpr int D = 64, NWG = NWG_, BM = 64 * NWG_, BN = BN_, STAGES = STAGES_;
-    static constexpr int EXP_POLY = EXP_POLY_; /* n-tiles of S whose exponentials skip the MUFU */
     static constexpr bool PINGPONG = PINGPONG_ && NWG_ == 2;
     static constexpr int MIN_BLOCKS = 1;
     static constexpr int NT = BN / 8, KN = BN / 16, ND = D / 8, ROW_BYTES = D * 2;
@@ -151,7 +150,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
         };
         auto softmax = [&](int i, const WsTileMeta &m) {
             if (!m.full) mask_s_tile<NT>(s, pol, qinfo, sKinfo + ((first + i) % ST) * BN, m.row0, k_len, tq);
-            online_softmax<NT, KN, Cfg::EXP_POLY>(s, row_max, row_sum, alpha, p_next, sl2);
+            online_softmax<NT, KN>(s, row_max, row_sum, alpha, p_next, sl2);
         };
 
         /* Ping-pong turns: barrier 1 + w is "warpgroup w may issue"; warpgroup 0 goes first. Each

@@ -30,11 +30,6 @@ const char *fwd_names[] = {"api",
                            "ws 3wg BN128 S2",
                            "ws 3wg BN128 S3",
                            "ws 2wg BN128 S3 pingpong persistent",
-                           "ws 2wg BN128 S3 pingpong exp-poly 2/16",
-                           "ws 2wg BN128 S3 pingpong exp-poly 4/16",
-                           "ws 2wg BN128 S3 pingpong exp-poly 6/16",
-                           "ws 2wg BN128 S3 persistent exp-poly 2/16",
-                           "ws 2wg BN128 S3 persistent exp-poly 4/16",
                            NULL};
 const char *bwd_names[] = {"api",
                            "mma.sync api",
@@ -112,13 +107,6 @@ extern "C" int bench_fwd_variant(int v, const flash_attn_dims_t *d, const flash_
     case 12: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<3, 128, 2>>(p, pol, s); break;
     case 13: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<3, 128, 3>>(p, pol, s); break;
     case 14: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3, true>, true>(p, pol, s, -1); break;
-    /* 15-17: the API's ping-pong (8) with 2, 4 or 6 of S's 16 n-tiles through exp2_poly;
-     * 18-19: the persistent one (10) with 2 or 4 */
-    case 15: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3, true, 2>>(p, pol, s); break;
-    case 16: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3, true, 4>>(p, pol, s); break;
-    case 17: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3, true, 6>>(p, pol, s); break;
-    case 18: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3, false, 2>, true>(p, pol, s, -1); break;
-    case 19: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3, false, 4>, true>(p, pol, s, -1); break;
     default: return -1;
     }
     return err == cudaSuccess ? 0 : -2;
