@@ -3,8 +3,9 @@
 # the trainer's environment checks, the dense bench at T = 1k..16k with kernel variants beside
 # the API (FWD_VARIANTS, BWD_VARIANTS; default the API's two instances of each: forward 8
 # ping-pong and 10 persistent, backward 22 alternate a CTA per tile and 23 its persistent twin,
-# 2 rounds; SEQS, default 1024,4096,8192,16384), an ncu census of one dense step's flash kernels at 1k x 64, the sparse timing, and
-# end to end at 16k x 2 and 8k x 4 (dense, hash nb=16) against compiled PyTorch.
+# 2 rounds; SEQS, default 1024,4096,8192,16384; BENCH_S its time limit), an ncu census of one
+# dense step's flash kernels at 1k x 64, the sparse timing, and end to end at 16k x 2 and 8k x 4
+# (dense, hash nb=16) against compiled PyTorch.
 # Same carry and preparation as bench/device_ws_check.sh. Logs under $OUT, tables last.
 set -u
 . bench/device_env.sh
