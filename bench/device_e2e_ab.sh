@@ -5,9 +5,12 @@
 #   bench_step_old, bench_step_new   bench_step (bench/build_carry.sh's link line) of each build
 #   test_model_cuda.xz               the new build's build/tests/gpu/test_model_cuda, xz-packed
 # and send carry = ["carry/e2e", "carry/run/lib"] (the shared libraries, bench/build_carry.sh).
-# Logs under $OUT; the table last. TORCH_S: seconds for torch.compile (default 90).
-# NCU_KERNELS=regex: an ncu census of those kernels in one 8k x 4 step of each build (session 16:
-# NCU_KERNELS=layernorm_); NCU_DETAIL=regex: ncu sections of one such kernel of the new build.
+# Logs under $OUT; the table last. TORCH_S: seconds for torch.compile (default 90; 0 skips it).
+# BUILDS: the bench_step_<name> of carry/e2e to run (default "old new"; a name may be a wrapper
+# script that sets an environment variable). NCU_KERNELS=regex: an ncu census of those kernels
+# in one step (NCU_CONFIG, default 8192x4) of each build of NCU_BUILDS (default "old new";
+# session 16: NCU_KERNELS=layernorm_);
+# NCU_DETAIL=regex: ncu sections of one such kernel of the new build.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 export LD_LIBRARY_PATH=$PWD/carry/run/lib:${LD_LIBRARY_PATH:-}
@@ -16,7 +19,8 @@ T0=$(date +%s)
 # the step time and the sum of its kernels' times (ncu runs each kernel on its own)
 nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader,nounits -lms 200 > $OUT/clocks.csv &
 SMI=$!
-for c in 8192x4 16384x2; do for b in old new old new; do
+export BUILDS=${BUILDS:-old new}
+for c in 8192x4 16384x2; do for b in $BUILDS $BUILDS; do
   timeout 25 carry/e2e/bench_step_$b --seq ${c%x*} --batch ${c#*x} --steps 5 --warmup 2 --mode dense >> $OUT/e2e_$b.jsonl 2>> $OUT/e2e.err
 done; done; kill $SMI; echo "bench_step done $(( $(date +%s) - T0 )) s"
 python3 - $OUT/clocks.csv <<'PY'
@@ -28,17 +32,18 @@ if busy:
     print(f"under load ({len(busy)} samples): SM clock min {q(0, 0):.0f} median {q(0, .5):.0f} max {q(0, 1):.0f} MHz,"
           f" power median {q(1, .5):.0f} W, max temperature {q(2, 1):.0f} C")
 PY
-timeout ${TORCH_S:-90} python3 bench/e2e/torch_gpt.py --modes compile --configs 8192x4,16384x2 --steps 5 --warmup 2 >> $OUT/torch.jsonl 2>> $OUT/e2e.err
+[ "${TORCH_S:-90}" = 0 ] || timeout ${TORCH_S:-90} python3 bench/e2e/torch_gpt.py --modes compile --configs 8192x4,16384x2 --steps 5 --warmup 2 >> $OUT/torch.jsonl 2>> $OUT/e2e.err
 echo "torch done $(( $(date +%s) - T0 )) s"
 if [ -f carry/e2e/test_model_cuda.xz ]; then
   xz -dc carry/e2e/test_model_cuda.xz > /tmp/test_model_cuda && chmod +x /tmp/test_model_cuda
   timeout 60 /tmp/test_model_cuda > $OUT/model.log 2>&1; echo "model rc $? $(tail -1 $OUT/model.log) $(( $(date +%s) - T0 )) s"
 fi
-if [ -n "${NCU_KERNELS:-}" ]; then # the kernels matching this regex in one 8k x 4 step, old and new
-  for b in old new; do
-    timeout 60 ncu --clock-control none --kernel-name-base function --kernel-name "regex:$NCU_KERNELS" --metrics gpu__time_duration.sum \
-      --csv --page raw carry/e2e/bench_step_$b --seq 8192 --batch 4 --steps 1 --warmup 0 --mode dense > $OUT/ncu_$b.csv 2>> $OUT/e2e.err
-    echo "== $b"; python3 bench/e2e/ncu_kernel_sum.py $OUT/ncu_$b.csv | cut -c1-120
+if [ -n "${NCU_KERNELS:-}" ]; then # the kernels matching this regex in one step of each build
+  NC=${NCU_CONFIG:-8192x4}
+  for b in ${NCU_BUILDS:-old new}; do
+    timeout 90 ncu --clock-control none --kernel-name-base function --kernel-name "regex:$NCU_KERNELS" --metrics gpu__time_duration.sum \
+      --csv --page raw carry/e2e/bench_step_$b --seq ${NC%x*} --batch ${NC#*x} --steps 1 --warmup 0 --mode dense > $OUT/ncu_$b.csv 2>> $OUT/e2e.err
+    echo "== $b $NC"; python3 bench/e2e/ncu_kernel_sum.py $OUT/ncu_$b.csv ${NCU_TOP:-14} | cut -c1-120
   done
 fi
 if [ -n "${NCU_DETAIL:-}" ]; then # ncu sections of the third launch of the kernel matching this regex (new build)
@@ -53,7 +58,7 @@ import json, sys, os
 o = sys.argv[1]
 rows = lambda f: [json.loads(l) for l in open(f) if l.startswith("{")] if os.path.exists(f) else []
 t = {(r["seq"], r["batch"]): r for r in rows(o + "/torch.jsonl")}
-for b in ("old", "new"):
+for b in os.environ.get("BUILDS", "old new").split():
     for r in rows(o + f"/e2e_{b}.jsonl"):
         ref = t.get((r["seq"], r["batch"]))
         print(f"{b} {r['seq']} x {r['batch']} {r['ms_per_step']:.1f} ms mem {r.get('device_used_gib')} GiB"

@@ -36,6 +36,8 @@ typedef DqTiles<128, 64, 32, 4> Dq128;
  * Exponentials partly on the FMA pipes (a cubic for 2^x, 070dc19; removed) were slower: 4.123
  * at 16k with 4 of 16 n-tiles. */
 typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90Fwd64;
+/* Past 8k, the three warpgroups (session 16's 2% at 16k; T > FWD_PERSISTENT_MAX_T only). */
+typedef Sm90FwdWsTiles<3, 128, 3> Sm90Fwd64Long;
 /* With a work counter at short T: a persistent grid drawing its tiles (without ping-pong: the
  * persistent ping-pong instance, bench variant 14, was within 1% of it in session 16: 1.964 vs
  * 1.983 ms at 8k, 3.832 vs 3.844 at 16k) and the fused backward's
@@ -114,6 +116,8 @@ extern "C" void flash_attn_forward(const flash_attn_dims_t *dims, const flash_bf
         err = dims->D == 64 ? launch_fwd<Fwd64>(p, pol, dims->T, stream) : launch_fwd<Fwd128>(p, pol, dims->T, stream);
     else if (use_persistent(dims, FWD_PERSISTENT_MAX_T))
         err = launch_fwd_sm90_ws<Sm90Fwd64Persistent, true>(p, pol, stream, -1);
+    else if (dims->T > FWD_PERSISTENT_MAX_T)
+        err = launch_fwd_sm90_ws<Sm90Fwd64Long>(p, pol, stream);
     else
         err = launch_fwd_sm90_ws<Sm90Fwd64>(p, pol, stream);
     check_launch("forward kernel", err);

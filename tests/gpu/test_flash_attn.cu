@@ -278,6 +278,7 @@ int main(void) {
         {1, 100, 2, 128, 0, 1, 0},  {3, 129, 2, 64, 0, 1, 1},  {1, 129, 2, 128, 1, 0, 0},
         {1, 1000, 2, 64, 1, 0, 0},  {2, 1000, 1, 128, 0, 1, 1}, {4, 256, 12, 64, 0, 1, 0},
         {1, 2111, 2, 64, 0, 1, 1},  {1, 2111, 1, 128, 1, 0, 0},
+        {1, 8200, 1, 64, 1, 1, 1}, /* past 8192: the Hopper forward's three-warpgroup instance */
     };
     const int n_cases = (int)(sizeof cases / sizeof cases[0]);
     for (int i = 0; i < n_cases; i++) run_case(&cases[i], 1234 + (uint64_t)i);
