@@ -18,6 +18,13 @@ namespace {
 
 constexpr int kRowWarps = 8; /* rows (warps) per block of the warp-per-row kernels */
 
+/* A vector as loaded (8 bf16) to fp32: rows stay packed in registers, unpacked where used. */
+__device__ __forceinline__ void unpack8(float (&f)[8], uint4 raw) {
+    const bf16 *h = reinterpret_cast<const bf16 *>(&raw);
+#pragma unroll
+    for (int j = 0; j < 8; j++) f[j] = __bfloat162float(h[j]);
+}
+
 /* ---- LayerNorm forward ----------------------------------------------------------------------
  * A lane holds VPL vectors of 8 channels: channel c0 = (i*32 + lane)*8 for vector i, so the
  * warp reads 512 contiguous bytes per vector step. VPL = ceil(C / 256) is a template argument
@@ -114,78 +121,148 @@ void layernorm_forward_dispatch(bf16 *resid, bf16 *out, float *mean, float *rstd
  * fixed); at the end the slices are added in warp order into the block's partial,
  * scratch[b][2C] (dweight then dbias), and layernorm_params_reduce_kernel adds the partials in
  * a fixed order. The grid size depends on N only, so the summation order never changes.
- * Shared-memory accumulators (rather than registers) keep the register count low enough for
- * several blocks per SM: the kernel is memory-bound and needs loads in flight. */
-constexpr int kLnBwdWarps = 4;
+ *
+ * The kernel is memory-bound, and was latency-bound at 128 registers a thread (116 us a call at
+ * 32k x 768 on an H100, 1.68 TB/s; 16 warps an SM, no eligible warp 78% of cycles), so it is
+ * built for warps in flight: the row stays in registers as the packed bf16 vectors it was
+ * loaded as (4 registers per 8 channels, not 8) and is unpacked where used, weight is staged in
+ * shared memory once per block (it was read through L1 twice per element), and the parameter
+ * accumulators stay in shared memory. At C = 768 that is 64 registers: 4 blocks of 8 warps an
+ * SM (shared memory allows the same). */
+constexpr int kLnBwdWarps = 8;
+/* About 8 rows a warp, but when N allows at least a row a warp in kLnBwdFillBlocks blocks, so
+ * that mid-sized N still fills the GPU (512 ~ 132 SMs x 4 blocks of an H100 at C = 768). The
+ * count is a function of N, never of the device, so the partials and their order are the same
+ * on any GPU; kLnBwdMaxBlocks bounds the scratch and the reduction's work. */
+constexpr int kLnBwdRowsPerWarp = 8, kLnBwdFillBlocks = 512, kLnBwdMaxBlocks = 1024;
 
 int ln_backward_blocks(int N) {
-    int g = (N + 8 * kLnBwdWarps - 1) / (8 * kLnBwdWarps); /* about 8 rows per warp */
-    return g < 1 ? 1 : (g > 1024 ? 1024 : g);
+    const long per_block = kLnBwdWarps * kLnBwdRowsPerWarp;
+    const long by_rows = ((long)N + per_block - 1) / per_block;
+    const long one_each = ((long)N + kLnBwdWarps - 1) / kLnBwdWarps;
+    long g = by_rows;
+    if (g < kLnBwdFillBlocks) g = one_each < kLnBwdFillBlocks ? one_each : kLnBwdFillBlocks;
+    return g < 1 ? 1 : (g > kLnBwdMaxBlocks ? kLnBwdMaxBlocks : (int)g);
 }
 
-size_t ln_backward_smem(int C) { return (size_t)kLnBwdWarps * 2 * C * sizeof(float); }
+/* weight [C], then per warp its dweight and dbias slices [2][C]. */
+size_t ln_backward_smem(int C) { return (size_t)(1 + 2 * kLnBwdWarps) * C * sizeof(float); }
+
+/* Blocks an SM that shared memory allows at the widest C of a VPL (228 KB an SM, 1 KB of it
+ * reserved per block), at most 4 (2048 threads): __launch_bounds__ then gives ptxas the
+ * register budget that keeps registers from being the tighter limit (64 at VPL <= 3). */
+constexpr int ln_bwd_min_blocks(int VPL) {
+    const int b = (228 * 1024) / ((1 + 2 * kLnBwdWarps) * 256 * VPL * (int)sizeof(float) + 1024);
+    return b < 1 ? 1 : (b > 4 ? 4 : b);
+}
+
+/* Channels are handled in pairs, one 32-bit word of a packed vector at a time: fp32 values of
+ * the whole vector (dy, x, dinp, weight and both accumulators: 48) on top of the packed row do
+ * not fit 64 registers, one pair's do. Shared memory holds per-channel fp32 values (weight, the
+ * accumulators) so that a lane's pair is one float2 and a warp's access is conflict-free:
+ * channel c = vi*8 + 2p + k is at float2 [p][vi], component k. */
+__device__ __forceinline__ int ln_slot(int c, int CV) {
+    return ((c % 8) / 2) * CV * 2 + (c / 8) * 2 + c % 2;
+}
+
+__device__ __forceinline__ uint32_t word_of(const uint4 &v, int p) {
+    return p == 0 ? v.x : p == 1 ? v.y : p == 2 ? v.z : v.w;
+}
+__device__ __forceinline__ void set_word(uint4 &v, int p, uint32_t u) {
+    if (p == 0) v.x = u; else if (p == 1) v.y = u; else if (p == 2) v.z = u; else v.w = u;
+}
+/* bf16 pair (low half first, as in memory) to fp32: exact, two integer ops. */
+__device__ __forceinline__ float2 unpack2(uint32_t u) {
+    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+}
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t *>(&h);
+}
 
 template <int VPL>
-__global__ void __launch_bounds__(32 * kLnBwdWarps)
+__global__ void __launch_bounds__(32 * kLnBwdWarps, ln_bwd_min_blocks(VPL))
 layernorm_backward_kernel(bf16 *__restrict__ dinp, float *__restrict__ scratch,
                           const bf16 *__restrict__ dout, const bf16 *__restrict__ inp,
                           const float *__restrict__ weight, const float *__restrict__ mean,
                           const float *__restrict__ rstd, int N, int C, int rows_per_block) {
-    extern __shared__ float warp_acc[]; /* [warps][2][8][C/8]: element (j, vector vi) of channel vi*8+j */
+    extern __shared__ float2 ln_smem[]; /* ln_backward_smem(C) bytes, in ln_slot layout */
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, CV = C / 8;
-    float *acc_w = warp_acc + (size_t)warp * 2 * C, *acc_b = acc_w + C;
-    for (int c = lane; c < 2 * C; c += 32) acc_w[c] = 0.0f;
-    __syncwarp();
+    const float2 *w_s = ln_smem;
+    float2 *acc_w = ln_smem + (size_t)(1 + 2 * warp) * CV * 4, *acc_b = acc_w + CV * 4;
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        reinterpret_cast<float *>(ln_smem)[ln_slot(c, CV)] = weight[c];
+    for (int k = lane; k < 8 * CV; k += 32) acc_w[k] = make_float2(0.0f, 0.0f);
+    __syncthreads();
     const long row_lo = (long)blockIdx.x * rows_per_block;
     const long row_hi = row_lo + rows_per_block < N ? row_lo + rows_per_block : N;
     for (long row = row_lo + warp; row < row_hi; row += kLnBwdWarps) {
         const size_t base = (size_t)row * C;
+        const uint4 *dy_v = reinterpret_cast<const uint4 *>(dout + base);
+        const uint4 *x_v = reinterpret_cast<const uint4 *>(inp + base);
+        uint4 *d_v = reinterpret_cast<uint4 *>(dinp + base);
         const float m = mean[row], r = rstd[row];
-        float dy[VPL][8], xh[VPL][8], d[VPL][8];
+        uint4 dy_raw[VPL], x_raw[VPL], d_raw[VPL];
 #pragma unroll
         for (int i = 0; i < VPL; i++) { /* all loads of the row first: they overlap */
-            const int c0 = (i * 32 + lane) * 8;
-            if (c0 < C) {
-                load8(dy[i], dout + base + c0);
-                load8(xh[i], inp + base + c0);
-                load8(d[i], dinp + base + c0);
+            const int vi = i * 32 + lane;
+            if (vi < CV) {
+                dy_raw[i] = dy_v[vi];
+                x_raw[i] = x_v[vi];
+                d_raw[i] = d_v[vi];
             }
         }
         float g_sum = 0.0f, gx_sum = 0.0f;
 #pragma unroll
         for (int i = 0; i < VPL; i++) {
-            const int c0 = (i * 32 + lane) * 8;
-            if (c0 < C) {
+            const int vi = i * 32 + lane;
+            if (vi < CV) {
 #pragma unroll
-                for (int j = 0; j < 8; j++) {
-                    xh[i][j] = (xh[i][j] - m) * r;
-                    const float g = dy[i][j] * __ldg(weight + c0 + j);
-                    g_sum += g;
-                    gx_sum += g * xh[i][j];
+                for (int p = 0; p < 4; p++) {
+                    const float2 dy = unpack2(word_of(dy_raw[i], p));
+                    const float2 x = unpack2(word_of(x_raw[i], p)), w = w_s[p * CV + vi];
+                    const float g0 = dy.x * w.x, g1 = dy.y * w.y;
+                    g_sum += g0;
+                    gx_sum += g0 * ((x.x - m) * r);
+                    g_sum += g1;
+                    gx_sum += g1 * ((x.y - m) * r);
                 }
             }
         }
         const float g_mean = warp_sum(g_sum) / (float)C, gx_mean = warp_sum(gx_sum) / (float)C;
 #pragma unroll
         for (int i = 0; i < VPL; i++) {
-            const int vi = i * 32 + lane, c0 = vi * 8;
-            if (c0 < C) {
+            const int vi = i * 32 + lane;
+            if (vi < CV) {
+                uint4 out;
 #pragma unroll
-                for (int j = 0; j < 8; j++) {
-                    d[i][j] += r * (dy[i][j] * __ldg(weight + c0 + j) - g_mean - xh[i][j] * gx_mean);
-                    acc_w[j * CV + vi] += dy[i][j] * xh[i][j];
-                    acc_b[j * CV + vi] += dy[i][j];
+                for (int p = 0; p < 4; p++) {
+                    const float2 dy = unpack2(word_of(dy_raw[i], p));
+                    const float2 x = unpack2(word_of(x_raw[i], p)), w = w_s[p * CV + vi];
+                    float2 d = unpack2(word_of(d_raw[i], p));
+                    float2 aw = acc_w[p * CV + vi], ab = acc_b[p * CV + vi];
+                    const float xh0 = (x.x - m) * r, xh1 = (x.y - m) * r;
+                    d.x += r * (dy.x * w.x - g_mean - xh0 * gx_mean);
+                    d.y += r * (dy.y * w.y - g_mean - xh1 * gx_mean);
+                    aw.x += dy.x * xh0;
+                    aw.y += dy.y * xh1;
+                    ab.x += dy.x;
+                    ab.y += dy.y;
+                    acc_w[p * CV + vi] = aw;
+                    acc_b[p * CV + vi] = ab;
+                    set_word(out, p, pack2(d.x, d.y));
                 }
-                store8(dinp + base + c0, d[i]);
+                d_v[vi] = out;
             }
         }
     }
     __syncthreads();
+    const float *acc = reinterpret_cast<const float *>(ln_smem) + C;
     float *dst = scratch + (size_t)blockIdx.x * 2 * C;
     for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
-        const int half = c / C, ch = c % C, slot = half * C + (ch % 8) * CV + ch / 8;
+        const int half = c / C, slot = half * C + ln_slot(c - half * C, CV);
         float s = 0.0f;
-        for (int w = 0; w < kLnBwdWarps; w++) s += warp_acc[(size_t)w * 2 * C + slot];
+        for (int w = 0; w < kLnBwdWarps; w++) s += acc[(size_t)w * 2 * C + slot];
         dst[c] = s;
     }
 }
@@ -361,6 +438,10 @@ __global__ void qk_normalise_backward_vec_kernel(bf16 *__restrict__ dq, long dq_
  * memory (mostly L2 hits). */
 constexpr int kCeThreads = 512;
 constexpr size_t kCeMaxSmemBytes = 200 * 1024;
+/* Vectors a thread loads before using any: with one 16-byte load in flight a thread, 2 blocks
+ * of 512 threads an SM kept 16 KB an SM in flight, short of what HBM latency needs (0.81 ms a
+ * call at 8192 x 50304 on an H100, against ~0.49 ms for one read and one write). */
+constexpr int kCeUnroll = 4;
 
 __device__ __forceinline__ void softmax_merge(float &m, float &s, float m2, float s2) {
     const float mn = fmaxf(m, m2);
@@ -369,14 +450,56 @@ __device__ __forceinline__ void softmax_merge(float &m, float &s, float m2, floa
     m = mn;
 }
 
-__device__ __forceinline__ void unpack8(float (&f)[8], uint4 raw) {
-    const bf16 *h = reinterpret_cast<const bf16 *>(&raw);
+/* Folds vectors first, first + kCeThreads, ... (kN of them) into the running (m, s): one max
+ * over all of them, then one rescale of s, so a group costs 8 kN + 1 exponentials rather than
+ * 9 kN. Entries at or past V (padding) are read as -inf, whose exponential adds exactly 0: no
+ * mask has to stay live from the max to the sum. */
+template <int kN>
+__device__ __forceinline__ void softmax_fold(float &m, float &s, const uint4 (&raw)[kCeUnroll],
+                                             int first, int V) {
+    float f[kN][8];
+    float vm = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < 8; j++) f[j] = __bfloat162float(h[j]);
+    for (int u = 0; u < kN; u++) {
+        unpack8(f[u], raw[u]);
+        const int valid = V - (first + u * kCeThreads) * 8; /* >= 8 but near the end */
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            if (j >= valid) f[u][j] = -INFINITY;
+            vm = fmaxf(vm, f[u][j]);
+        }
+    }
+    if (vm == -INFINITY) return; /* all in the padding (or all -inf) */
+    const float mn = fmaxf(m, vm);
+    float add = 0.0f;
+#pragma unroll
+    for (int u = 0; u < kN; u++) {
+        float a = 0.0f; /* per vector, then in vector order: a fixed order of additions */
+#pragma unroll
+        for (int j = 0; j < 8; j++) a += __expf(f[u][j] - mn);
+        add += a;
+    }
+    s = (m == -INFINITY ? 0.0f : s * __expf(m - mn)) + add;
+    m = mn;
 }
 
+/* Vector i of the row, rewritten in place as dlogits (0 in the padding). */
+__device__ __forceinline__ void dlogits8(bf16 *x, uint4 raw, int i, int V, int target, float lse,
+                                         float dloss) {
+    float f[8];
+    unpack8(f, raw);
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const int v = i * 8 + j;
+        f[j] = v < V ? dloss * (__expf(f[j] - lse) - (v == target ? 1.0f : 0.0f)) : 0.0f;
+    }
+    store8(x + (size_t)i * 8, f);
+}
+
+/* Thread t owns vectors t, t + kCeThreads, ... in both passes, taken kCeUnroll at a time (all
+ * loads issued before any is used) while a whole group fits, then one at a time. */
 template <bool kRowInSmem>
-__global__ void __launch_bounds__(kCeThreads)
+__global__ void __launch_bounds__(kCeThreads, 2)
 crossentropy_fused_kernel(float *__restrict__ losses, float *__restrict__ lse_out,
                           bf16 *__restrict__ logits, const int32_t *__restrict__ targets,
                           float dloss, int V, int Vp) {
@@ -391,23 +514,23 @@ crossentropy_fused_kernel(float *__restrict__ losses, float *__restrict__ lse_ou
     if (threadIdx.x == 0) target_logit = __bfloat162float(x[target]);
     float m = -INFINITY, s = 0.0f;
     const int nvec = Vp / 8;
-    for (int i = threadIdx.x; i < nvec; i += kCeThreads) {
-        const uint4 raw = xv[i];
-        if (kRowInSmem) row_vecs[i] = raw;
-        float f[8];
-        unpack8(f, raw);
-        float vm = -INFINITY;
+    constexpr int kStep = kCeUnroll * kCeThreads;
+    int i = threadIdx.x;
+    for (; i + (kCeUnroll - 1) * kCeThreads < nvec; i += kStep) {
+        uint4 raw[kCeUnroll];
 #pragma unroll
-        for (int j = 0; j < 8; j++)
-            if (i * 8 + j < V) vm = fmaxf(vm, f[j]);
-        if (vm == -INFINITY) continue; /* vector entirely in the padding */
-        const float mn = fmaxf(m, vm);
-        float add = 0.0f;
+        for (int u = 0; u < kCeUnroll; u++) raw[u] = xv[i + u * kCeThreads];
+        if (kRowInSmem) {
 #pragma unroll
-        for (int j = 0; j < 8; j++)
-            if (i * 8 + j < V) add += __expf(f[j] - mn);
-        s = (m == -INFINITY ? 0.0f : s * __expf(m - mn)) + add;
-        m = mn;
+            for (int u = 0; u < kCeUnroll; u++) row_vecs[i + u * kCeThreads] = raw[u];
+        }
+        softmax_fold<kCeUnroll>(m, s, raw, i, V);
+    }
+    for (; i < nvec; i += kCeThreads) {
+        uint4 raw[kCeUnroll];
+        raw[0] = xv[i];
+        if (kRowInSmem) row_vecs[i] = raw[0];
+        softmax_fold<1>(m, s, raw, i, V);
     }
     for (int o = 16; o > 0; o >>= 1) {
         const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
@@ -427,16 +550,22 @@ crossentropy_fused_kernel(float *__restrict__ losses, float *__restrict__ lse_ou
         losses[row] = lse - target_logit;
         if (lse_out) lse_out[row] = lse;
     }
-    for (int i = threadIdx.x; i < nvec; i += kCeThreads) {
-        float f[8];
-        unpack8(f, kRowInSmem ? row_vecs[i] : xv[i]);
+    /* Without the row in shared memory the group's loads all go out before its stores: the
+     * compiler cannot move a load of xv above a store through x by itself. */
+    i = threadIdx.x;
+    for (; i + (kCeUnroll - 1) * kCeThreads < nvec; i += kStep) {
+        uint4 raw[kCeUnroll];
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const int v = i * 8 + j;
-            f[j] = v < V ? dloss * (__expf(f[j] - lse) - (v == target ? 1.0f : 0.0f)) : 0.0f;
+        for (int u = 0; u < kCeUnroll; u++) {
+            const int iu = i + u * kCeThreads;
+            raw[u] = kRowInSmem ? row_vecs[iu] : xv[iu];
         }
-        store8(x + (size_t)i * 8, f);
+#pragma unroll
+        for (int u = 0; u < kCeUnroll; u++)
+            dlogits8(x, raw[u], i + u * kCeThreads, V, target, lse, dloss);
     }
+    for (; i < nvec; i += kCeThreads)
+        dlogits8(x, kRowInSmem ? row_vecs[i] : xv[i], i, V, target, lse, dloss);
 }
 
 /* Mean in double by one block, fixed order. */

@@ -182,14 +182,30 @@ static void test_layernorm(int N, int C, bool with_bias) {
     float *ddw = dev_f32(dwt), *ddb = with_bias ? dev_f32(dbs) : nullptr;
     float *dm = dev_f32(mean), *dr = dev_f32(rstd);
     float *scratch = dev_f32_nan(layernorm_backward_scratch_floats(N, C));
+    const vec dx0 = dx, dwt0 = dwt, dbs0 = dbs; /* the CPU twin updates its arguments in place */
     layernorm_backward_cuda(ddx, ddw, ddb, ddy, dinp, dw, dm, dr, N, C, scratch, S);
     layernorm_backward(dx.data(), dwt.data(), with_bias ? dbs.data() : nullptr, dy.data(), res.data(),
                        w.data(), mean.data(), rstd.data(), N, C);
-    expect_bf16("layernorm_backward dinp (+=)", host_bf16(ddx, NC), dx);
-    expect_f32("layernorm_backward dweight (+=)", host_f32(ddw, C), dwt);
-    if (with_bias) expect_f32("layernorm_backward dbias (+=)", host_f32(ddb, C), dbs);
+    const vec got_dx = host_bf16(ddx, NC), got_dw = host_f32(ddw, C);
+    const vec got_db = with_bias ? host_f32(ddb, C) : vec();
+    expect_bf16("layernorm_backward dinp (+=)", got_dx, dx);
+    expect_f32("layernorm_backward dweight (+=)", got_dw, dwt);
+    if (with_bias) expect_f32("layernorm_backward dbias (+=)", got_db, dbs);
 
-    void *bufs[] = {da, db, dout, dres, dw, dbias, dmean, drstd, ddy, ddx, dinp, ddw, ddb, dm, dr, scratch};
+    /* Again from the same inputs: the partials and their sums have a fixed order, so every
+     * output must be bit-identical. */
+    bf16 *ddx2 = dev_bf16(dx0);
+    float *ddw2 = dev_f32(dwt0), *ddb2 = with_bias ? dev_f32(dbs0) : nullptr;
+    layernorm_backward_cuda(ddx2, ddw2, ddb2, ddy, dinp, dw, dm, dr, N, C, scratch, S);
+    const vec again_dx = host_bf16(ddx2, NC), again_dw = host_f32(ddw2, C);
+    const vec again_db = with_bias ? host_f32(ddb2, C) : vec();
+    CHECK(memcmp(again_dx.data(), got_dx.data(), NC * sizeof(float)) == 0 &&
+              memcmp(again_dw.data(), got_dw.data(), C * sizeof(float)) == 0 &&
+              (!with_bias || memcmp(again_db.data(), got_db.data(), C * sizeof(float)) == 0),
+          "layernorm_backward is not reproducible (N=%d C=%d)", N, C);
+
+    void *bufs[] = {da,  db,  dout, dres, dw, dbias,   dmean, drstd, ddy, ddx,
+                    dinp, ddw, ddb, dm,   dr, scratch, ddx2,  ddw2,  ddb2};
     for (void *p : bufs)
         if (p) CUDA_CHECK(cudaFree(p));
 }
@@ -388,6 +404,11 @@ int main(void) {
     test_layernorm(77, 200, true);     /* C not a multiple of 256: masked lanes */
     test_layernorm(3001, 768, false);  /* many backward blocks */
     test_layernorm(5, 2048, true);     /* the largest C */
+    test_layernorm(37, 200, false);    /* N with no round factor: a partial last block */
+    test_layernorm(37, 520, true);     /* VPL 3, one live lane in the last vector step */
+    test_layernorm(37, 1000, false);   /* VPL 4, C / 8 = 125 */
+    test_layernorm(37, 2048, true);
+    test_layernorm(4099, 768, true);   /* 512 blocks (some with no rows) and the reduction */
     test_matmul(mm, 77, 72, 104, true, false);
     test_matmul(mm, 77, 72, 104, false, false);
     test_matmul(mm, 301, 120, 488, true, true);
@@ -401,6 +422,8 @@ int main(void) {
     test_qk_normalise(7, 3, 36);     /* D not a multiple of 8: warp per vector */
     test_crossentropy(37, 1001, 1008);
     test_crossentropy(5, 50257, 50304);
+    test_crossentropy(3, 16380, 16384); /* Vp / 8 = 4 x 512: one full group, padding in it */
+    test_crossentropy(4, 8000, 8000);   /* fewer vectors than a group: single loads only, no padding */
     test_crossentropy(2, 110001, 110008); /* row too long for shared memory: re-read path */
     test_logits_row(1008, 136);
     test_optimizer(100003);
