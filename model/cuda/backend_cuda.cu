@@ -176,6 +176,8 @@ static backend_t *create(const gpt_config_t *cfg, int B, int T, const dist_t *di
              flash_attn_bwd_query_tile(), flash_attn_head_group(), sparse_attn_qk_fwd_keys());
     b->cfg = *cfg;
     c->g = gpt_cuda_create(cfg, B, T);
+    const size_t used2 = strlen(b->device); /* GPT_CUDA_OVERLAP */
+    snprintf(b->device + used2, sizeof b->device - used2, ", dW overlap %s", c->g->use_overlap ? "on" : "off");
     if (dist) c->zero = zero_cuda_create(c->g, dist);
     if (dist) b->comm_times = cuda_comm_times;
     b->n_params = c->g->n_params;

@@ -100,8 +100,7 @@ void carve_activations(gpt_cuda_t *g, Carver &c) {
     g->lnf_rstd = c.take<float>(N);
     g->dlnf = c.take<bf16>(N * C);
     g->dwte_head = c.take<float>(Vp * C);
-    g->logits[0] = c.take<bf16>((size_t)g->logit_chunk * Vp);
-    g->logits[1] = g->use_overlap && (size_t)g->logit_chunk < N ? c.take<bf16>((size_t)g->logit_chunk * Vp) : g->logits[0];
+    g->logits = c.take<bf16>((size_t)g->logit_chunk * Vp);
     g->losses = c.take<float>(N);
     g->loss_mean = c.take<double>(1);
     g->dbig = c.take<bf16>(N * 4 * C);
@@ -177,22 +176,6 @@ void attention_backward(gpt_cuda_t *g, int l, int B, int T) {
                                    g->D, g->stream);
 }
 
-/* The layer loops queue about 8 kernels a layer forward and 16 backward; as graphs they go to
- * the GPU in one launch each. Sparse layers rebuild their plans and tile lists with
- * host-side bookkeeping every step, and the grads_ready hook runs host code between layers:
- * both stay eager. */
-bool graphs_apply(const gpt_cuda_t *g) {
-    if (!g->use_graphs || g->grads_ready) return false;
-    for (int l = 0; l < g->L; l++)
-        if (g->attn[0][l].p.mode != ATTN_DENSE) return false;
-    return true;
-}
-
-void graph_reset(gpt_cuda_graph_t *gr) {
-    if (gr->exec) CUDA_CHECK(cudaGraphExecDestroy(gr->exec));
-    memset(gr, 0, sizeof *gr);
-}
-
 /* The weight gradients' matmuls (dW += dout^T inp) are off the backward's critical path. While
  * `on`, they run on g->side beside the chain's next kernels (the LayerNorm backwards, which are
  * memory-bound, gain most): each is forked after its inputs are written and joined (side_done)
@@ -217,32 +200,6 @@ struct WeightGrads {
                              OC, nullptr, on ? g->side : g->stream);
     }
 };
-
-/* Queues body() on g->stream: eagerly, or as the graph of gpt_cuda_graph_t's rule. */
-template <typename Body> void run_graphed(gpt_cuda_t *g, gpt_cuda_graph_t *gr, int B, int T, Body body) {
-    if (!graphs_apply(g)) {
-        body();
-        return;
-    }
-    if (gr->B != B || gr->T != T || gr->deterministic != g->deterministic) {
-        graph_reset(gr);
-        gr->B = B, gr->T = T, gr->deterministic = g->deterministic;
-    }
-    if (!gr->exec && gr->eager_runs == 0) {
-        body();
-        gr->eager_runs++;
-        return;
-    }
-    if (!gr->exec) {
-        cudaGraph_t graph;
-        CUDA_CHECK(cudaStreamBeginCapture(g->stream, cudaStreamCaptureModeThreadLocal));
-        body();
-        CUDA_CHECK(cudaStreamEndCapture(g->stream, &graph));
-        CUDA_CHECK(cudaGraphInstantiate(&gr->exec, graph, 0));
-        CUDA_CHECK(cudaGraphDestroy(graph));
-    }
-    CUDA_CHECK(cudaGraphLaunch(gr->exec, g->stream));
-}
 
 /* An on/off switch from the environment (unset: on). */
 int env_switch(const char *name, const char *what) {
@@ -301,7 +258,6 @@ gpt_cuda_t *gpt_cuda_create(const gpt_config_t *cfg, int B, int T) {
         for (int set = 0; set < 2; set++) attn_layer_cuda_init(&g->attn[set][l], &p, g->H, g->D);
     }
 
-    g->use_graphs = env_switch("GPT_CUDA_GRAPH", "the layer loops as CUDA graphs");
     g->use_overlap = env_switch("GPT_CUDA_OVERLAP", "the weight gradients on a second stream");
     CUDA_CHECK(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaStreamCreateWithFlags(&g->side, cudaStreamNonBlocking));
@@ -345,8 +301,6 @@ gpt_cuda_t *gpt_cuda_create(const gpt_config_t *cfg, int B, int T) {
 void gpt_cuda_free(gpt_cuda_t *g) {
     if (!g) return;
     CUDA_CHECK(cudaStreamSynchronize(g->stream));
-    graph_reset(&g->fwd_graph);
-    graph_reset(&g->bwd_graph);
     for (int l = 0; l < g->L; l++)
         for (int set = 0; set < 2; set++) attn_layer_cuda_free(&g->attn[set][l]);
     encoder_groups_free(&g->groups);
@@ -418,37 +372,33 @@ float gpt_cuda_forward(gpt_cuda_t *g, const int32_t *inputs, const int32_t *targ
     const bf16 *pw = g->params_bf16;
     const float *pf = g->params;
 
-    const auto layers = [&]() {
-        encoder_forward_cuda(g->acts[0].resid_in, g->tokens_dev, pw + g->wte, pw + g->wpe, B, T, C, s);
-        layernorm_forward_cuda(g->acts[0].ln1, g->acts[0].ln1_mean, g->acts[0].ln1_rstd,
-                               g->acts[0].resid_in, pf + g->off[0].ln1w, at(pf, g->off[0].ln1b), N, C, s);
-        for (int l = 0; l < L; l++) {
-            const gpt_cuda_layer_offsets_t *o = &g->off[l];
-            gpt_cuda_layer_acts_t *a = &g->acts[l];
-            matmul_forward_cuda(g->mm, a->qkv, a->ln1, pw + o->qkvw, at(pw, o->qkvb), N, C, P, nullptr, s);
-            attention_forward(g, l, B, T, rng_key(g->cfg.seed, RNG_DOMAIN_ATTN, step, (uint64_t)l, micro));
-            matmul_forward_cuda(g->mm, g->tmp, a->att, pw + o->projw, at(pw, o->projb), N, C, C, nullptr, s);
-            residual_layernorm_forward_cuda(a->resid_mid, a->ln2, a->ln2_mean, a->ln2_rstd, a->resid_in,
-                                            g->tmp, pf + o->ln2w, at(pf, o->ln2b), N, C, s);
-            matmul_forward_cuda(g->mm, a->gelu, a->ln2, pw + o->fcw, at(pw, o->fcb), N, C, 4 * C,
-                                a->fc_preact, s);
-            matmul_forward_cuda(g->mm, g->tmp, a->gelu, pw + o->mprojw, at(pw, o->mprojb), N, 4 * C, C,
-                                nullptr, s);
-            if (l + 1 < L) {
-                gpt_cuda_layer_acts_t *next = &g->acts[l + 1];
-                const gpt_cuda_layer_offsets_t *on = &g->off[l + 1];
-                residual_layernorm_forward_cuda(next->resid_in, next->ln1, next->ln1_mean, next->ln1_rstd,
-                                                a->resid_mid, g->tmp, pf + on->ln1w, at(pf, on->ln1b), N,
-                                                C, s);
-            } else {
-                residual_layernorm_forward_cuda(g->resid_final, g->lnf, g->lnf_mean, g->lnf_rstd,
-                                                a->resid_mid, g->tmp, pf + g->lnfw, at(pf, g->lnfb), N,
-                                                C, s);
-            }
+    encoder_forward_cuda(g->acts[0].resid_in, g->tokens_dev, pw + g->wte, pw + g->wpe, B, T, C, s);
+    layernorm_forward_cuda(g->acts[0].ln1, g->acts[0].ln1_mean, g->acts[0].ln1_rstd,
+                           g->acts[0].resid_in, pf + g->off[0].ln1w, at(pf, g->off[0].ln1b), N, C, s);
+    for (int l = 0; l < L; l++) {
+        const gpt_cuda_layer_offsets_t *o = &g->off[l];
+        gpt_cuda_layer_acts_t *a = &g->acts[l];
+        matmul_forward_cuda(g->mm, a->qkv, a->ln1, pw + o->qkvw, at(pw, o->qkvb), N, C, P, nullptr, s);
+        attention_forward(g, l, B, T, rng_key(g->cfg.seed, RNG_DOMAIN_ATTN, step, (uint64_t)l, micro));
+        matmul_forward_cuda(g->mm, g->tmp, a->att, pw + o->projw, at(pw, o->projb), N, C, C, nullptr, s);
+        residual_layernorm_forward_cuda(a->resid_mid, a->ln2, a->ln2_mean, a->ln2_rstd, a->resid_in,
+                                        g->tmp, pf + o->ln2w, at(pf, o->ln2b), N, C, s);
+        matmul_forward_cuda(g->mm, a->gelu, a->ln2, pw + o->fcw, at(pw, o->fcb), N, C, 4 * C,
+                            a->fc_preact, s);
+        matmul_forward_cuda(g->mm, g->tmp, a->gelu, pw + o->mprojw, at(pw, o->mprojb), N, 4 * C, C,
+                            nullptr, s);
+        if (l + 1 < L) {
+            gpt_cuda_layer_acts_t *next = &g->acts[l + 1];
+            const gpt_cuda_layer_offsets_t *on = &g->off[l + 1];
+            residual_layernorm_forward_cuda(next->resid_in, next->ln1, next->ln1_mean, next->ln1_rstd,
+                                            a->resid_mid, g->tmp, pf + on->ln1w, at(pf, on->ln1b), N,
+                                            C, s);
+        } else {
+            residual_layernorm_forward_cuda(g->resid_final, g->lnf, g->lnf_mean, g->lnf_rstd,
+                                            a->resid_mid, g->tmp, pf + g->lnfw, at(pf, g->lnfb), N,
+                                            C, s);
         }
-    };
-    if (targets) run_graphed(g, &g->fwd_graph, B, T, layers);
-    else layers(); /* sampling: T changes with every token */
+    }
     g->has_forward = 1;
     g->has_targets = targets != NULL;
     if (!targets) {
@@ -463,23 +413,15 @@ float gpt_cuda_forward(gpt_cuda_t *g, const int32_t *inputs, const int32_t *targ
      * head's dwte, with dloss = 1/N; backward() applies its scale to both. */
     const int Vp = g->Vp;
     CUDA_CHECK(cudaMemsetAsync(g->dwte_head, 0, (size_t)Vp * C * sizeof(float), s));
-    const WeightGrads dw = {g, g->use_overlap != 0}; /* chunk c's dwte beside chunk c + 1 */
-    int chunk = 0;
-    for (int r0 = 0; r0 < N; r0 += g->logit_chunk, chunk++) {
+    for (int r0 = 0; r0 < N; r0 += g->logit_chunk) {
         const int rows = N - r0 < g->logit_chunk ? N - r0 : g->logit_chunk;
         const bf16 *x = g->lnf + (size_t)r0 * C;
-        bf16 *logits = g->logits[chunk % 2];
-        if (chunk >= 2) dw.join(chunk % 2); /* chunk - 2's dwte matmul has read this buffer */
-        matmul_forward_cuda(g->mm, logits, x, pw + g->wte, nullptr, rows, C, Vp, nullptr, s);
-        crossentropy_fused_cuda(g->losses + r0, nullptr, logits, g->targets_dev + r0,
+        matmul_forward_cuda(g->mm, g->logits, x, pw + g->wte, nullptr, rows, C, Vp, nullptr, s);
+        crossentropy_fused_cuda(g->losses + r0, nullptr, g->logits, g->targets_dev + r0,
                                 1.0f / (float)N, rows, g->V, Vp, s);
-        matmul_backward_cuda(g->mm, g->dlnf + (size_t)r0 * C, 0, nullptr, logits, x, pw + g->wte,
-                             rows, C, Vp, nullptr, s);
-        dw.fork();
-        dw.add(g->dwte_head, logits, x, rows, C, Vp);
-        dw.mark(chunk % 2);
+        matmul_backward_cuda(g->mm, g->dlnf + (size_t)r0 * C, 0, g->dwte_head, g->logits, x,
+                             pw + g->wte, rows, C, Vp, nullptr, s);
     }
-    dw.join((chunk - 1) % 2); /* the side stream runs in order: its last matmul implies all */
     mean_cuda(g->loss_mean, g->losses, N, s);
     double loss = 0.0;
     CUDA_CHECK(cudaMemcpyAsync(&loss, g->loss_mean, sizeof loss, cudaMemcpyDeviceToHost, s));
@@ -508,48 +450,46 @@ void gpt_cuda_backward(gpt_cuda_t *g, float scale) {
     if (g->grads_ready) g->grads_ready(g->grads_ready_ctx, layers_end, g->n_params);
 
     const WeightGrads dw = {g, g->use_overlap && !g->grads_ready};
-    run_graphed(g, &g->bwd_graph, B, T, [&]() {
-        for (int l = g->L - 1; l >= 0; l--) {
-            const gpt_cuda_layer_offsets_t *o = &g->off[l];
-            const gpt_cuda_layer_acts_t *a = &g->acts[l];
-            /* MLP: the GELU output kept by the forward; its backward is fused into the dinp matmul. */
-            matmul_backward_cuda(g->mm, g->dbig, 0, nullptr, g->dres, a->gelu, pw + o->mprojw, N, 4 * C,
-                                 C, a->fc_preact, s);
-            dw.fork();
-            dw.add(gr + o->mprojw, g->dres, a->gelu, N, 4 * C, C);
-            dw.mark(0); /* dres read */
-            dw.add(gr + o->fcw, g->dbig, a->ln2, N, C, 4 * C);
-            dw.mark(1); /* dbig read */
-            if (o->mprojb != SIZE_MAX) bias_backward_cuda(gr + o->mprojb, g->dres, N, C, red, s);
-            matmul_backward_cuda(g->mm, g->tmp, 0, nullptr, g->dbig, a->ln2, pw + o->fcw, N, C, 4 * C,
-                                 nullptr, s);
-            if (o->fcb != SIZE_MAX) bias_backward_cuda(gr + o->fcb, g->dbig, N, 4 * C, red, s);
-            dw.join(0);
-            layernorm_backward_cuda(g->dres, gr + o->ln2w, at(gr, o->ln2b), g->tmp, a->resid_mid,
-                                    pf + o->ln2w, a->ln2_mean, a->ln2_rstd, N, C, red, s);
-            /* Attention. */
-            dw.fork();
-            dw.add(gr + o->projw, g->dres, a->att, N, C, C);
-            dw.mark(2); /* dres read */
-            matmul_backward_cuda(g->mm, g->tmp, 0, nullptr, g->dres, a->att, pw + o->projw, N, C, C,
-                                 nullptr, s);
-            if (o->projb != SIZE_MAX) bias_backward_cuda(gr + o->projb, g->dres, N, C, red, s);
-            dw.join(1);
-            attention_backward(g, l, B, T); /* g->tmp (datt) -> g->dbig (dqkv) */
-            dw.fork();
-            dw.add(gr + o->qkvw, g->dbig, a->ln1, N, C, P);
-            dw.mark(3); /* dbig read */
-            matmul_backward_cuda(g->mm, g->tmp, 0, nullptr, g->dbig, a->ln1, pw + o->qkvw, N, C, P,
-                                 nullptr, s);
-            if (o->qkvb != SIZE_MAX) bias_backward_cuda(gr + o->qkvb, g->dbig, N, P, red, s);
-            dw.join(2);
-            layernorm_backward_cuda(g->dres, gr + o->ln1w, at(gr, o->ln1b), g->tmp, a->resid_in,
-                                    pf + o->ln1w, a->ln1_mean, a->ln1_rstd, N, C, red, s);
-            dw.join(3); /* before the next layer's MLP overwrites dbig, and before the end */
-            if (g->grads_ready)
-                g->grads_ready(g->grads_ready_ctx, o->ln1w, l + 1 < g->L ? g->off[l + 1].ln1w : layers_end);
-        }
-    });
+    for (int l = g->L - 1; l >= 0; l--) {
+        const gpt_cuda_layer_offsets_t *o = &g->off[l];
+        const gpt_cuda_layer_acts_t *a = &g->acts[l];
+        /* MLP: the GELU output kept by the forward; its backward is fused into the dinp matmul. */
+        matmul_backward_cuda(g->mm, g->dbig, 0, nullptr, g->dres, a->gelu, pw + o->mprojw, N, 4 * C,
+                             C, a->fc_preact, s);
+        dw.fork();
+        dw.add(gr + o->mprojw, g->dres, a->gelu, N, 4 * C, C);
+        dw.mark(0); /* dres read */
+        dw.add(gr + o->fcw, g->dbig, a->ln2, N, C, 4 * C);
+        dw.mark(1); /* dbig read */
+        if (o->mprojb != SIZE_MAX) bias_backward_cuda(gr + o->mprojb, g->dres, N, C, red, s);
+        matmul_backward_cuda(g->mm, g->tmp, 0, nullptr, g->dbig, a->ln2, pw + o->fcw, N, C, 4 * C,
+                             nullptr, s);
+        if (o->fcb != SIZE_MAX) bias_backward_cuda(gr + o->fcb, g->dbig, N, 4 * C, red, s);
+        dw.join(0);
+        layernorm_backward_cuda(g->dres, gr + o->ln2w, at(gr, o->ln2b), g->tmp, a->resid_mid,
+                                pf + o->ln2w, a->ln2_mean, a->ln2_rstd, N, C, red, s);
+        /* Attention. */
+        dw.fork();
+        dw.add(gr + o->projw, g->dres, a->att, N, C, C);
+        dw.mark(2); /* dres read */
+        matmul_backward_cuda(g->mm, g->tmp, 0, nullptr, g->dres, a->att, pw + o->projw, N, C, C,
+                             nullptr, s);
+        if (o->projb != SIZE_MAX) bias_backward_cuda(gr + o->projb, g->dres, N, C, red, s);
+        dw.join(1);
+        attention_backward(g, l, B, T); /* g->tmp (datt) -> g->dbig (dqkv) */
+        dw.fork();
+        dw.add(gr + o->qkvw, g->dbig, a->ln1, N, C, P);
+        dw.mark(3); /* dbig read */
+        matmul_backward_cuda(g->mm, g->tmp, 0, nullptr, g->dbig, a->ln1, pw + o->qkvw, N, C, P,
+                             nullptr, s);
+        if (o->qkvb != SIZE_MAX) bias_backward_cuda(gr + o->qkvb, g->dbig, N, P, red, s);
+        dw.join(2);
+        layernorm_backward_cuda(g->dres, gr + o->ln1w, at(gr, o->ln1b), g->tmp, a->resid_in,
+                                pf + o->ln1w, a->ln1_mean, a->ln1_rstd, N, C, red, s);
+        dw.join(3); /* before the next layer's MLP overwrites dbig, and before the end */
+        if (g->grads_ready)
+            g->grads_ready(g->grads_ready_ctx, o->ln1w, l + 1 < g->L ? g->off[l + 1].ln1w : layers_end);
+    }
     encoder_backward_cuda(gr + g->wte, gr + g->wpe, g->dres, &g->groups, B, T, C, s);
     if (g->grads_ready) g->grads_ready(g->grads_ready_ctx, 0, g->off[0].ln1w); /* wte, wpe */
 }

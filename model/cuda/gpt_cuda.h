@@ -46,15 +46,6 @@ typedef struct {
                                       cost 1.7 ms a step at 8k x 4: docs/PERF.md) */
 } gpt_cuda_layer_acts_t;
 
-/* One captured op sequence, replayed while its key (micro-batch shape, backward mode) holds. A
- * new key runs eagerly once (lazy allocations and plan caches are made outside any capture),
- * is captured on its second run and replayed from then on. */
-typedef struct {
-    int B, T, deterministic;
-    int eager_runs;        /* with this key */
-    cudaGraphExec_t exec;  /* NULL until captured */
-} gpt_cuda_graph_t;
-
 typedef struct {
     gpt_config_t cfg;
     int Bmax, Tmax, L, C, H, D, P, V, Vp;
@@ -79,9 +70,7 @@ typedef struct {
     float *lnf_mean, *lnf_rstd;    /* [N] */
     bf16 *dlnf;                    /* [N][C], gradient of lnf from the fused head */
     float *dwte_head;              /* [Vp][C], the head's share of dwte (unscaled) */
-    bf16 *logits[2];               /* [logit_chunk][Vp], logits then dlogits in place; the second
-                                      (overlap on, several chunks) lets a chunk's dwte matmul run
-                                      beside the next chunk's logits and cross-entropy */
+    bf16 *logits;                  /* [logit_chunk][Vp], logits then dlogits in place */
     float *losses;                 /* [N] */
     double *loss_mean;             /* [1] */
     bf16 *dbig;                    /* [N][4C]: d(pre-activation), then dqkv */
@@ -113,10 +102,6 @@ typedef struct {
     void (*grads_ready)(void *ctx, size_t lo, size_t hi);
     void *grads_ready_ctx;
 
-    /* The layer loops of training forwards and backwards as CUDA graphs (all-dense models, no
-     * grads_ready hook): GPT_CUDA_GRAPH=0 turns them off. */
-    int use_graphs;
-    gpt_cuda_graph_t fwd_graph, bwd_graph;
     /* The backward's weight-gradient matmuls on a second stream, beside the chain of input
      * gradients (no grads_ready hook): GPT_CUDA_OVERLAP=0 turns it off. */
     int use_overlap;
