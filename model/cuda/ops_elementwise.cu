@@ -114,21 +114,52 @@ __global__ void bias_reduce_kernel(float *__restrict__ dbias, const float *__res
     dbias[c] += s;
 }
 
+/* One parameter's AdamW update; both kernels below use it, so they give the same bits. */
+__device__ __forceinline__ float adamw_one(float p, float g_raw, float &m, float &v, float lr, float b1,
+                                           float b2, float bc1, float bc2, float eps, float wd,
+                                           float grad_scale) {
+    const float g = grad_scale * g_raw;
+    m = b1 * m + (1.0f - b1) * g;
+    v = b2 * v + (1.0f - b2) * g * g;
+    const float mhat = m / bc1, vhat = v / bc2;
+    return p - lr * (mhat / (sqrtf(vhat) + eps) + wd * p);
+}
+
 __global__ void adamw_kernel(float *__restrict__ params, bf16 *__restrict__ params_bf16,
                              const float *__restrict__ grads, float *__restrict__ m,
                              float *__restrict__ v, size_t n, float lr, float b1, float b2,
                              float bc1, float bc2, float eps, float wd, float grad_scale) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
-        const float g = grad_scale * grads[i];
-        const float mi = b1 * m[i] + (1.0f - b1) * g;
-        const float vi = b2 * v[i] + (1.0f - b2) * g * g;
+        float mi = m[i], vi = v[i];
+        const float p = adamw_one(params[i], grads[i], mi, vi, lr, b1, b2, bc1, bc2, eps, wd, grad_scale);
         m[i] = mi;
         v[i] = vi;
-        const float mhat = mi / bc1, vhat = vi / bc2;
-        const float p = params[i] - lr * (mhat / (sqrtf(vhat) + eps) + wd * params[i]);
         params[i] = p;
         params_bf16[i] = __float2bfloat16(p);
+    }
+}
+
+/* Four parameters a thread in 16-byte accesses: the update moves ~30 bytes a parameter and is
+ * bound by memory, and one 4-byte load per array and thread kept too few bytes in flight
+ * (1.16 ms a step for GPT-2 small's 124M parameters on an H200, 3.2 TB/s). */
+__global__ void adamw_vec4_kernel(float4 *__restrict__ params, uint2 *__restrict__ params_bf16,
+                                  const float4 *__restrict__ grads, float4 *__restrict__ m,
+                                  float4 *__restrict__ v, size_t n4, float lr, float b1, float b2,
+                                  float bc1, float bc2, float eps, float wd, float grad_scale) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n4;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float4 p = params[i], mi = m[i], vi = v[i];
+        const float4 g = grads[i];
+        p.x = adamw_one(p.x, g.x, mi.x, vi.x, lr, b1, b2, bc1, bc2, eps, wd, grad_scale);
+        p.y = adamw_one(p.y, g.y, mi.y, vi.y, lr, b1, b2, bc1, bc2, eps, wd, grad_scale);
+        p.z = adamw_one(p.z, g.z, mi.z, vi.z, lr, b1, b2, bc1, bc2, eps, wd, grad_scale);
+        p.w = adamw_one(p.w, g.w, mi.w, vi.w, lr, b1, b2, bc1, bc2, eps, wd, grad_scale);
+        m[i] = mi;
+        v[i] = vi;
+        params[i] = p;
+        const __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y), hi = __floats2bfloat162_rn(p.z, p.w);
+        params_bf16[i] = make_uint2(*reinterpret_cast<const uint32_t *>(&lo), *reinterpret_cast<const uint32_t *>(&hi));
     }
 }
 
@@ -298,10 +329,28 @@ void adamw_cuda(float *params, bf16 *params_bf16, const float *grads, float *m, 
     /* Bias corrections in double on the host, exactly as adamw_step does. */
     const float bc1 = (float)(1.0 - pow((double)h->beta1, (double)t));
     const float bc2 = (float)(1.0 - pow((double)h->beta2, (double)t));
-    adamw_kernel<<<elementwise_blocks(n, 256), 256, 0, stream>>>(
-        params, params_bf16, grads, m, v, n, h->lr, h->beta1, h->beta2, bc1, bc2, h->eps,
-        decay ? h->weight_decay : 0.0f, grad_scale);
-    KERNEL_CHECK("adamw_kernel");
+    const float wd = decay ? h->weight_decay : 0.0f;
+    /* Whole float4s where every array allows them (parameter tensors start at multiples of 8
+     * elements in the trainer), the rest one at a time. */
+    size_t n4 = 0;
+    const uintptr_t align = (uintptr_t)params | (uintptr_t)grads | (uintptr_t)m | (uintptr_t)v;
+    if (align % 16 == 0 && (uintptr_t)params_bf16 % 8 == 0) {
+        n4 = n / 4;
+        if (n4) {
+            adamw_vec4_kernel<<<elementwise_blocks(n4, 256), 256, 0, stream>>>(
+                reinterpret_cast<float4 *>(params), reinterpret_cast<uint2 *>(params_bf16),
+                reinterpret_cast<const float4 *>(grads), reinterpret_cast<float4 *>(m),
+                reinterpret_cast<float4 *>(v), n4, h->lr, h->beta1, h->beta2, bc1, bc2, h->eps, wd, grad_scale);
+            KERNEL_CHECK("adamw_vec4_kernel");
+        }
+    }
+    const size_t done = 4 * n4;
+    if (done < n) {
+        adamw_kernel<<<elementwise_blocks(n - done, 256), 256, 0, stream>>>(
+            params + done, params_bf16 + done, grads + done, m + done, v + done, n - done, h->lr, h->beta1,
+            h->beta2, bc1, bc2, h->eps, wd, grad_scale);
+        KERNEL_CHECK("adamw_kernel");
+    }
 }
 
 double grad_norm_cuda(const float *grads, size_t n, double *scratch, cudaStream_t stream) {

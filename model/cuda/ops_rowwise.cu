@@ -10,6 +10,9 @@
 #include <initializer_list>
 #include <utility>
 
+#include "attention/cuda/flash_common.cuh" /* smem_addr */
+#include "attention/cuda/flash_sm90.cuh"   /* mbarriers, bulk copies */
+
 extern "C" {
 #include "model/cpu/ops_cpu.h" /* LAYERNORM_EPS, QK_NORM_EPS: one definition for both backends */
 }
@@ -497,41 +500,36 @@ __device__ __forceinline__ void dlogits8(bf16 *x, uint4 raw, int i, int V, int t
 }
 
 /* Thread t owns vectors t, t + kCeThreads, ... in both passes, taken kCeUnroll at a time (all
- * loads issued before any is used) while a whole group fits, then one at a time. */
-template <bool kRowInSmem>
-__global__ void __launch_bounds__(kCeThreads, 2)
-crossentropy_fused_kernel(float *__restrict__ losses, float *__restrict__ lse_out,
-                          bf16 *__restrict__ logits, const int32_t *__restrict__ targets,
-                          float dloss, int V, int Vp) {
-    extern __shared__ uint4 row_vecs[]; /* [Vp / 8] when kRowInSmem */
-    __shared__ float red_m[kCeThreads / 32], red_s[kCeThreads / 32];
-    __shared__ float target_logit;
-    const long row = blockIdx.x;
-    bf16 *x = logits + (size_t)row * Vp;
-    uint4 *xv = reinterpret_cast<uint4 *>(x);
-    const int target = targets[row];
-    /* Read before any thread of this block overwrites the row in pass 2. */
-    if (threadIdx.x == 0) target_logit = __bfloat162float(x[target]);
-    float m = -INFINITY, s = 0.0f;
-    const int nvec = Vp / 8;
+ * loads issued before any is used) while a whole group fits, then one at a time. The passes
+ * are shared by both kernels below, so both give the same bits. */
+
+/* Pass 1: this thread's running (max, sum of exp) over its vectors of the row; a copy of
+ * each vector goes to `stage` when given. */
+__device__ __forceinline__ void ce_row_stats(const uint4 *xv, uint4 *stage, int nvec, int V, float &m,
+                                             float &s) {
     constexpr int kStep = kCeUnroll * kCeThreads;
     int i = threadIdx.x;
     for (; i + (kCeUnroll - 1) * kCeThreads < nvec; i += kStep) {
         uint4 raw[kCeUnroll];
 #pragma unroll
         for (int u = 0; u < kCeUnroll; u++) raw[u] = xv[i + u * kCeThreads];
-        if (kRowInSmem) {
+        if (stage) {
 #pragma unroll
-            for (int u = 0; u < kCeUnroll; u++) row_vecs[i + u * kCeThreads] = raw[u];
+            for (int u = 0; u < kCeUnroll; u++) stage[i + u * kCeThreads] = raw[u];
         }
         softmax_fold<kCeUnroll>(m, s, raw, i, V);
     }
     for (; i < nvec; i += kCeThreads) {
         uint4 raw[kCeUnroll];
         raw[0] = xv[i];
-        if (kRowInSmem) row_vecs[i] = raw[0];
+        if (stage) stage[i] = raw[0];
         softmax_fold<1>(m, s, raw, i, V);
     }
+}
+
+/* The block's log-sum-exp from every thread's (m, s), merged in a fixed order. Ends with the
+ * block synchronised; red_m/red_s may be reused after the block's next __syncthreads. */
+__device__ __forceinline__ float ce_block_lse(float m, float s, float *red_m, float *red_s) {
     for (int o = 16; o > 0; o >>= 1) {
         const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
         softmax_merge(m, s, m2, s2);
@@ -545,27 +543,112 @@ crossentropy_fused_kernel(float *__restrict__ losses, float *__restrict__ lse_ou
     m = red_m[0];
     s = red_s[0];
     for (int w = 1; w < kCeThreads / 32; w++) softmax_merge(m, s, red_m[w], red_s[w]);
-    const float lse = m + logf(s);
+    return m + logf(s);
+}
+
+/* Pass 2: dlogits of this thread's vectors, read from src and written to dst (the same row,
+ * in global or shared memory). */
+__device__ __forceinline__ void ce_row_dlogits(const uint4 *src, bf16 *dst, int nvec, int V, int target,
+                                               float lse, float dloss) {
+    constexpr int kStep = kCeUnroll * kCeThreads;
+    /* All of a group's loads go out before its stores: the compiler cannot move a load of src
+     * above a store through dst by itself. */
+    int i = threadIdx.x;
+    for (; i + (kCeUnroll - 1) * kCeThreads < nvec; i += kStep) {
+        uint4 raw[kCeUnroll];
+#pragma unroll
+        for (int u = 0; u < kCeUnroll; u++) raw[u] = src[i + u * kCeThreads];
+#pragma unroll
+        for (int u = 0; u < kCeUnroll; u++) dlogits8(dst, raw[u], i + u * kCeThreads, V, target, lse, dloss);
+    }
+    for (; i < nvec; i += kCeThreads) dlogits8(dst, src[i], i, V, target, lse, dloss);
+}
+
+template <bool kRowInSmem>
+__global__ void __launch_bounds__(kCeThreads, 2)
+crossentropy_fused_kernel(float *__restrict__ losses, float *__restrict__ lse_out,
+                          bf16 *__restrict__ logits, const int32_t *__restrict__ targets,
+                          float dloss, int V, int Vp) {
+    extern __shared__ uint4 row_vecs[]; /* [Vp / 8] when kRowInSmem */
+    __shared__ float red_m[kCeThreads / 32], red_s[kCeThreads / 32];
+    const long row = blockIdx.x;
+    bf16 *x = logits + (size_t)row * Vp;
+    const uint4 *xv = reinterpret_cast<const uint4 *>(x);
+    const int target = targets[row], nvec = Vp / 8;
+    /* Read before any thread of this block overwrites the row in pass 2. */
+    const float target_logit = threadIdx.x == 0 ? __bfloat162float(x[target]) : 0.0f;
+    float m = -INFINITY, s = 0.0f;
+    ce_row_stats(xv, kRowInSmem ? row_vecs : nullptr, nvec, V, m, s);
+    const float lse = ce_block_lse(m, s, red_m, red_s);
     if (threadIdx.x == 0) {
         losses[row] = lse - target_logit;
         if (lse_out) lse_out[row] = lse;
     }
-    /* Without the row in shared memory the group's loads all go out before its stores: the
-     * compiler cannot move a load of xv above a store through x by itself. */
-    i = threadIdx.x;
-    for (; i + (kCeUnroll - 1) * kCeThreads < nvec; i += kStep) {
-        uint4 raw[kCeUnroll];
-#pragma unroll
-        for (int u = 0; u < kCeUnroll; u++) {
-            const int iu = i + u * kCeThreads;
-            raw[u] = kRowInSmem ? row_vecs[iu] : xv[iu];
-        }
-#pragma unroll
-        for (int u = 0; u < kCeUnroll; u++)
-            dlogits8(x, raw[u], i + u * kCeThreads, V, target, lse, dloss);
+    ce_row_dlogits(kRowInSmem ? row_vecs : xv, x, nvec, V, target, lse, dloss);
+}
+
+/* The same passes with the rows brought in by the TMA engine: a persistent block (one an SM)
+ * double-buffers whole rows in shared memory, fetching row k + 1 while it works on row k, and
+ * writes each row's dlogits back with one bulk store, so HBM always has a row's read in
+ * flight per SM. Written because the kernel above moves 2.7 TB/s on an H200 (0.61 ms a chunk
+ * of 8192 x 50304; the floor is ~0.34): a block of it has no reads in flight during its
+ * second pass, and shared memory allows only 2 blocks an SM. */
+constexpr uint32_t kCeBulkPiece = 16384; /* bytes per bulk copy instruction */
+
+size_t ce_bulk_smem(int Vp) { return 2 * (size_t)Vp * sizeof(bf16) + 2 * sizeof(uint64_t); }
+
+__global__ void __launch_bounds__(kCeThreads, 1)
+crossentropy_fused_bulk_kernel(float *__restrict__ losses, float *__restrict__ lse_out,
+                               bf16 *__restrict__ logits, const int32_t *__restrict__ targets,
+                               float dloss, int N, int V, int Vp) {
+    using namespace flash::sm90;
+    extern __shared__ uint4 rows[]; /* [2][Vp / 8], then the two rows' mbarriers */
+    __shared__ float red_m[kCeThreads / 32], red_s[kCeThreads / 32];
+    const int nvec = Vp / 8;
+    const uint32_t row_bytes = (uint32_t)Vp * sizeof(bf16);
+    const uint32_t rows_addr = flash::smem_addr(rows), bars = rows_addr + 2 * row_bytes;
+    auto fetch = [&](long row, int b) { /* thread 0 */
+        mbar_arrive_expect_tx(bars + 8 * b, row_bytes);
+        const char *src = reinterpret_cast<const char *>(logits + (size_t)row * Vp);
+        for (uint32_t off = 0; off < row_bytes; off += kCeBulkPiece)
+            bulk_load(rows_addr + b * row_bytes + off, src + off, min(kCeBulkPiece, row_bytes - off), bars + 8 * b);
+    };
+    if (threadIdx.x == 0) {
+        mbar_init(bars, 1);
+        mbar_init(bars + 8, 1);
+        fence_mbar_init();
+        fetch(blockIdx.x, 0);
     }
-    for (; i < nvec; i += kCeThreads)
-        dlogits8(x, kRowInSmem ? row_vecs[i] : xv[i], i, V, target, lse, dloss);
+    __syncthreads();
+    int k = 0;
+    for (long row = blockIdx.x; row < N; row += gridDim.x, k++) {
+        const int b = k & 1;
+        if (threadIdx.x == 0 && row + gridDim.x < N) {
+            bulk_wait_read<0>(); /* row k - 1's store has read buffer b ^ 1 */
+            fetch(row + gridDim.x, b ^ 1);
+        }
+        mbar_wait(bars + 8 * b, (k >> 1) & 1);
+        uint4 *xs = rows + (size_t)b * nvec;
+        const int target = targets[row];
+        const float target_logit = threadIdx.x == 0 ? __bfloat162float(reinterpret_cast<bf16 *>(xs)[target]) : 0.0f;
+        float m = -INFINITY, s = 0.0f;
+        ce_row_stats(xs, nullptr, nvec, V, m, s);
+        const float lse = ce_block_lse(m, s, red_m, red_s);
+        if (threadIdx.x == 0) {
+            losses[row] = lse - target_logit;
+            if (lse_out) lse_out[row] = lse;
+        }
+        ce_row_dlogits(xs, reinterpret_cast<bf16 *>(xs), nvec, V, target, lse, dloss);
+        fence_proxy_async(); /* the rewritten row, visible to the bulk store */
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            char *dst = reinterpret_cast<char *>(logits + (size_t)row * Vp);
+            for (uint32_t off = 0; off < row_bytes; off += kCeBulkPiece)
+                bulk_store(dst + off, rows_addr + b * row_bytes + off, min(kCeBulkPiece, row_bytes - off));
+            bulk_commit();
+        }
+    }
+    if (threadIdx.x == 0) bulk_wait<0>(); /* every store written before the block ends */
 }
 
 /* Mean in double by one block, fixed order. */
@@ -720,6 +803,29 @@ void crossentropy_fused_cuda(float *losses, float *lse, bf16 *logits_dlogits,
                                                                        targets, dloss, V, Vp);
     }
     KERNEL_CHECK("crossentropy_fused_kernel");
+}
+
+void crossentropy_fused_bulk_cuda(float *losses, float *lse, bf16 *logits_dlogits,
+                                  const int32_t *targets, float dloss, int N, int V, int Vp,
+                                  cudaStream_t stream) {
+    const size_t smem = ce_bulk_smem(Vp);
+    static int sms = 0, smem_max = 0;
+    if (!sms) {
+        int dev;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    }
+    if (Vp % 8 != 0 || V < 1 || V > Vp || smem > (size_t)smem_max) { /* checks, or rows too long */
+        crossentropy_fused_cuda(losses, lse, logits_dlogits, targets, dloss, N, V, Vp, stream);
+        return;
+    }
+    if (N == 0) return;
+    CUDA_CHECK(cudaFuncSetAttribute(crossentropy_fused_bulk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)smem));
+    crossentropy_fused_bulk_kernel<<<N < sms ? N : sms, kCeThreads, smem, stream>>>(losses, lse, logits_dlogits,
+                                                                                    targets, dloss, N, V, Vp);
+    KERNEL_CHECK("crossentropy_fused_bulk_kernel");
 }
 
 void mean_cuda(double *out, const float *x, int n, cudaStream_t stream) {

@@ -342,6 +342,20 @@ static void test_crossentropy(int N, int V, int Vp) {
         for (int v = V; v < Vp; v++) pad_ok &= got[(size_t)n * Vp + v] == 0.0f;
     CHECK(pad_ok, "crossentropy: padded dlogits must be exactly 0");
 
+    /* The TMA-fed variant: the same passes, so the same bits. */
+    bf16 *dl2 = dev_bf16(logits);
+    float *dloss2 = dev_f32_nan(N), *dlse2 = dev_f32_nan(N);
+    crossentropy_fused_bulk_cuda(dloss2, dlse2, dl2, dt, dl_scale, N, V, Vp, S);
+    const vec loss2 = host_f32(dloss2, N), lse2 = host_f32(dlse2, N), got2 = host_bf16(dl2, NV);
+    const vec loss1 = host_f32(dloss, N), lse1 = host_f32(dlse, N);
+    const int same = memcmp(loss2.data(), loss1.data(), N * sizeof(float)) == 0 &&
+                     memcmp(lse2.data(), lse1.data(), N * sizeof(float)) == 0 &&
+                     memcmp(got2.data(), got.data(), NV * sizeof(float)) == 0;
+    printf("  bulk variant bit-identical: %s\n", same ? "yes" : "NO");
+    CHECK(same, "crossentropy_fused_bulk_cuda differs from crossentropy_fused_cuda (N=%d V=%d)", N, V);
+    void *bufs2[] = {dl2, dloss2, dlse2};
+    for (void *p : bufs2) CUDA_CHECK(cudaFree(p));
+
     double *dmean;
     CUDA_CHECK(cudaMalloc((void **)&dmean, sizeof(double)));
     mean_cuda(dmean, dloss, N, S);
@@ -368,23 +382,26 @@ static void test_logits_row(int Vp, int C) {
     CUDA_CHECK(cudaFree(dout));
 }
 
-static void test_optimizer(size_t n) {
-    printf("adamw / grad norm n=%zu\n", n);
+/* AdamW over [first, n) (first > 0: pointers not 16-byte aligned, the scalar kernel only). */
+static void test_optimizer(size_t n, size_t first = 0) {
+    printf("adamw / grad norm n=%zu first=%zu\n", n, first);
     vec p = randn(n, 0.1f, false), g = randn(n, 0.01f, false), m = randn(n, 0.01f, false), v(n);
     for (size_t i = 0; i < n; i++) v[i] = 1e-4f * fabsf(rng_normal(kKey, g_counter++));
     float *dp = dev_f32(p), *dg = dev_f32(g), *dm = dev_f32(m), *dv = dev_f32(v);
     bf16 *dpb = dev_bf16_nan(n);
     const adamw_hparams_t h = {3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
     for (int decay = 0; decay <= 1; decay++) {
-        adamw_cuda(dp, dpb, dg, dm, dv, n, decay, &h, 7, 0.8f, S);
-        adamw_step(p.data(), g.data(), m.data(), v.data(), n, decay, &h, 7, 0.8f);
+        adamw_cuda(dp + first, dpb + first, dg + first, dm + first, dv + first, n - first, decay, &h, 7,
+                   0.8f, S);
+        adamw_step(p.data() + first, g.data() + first, m.data() + first, v.data() + first, n - first,
+                   decay, &h, 7, 0.8f);
         /* Same formula in fp32; only FMA contraction differs: a few ulp. */
         expect_close(decay ? "adamw params (decay)" : "adamw params", host_f32(dp, n), p, 1e-6, 1e-6);
         expect_close("adamw m", host_f32(dm, n), m, 1e-6, 1e-6);
         expect_close("adamw v", host_f32(dv, n), v, 1e-6, 1e-6);
-        vec pb = p;
+        vec pb(p.begin() + first, p.end()), got_pb = host_bf16(dpb, n);
         for (auto &x : pb) x = round_bf16(x);
-        expect_close("adamw bf16 copy", host_bf16(dpb, n), pb, 4e-3, 4e-3);
+        expect_close("adamw bf16 copy", vec(got_pb.begin() + first, got_pb.end()), pb, 4e-3, 4e-3);
     }
     double *scratch;
     CUDA_CHECK(cudaMalloc((void **)&scratch, GRAD_NORM_BLOCKS * sizeof(double)));
@@ -425,9 +442,13 @@ int main(void) {
     test_crossentropy(3, 16380, 16384); /* Vp / 8 = 4 x 512: one full group, padding in it */
     test_crossentropy(4, 8000, 8000);   /* fewer vectors than a group: single loads only, no padding */
     test_crossentropy(2, 110001, 110008); /* row too long for shared memory: re-read path */
+    /* more rows than SMs: the bulk variant's blocks take several rows, both buffers in turn */
+    test_crossentropy(1000, 1001, 1008);
+    test_crossentropy(300, 50257, 50304);
     test_logits_row(1008, 136);
     test_optimizer(100003);
     test_optimizer(3000017);
+    test_optimizer(100003, 1); /* misaligned: the scalar kernel for all of it */
     matmul_ctx_destroy(mm);
     return test_summary();
 }
