@@ -8,9 +8,6 @@
 #   bash bench/build_carry.sh [test_model_cuda_step test_zero_cuda ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NVCC=${NVCC:-/usr/local/cuda/bin/nvcc}
-FLAGS="-O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I. -lineinfo --expt-relaxed-constexpr"
-LIBS="-lcjson -lpcre2-8 -lz -lm -lgomp -lcudart -lcublas -lcublasLt -lnccl $(mpicc --showme:link 2>/dev/null)"
 tests=${*:-test_model_cuda_step}
 R=carry/run
 rm -rf "$R"; mkdir -p "$R/tests" "$R/lib" "$R/demo"
@@ -19,12 +16,11 @@ make --no-print-directory train
 for t in $tests; do make --no-print-directory "build/tests/gpu/$t"; cp "build/tests/gpu/$t" "$R/tests/"; done
 cp train "$R/train"
 
-objs=$(find model attention -name '*.cu' | sed 's|^\(.*\)\.cu$|build/cuda/\1.o|')
-make --no-print-directory build/cuda/bench/e2e/bench_step.o $objs
-$NVCC $FLAGS build/cuda/bench/e2e/bench_step.o $objs build/libcore.a -o "$R/bench_step" -Xcompiler -fopenmp $LIBS
+bash bench/e2e/link_bench_step.sh "$R/bench_step"
 make --no-print-directory libscfa && cp build/libscfa.so "$R/"
 
 bash scripts/carry_libs.sh "$R/lib" "$R/train" "$R/bench_step" "$R"/tests/*
+cp -L /usr/local/cuda/lib64/libcupti.so.13 "$R/lib/" # bench_step --trace; the device image may lack it
 for f in data/shards/demo_*.bin; do
     [ -e "$f" ] || { echo "no demo shards here (scripts/get_corpus.sh --small): the carry gets none"; break; }
     x=carry/demo_xz/$(basename "$f").xz # made once: xz is slow on 2 cores

@@ -10,7 +10,10 @@
 # script that sets an environment variable). NCU_KERNELS=regex: an ncu census of those kernels
 # in one step (NCU_CONFIG, default 8192x4) of each build of NCU_BUILDS (default "old new";
 # session 16: NCU_KERNELS=layernorm_);
-# NCU_DETAIL=regex: ncu sections of one such kernel of the new build.
+# NCU_DETAIL=regex: ncu sections of one such kernel of the new build. TRACE=16384x2 (a config):
+# the in-stream kernel timeline of one step of each build of TRACE_BUILDS (default "new"),
+# summarised by bench/e2e/trace_summary.py (bench_step --trace; needs libcupti in
+# carry/run/lib). carry/e2e/bench_ops, when present, runs at 16k x 2 (the ops one by one).
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 export LD_LIBRARY_PATH=$PWD/carry/run/lib:${LD_LIBRARY_PATH:-}
@@ -37,6 +40,17 @@ echo "torch done $(( $(date +%s) - T0 )) s"
 if [ -f carry/e2e/test_model_cuda.xz ]; then
   xz -dc carry/e2e/test_model_cuda.xz > /tmp/test_model_cuda && chmod +x /tmp/test_model_cuda
   timeout 60 /tmp/test_model_cuda > $OUT/model.log 2>&1; echo "model rc $? $(tail -1 $OUT/model.log) $(( $(date +%s) - T0 )) s"
+fi
+if [ -n "${TRACE:-}" ]; then
+  for b in ${TRACE_BUILDS:-new}; do
+    timeout 60 carry/e2e/bench_step_$b --seq ${TRACE%x*} --batch ${TRACE#*x} --steps 1 --warmup 2 --mode dense \
+      --trace $OUT/trace_$b.csv >> $OUT/e2e_trace.jsonl 2>> $OUT/e2e.err
+    echo "== trace $b $TRACE"; python3 bench/e2e/trace_summary.py $OUT/trace_$b.csv 20 | cut -c1-130
+  done
+fi
+if [ -x carry/e2e/bench_ops ]; then
+  timeout 60 carry/e2e/bench_ops --seq 16384 --batch 2 > $OUT/bench_ops.txt 2>> $OUT/e2e.err; echo "bench_ops rc $?"
+  grep -iE "crossentropy|adamw|sum" $OUT/bench_ops.txt
 fi
 if [ -n "${NCU_KERNELS:-}" ]; then # the kernels matching this regex in one step of each build
   NC=${NCU_CONFIG:-8192x4}

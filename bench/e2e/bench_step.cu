@@ -5,7 +5,10 @@
  *   bench_step --seq 8192 --batch 4 [--steps 20] [--warmup 3] [--layers 12] [--deterministic]
  *              [--mode dense|qk_sparse|hash_sparse] [--buckets 16] [--drop 0.5]
  *              [--sparse-grid N]   (the sparse Hopper kernels' grid, sparse_attn_set_persistent:
- *                                   0 a CTA per tile, -1 persistent (the default)) */
+ *                                   0 a CTA per tile, -1 persistent (the default))
+ *              [--trace FILE]      (every kernel's in-stream start and end, and marks at each
+ *                                   step's start and at the ends of its forward, backward and
+ *                                   update, as CSV: bench/e2e/kernel_trace.cu, trace_summary.py) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +18,7 @@
 #include <vector>
 
 #include "attention/cuda/sparse_attn.h"
+#include "bench/e2e/kernel_trace.h"
 #include "model/cuda/backend_cuda.h"
 #include "model/cuda/cuda_common.cuh"
 
@@ -76,6 +80,9 @@ int main(int argc, char **argv) {
     cfg.attn.drop_prob = cfg.attn.mode == ATTN_QK_SPARSE ? (float)atof(arg_str(argc, argv, "--drop", "0.5")) : 0.0f;
     cfg.seed = 1337;
 
+    const char *trace = arg_str(argc, argv, "--trace", NULL);
+    if (trace) kernel_trace_start();
+
     size_t free0, total;
     CUDA_CHECK(cudaFree(0)); /* create the context before the baseline reading */
     CUDA_CHECK(cudaMemGetInfo(&free0, &total));
@@ -93,15 +100,19 @@ int main(int argc, char **argv) {
     float loss = 0;
     for (int s = 0; s < warmup + steps; s++) {
         const double t0 = now_s();
+        if (trace) kernel_trace_mark("step");
         b->zero_grad(b);
         loss = b->forward(b, in.data(), tg.data(), B, T, (uint64_t)s, 0); /* syncs */
         const double t1 = now_s();
+        if (trace) kernel_trace_mark("forward");
         b->backward(b, 1.0f);
         CUDA_CHECK(cudaDeviceSynchronize());
         const double t2 = now_s();
+        if (trace) kernel_trace_mark("backward");
         const double norm = b->grad_norm(b);
         b->update(b, &h, s + 1, grad_clip_factor(norm, 1.0f)); /* syncs */
         const double t3 = now_s();
+        if (trace) kernel_trace_mark("update");
         if (s >= warmup) {
             t_step.push_back(t3 - t0);
             t_fwd.push_back(t1 - t0);
@@ -125,6 +136,7 @@ int main(int argc, char **argv) {
            name, T, B, layers, deterministic, ms, (double)N / (ms * 1e-3), 1e3 * median(t_fwd),
            1e3 * median(t_bwd), 1e3 * median(t_opt), backend_cuda_device_bytes(b) / 1073741824.0,
            (double)(free0 - free1) / 1073741824.0, loss, b->device);
+    if (trace) kernel_trace_write(trace);
     b->destroy(b);
     return 0;
 }

@@ -29,7 +29,7 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
     link tests/gpu/test_model_cuda_step.cu carry/test_model_cuda_step
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
-    link bench/e2e/bench_step.cu carry/bench_step
+    echo "link carry/bench_step"; bash bench/e2e/link_bench_step.sh carry/bench_step
     link bench/e2e/bench_ops.cu carry/bench_ops
 fi
 # The shared libraries the device image may lack (MPI and its helpers, cJSON, PCRE2).
