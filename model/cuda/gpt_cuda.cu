@@ -177,10 +177,11 @@ void attention_backward(gpt_cuda_t *g, int l, int B, int T) {
 }
 
 /* The weight gradients' matmuls (dW += dout^T inp) are off the backward's critical path. While
- * `on`, they run on g->side beside the chain's next kernels (the LayerNorm backwards, which are
- * memory-bound, gain most): each is forked after its inputs are written and joined (side_done)
- * before the chain overwrites them. Same kernels on the same inputs: the same bits. Off, they
- * run in place on the main stream. */
+ * `on`, they run on g->side beside the chain's next kernels: each is forked after its inputs
+ * are written and joined (side_done) before the chain overwrites them. Same kernels on the same
+ * inputs: the same bits. Off, they run in place on the main stream. Measured 0.2-0.7 ms a step
+ * (H200, docs/PERF.md session 17): cuBLAS's kernels fill every SM, so what runs beside them is
+ * mostly their tails, not the memory-bound LayerNorms one might hope to hide. */
 struct WeightGrads {
     gpt_cuda_t *g;
     bool on;
