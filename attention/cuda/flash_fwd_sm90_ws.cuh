@@ -18,8 +18,8 @@ namespace flash {
  * item's turns balance (each barrier gets as many arrivals as waits, and warpgroup 1 hands the
  * first turn of the next item over only after its last one), so a persistent CTA takes them
  * item after item. */
-template <int NWG_, int BN_, int STAGES_, bool PINGPONG_ = false, int PRODUCER_REGS_ = 0>
-struct Sm90FwdWsTiles : WsShape<NWG_, 1, PRODUCER_REGS_> {
+template <int NWG_, int BN_, int STAGES_, bool PINGPONG_ = false>
+struct Sm90FwdWsTiles : WsShape<NWG_, 1> {
     static constexpr int D = 64, NWG = NWG_, BM = 64 * NWG_, BN = BN_, STAGES = STAGES_;
     static constexpr bool PINGPONG = PINGPONG_ && NWG_ == 2;
     static constexpr int MIN_BLOCKS = 1;

@@ -30,9 +30,8 @@
 
 namespace flash {
 
-/* Threads and the register split of a CTA of NWG consumer warpgroups and one producer
- * (PRODUCER_REGS, when not 0, overrides the producer's share chosen below). */
-template <int NWG, int MIN_BLOCKS, int PRODUCER_REGS = 0> struct WsShape {
+/* Threads and the register split of a CTA of NWG consumer warpgroups and one producer. */
+template <int NWG, int MIN_BLOCKS> struct WsShape {
     static constexpr int CONSUMERS = 128 * NWG, THREADS = CONSUMERS + 128;
     /* The launch's share (65536 / MIN_BLOCKS / THREADS, rounded down to 8 registers), split. */
     static constexpr int LAUNCH_REGS = (65536 / MIN_BLOCKS / THREADS) / 8 * 8;
@@ -43,8 +42,7 @@ template <int NWG, int MIN_BLOCKS, int PRODUCER_REGS = 0> struct WsShape {
     };
     /* Producer 56 registers; 80 when persistent: it carries its walk over the items besides the
      * tile loop, and at 56 ptxas spilled 4 to 24 bytes (at 80 nothing spills on either side). */
-    template <bool PERSISTENT>
-    using Regs = Split<PRODUCER_REGS ? PRODUCER_REGS : LAUNCH_REGS >= 160 ? (PERSISTENT ? 80 : 56) : 24>;
+    template <bool PERSISTENT> using Regs = Split<LAUNCH_REGS >= 160 ? (PERSISTENT ? 80 : 56) : 24>;
     static constexpr bool PINGPONG = false; /* the forward may turn it on (not persistent then) */
 };
 

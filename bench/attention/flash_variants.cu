@@ -30,7 +30,6 @@ const char *fwd_names[] = {"api",
                            "ws 3wg BN128 S2",
                            "ws 3wg BN128 S3",
                            "ws 2wg BN128 S3 pingpong persistent",
-                           "ws 3wg BN128 S3, producer 56 registers",
                            NULL};
 const char *bwd_names[] = {"api",
                            "mma.sync api",
@@ -108,9 +107,6 @@ extern "C" int bench_fwd_variant(int v, const flash_attn_dims_t *d, const flash_
     case 12: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<3, 128, 2>>(p, pol, s); break;
     case 13: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<3, 128, 3>>(p, pol, s); break;
     case 14: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3, true>, true>(p, pol, s, -1); break;
-    /* 13 (the API's forward past 8k) gives its producer 24 registers and its consumers 160:
-     * ptxas spills 92 bytes. With 56 and 152: 36 bytes (64: 96, consumer spills) */
-    case 15: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<3, 128, 3, false, 56>>(p, pol, s); break;
     default: return -1;
     }
     return err == cudaSuccess ? 0 : -2;
