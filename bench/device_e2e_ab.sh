@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One device call (~2 min): end to end A/B of two builds of the trainer's step, dense GPT-2
 # small at 8k x 4 and 16k x 2, two interleaved runs each, against compiled PyTorch in the same
-# call, then the new build's model test. Build here into the git-ignored carry/e2e/:
-#   bench_step_old, bench_step_new   bench_step (bench/build_carry.sh's link line) of each build
-#   test_model_cuda.xz               the new build's build/tests/gpu/test_model_cuda, xz-packed
-# and send carry = ["carry/e2e", "carry/run/lib"] (the shared libraries, bench/build_carry.sh).
+# call, then the new build's GPU tests. Build here with `bash bench/build_e2e_carry.sh [OLD_REV]`
+# (carry/e2e: bench_step_old, bench_step_new, bench_step_serial, bench_ops, and the tests
+# test_model_cuda, test_model_cuda_step, test_flash_attn xz-packed, each run when present) and
+# send carry = ["carry/e2e", "carry/run/lib"].
 # Logs under $OUT; the table last. TORCH_S: seconds for torch.compile (default 90; 0 skips it).
 # BUILDS: the bench_step_<name> of carry/e2e to run (default "old new"; a name may be a wrapper
 # script that sets an environment variable). NCU_KERNELS=regex: an ncu census of those kernels
@@ -37,10 +37,12 @@ if busy:
 PY
 [ "${TORCH_S:-90}" = 0 ] || timeout ${TORCH_S:-90} python3 bench/e2e/torch_gpt.py --modes compile --configs 8192x4,16384x2 --steps 5 --warmup 2 >> $OUT/torch.jsonl 2>> $OUT/e2e.err
 echo "torch done $(( $(date +%s) - T0 )) s"
-if [ -f carry/e2e/test_model_cuda.xz ]; then
-  xz -dc carry/e2e/test_model_cuda.xz > /tmp/test_model_cuda && chmod +x /tmp/test_model_cuda
-  timeout 60 /tmp/test_model_cuda > $OUT/model.log 2>&1; echo "model rc $? $(tail -1 $OUT/model.log) $(( $(date +%s) - T0 )) s"
-fi
+for t in test_model_cuda test_model_cuda_step test_flash_attn; do
+  [ -f carry/e2e/$t.xz ] || continue
+  xz -dc carry/e2e/$t.xz > /tmp/$t && chmod +x /tmp/$t
+  timeout 150 /tmp/$t > $OUT/$t.log 2>&1; echo "$t rc $? $(tail -1 $OUT/$t.log) $(( $(date +%s) - T0 )) s"
+  grep -m5 FAIL $OUT/$t.log
+done
 if [ -n "${TRACE:-}" ]; then
   for b in ${TRACE_BUILDS:-new}; do
     timeout 60 carry/e2e/bench_step_$b --seq ${TRACE%x*} --batch ${TRACE#*x} --steps 1 --warmup 2 --mode dense \
