@@ -113,15 +113,6 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
 __device__ __forceinline__ void mbar_arrive_cp_async(uint32_t bar) {
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
-/* Arrive (one of the phase's arrivals) and add `bytes` to the transactions the phase waits
- * for: it completes when the arrivals are in and that many bytes of bulk copies have landed. */
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-/* Makes initialised mbarriers visible to the async proxy (bulk copies) before their first use. */
-__device__ __forceinline__ void fence_mbar_init() {
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
 __device__ __forceinline__ void mbar_wait(uint32_t bar, int parity) {
     asm volatile(
         "{\n.reg .pred done;\n"
@@ -174,21 +165,6 @@ __device__ __forceinline__ void bulk_reduce_add_f32(float *dst, uint32_t src, in
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void bulk_wait_read() {
     asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
-}
-/* ... and until their writes are done (before the kernel ends, say). */
-template <int N> __device__ __forceinline__ void bulk_wait() {
-    asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
-}
-/* Bulk copies (TMA engine, no tensor map): global -> shared completing `bytes` transactions on
- * an mbarrier, and shared -> global in bulk groups. bytes % 16 == 0, 16-byte aligned ends. */
-__device__ __forceinline__ void bulk_load(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
-                 "l"(src), "r"(bytes), "r"(bar)
-                 : "memory");
-}
-__device__ __forceinline__ void bulk_store(void *dst, uint32_t src, uint32_t bytes) {
-    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes)
-                 : "memory");
 }
 
 /* d (+)= A . B, A from registers (mma.m16n8k16 A layout per warp), B from shared memory. */

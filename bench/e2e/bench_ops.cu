@@ -125,7 +125,6 @@ int main(int argc, char **argv) {
     const double fh = 2.0 * chunk * C * Vp;
     time_op("head logits (chunk)", chunks, fh, [&] { matmul_forward_cuda(mm, logits, ln, wte, nullptr, chunk, C, Vp, nullptr, s); });
     time_op("crossentropy fused (chunk)", chunks, 0, [&] { crossentropy_fused_cuda(losses, nullptr, logits, tgt, 1e-5f, chunk, V, Vp, s); });
-    time_op("crossentropy fused, TMA rows (chunk, not in the sum)", 0, 0, [&] { crossentropy_fused_bulk_cuda(losses, nullptr, logits, tgt, 1e-5f, chunk, V, Vp, s); });
     time_op("head dlnf (chunk)", chunks, fh, [&] { matmul_backward_cuda(mm, dres, 0, nullptr, logits, ln, wte, chunk, C, Vp, nullptr, s); });
     time_op("head dwte fp32+= (chunk)", chunks, fh, [&] { matmul_backward_cuda(mm, nullptr, 0, gwte, logits, ln, wte, chunk, C, Vp, nullptr, s); });
     time_op("matmul mlp.proj dinp +DGELU", L, 4 * f, [&] { matmul_backward_cuda(mm, big2, 0, nullptr, dres, big, wmp, N, 4 * C, C, big, s); });

@@ -99,14 +99,6 @@ void crossentropy_fused_cuda(float *losses, float *lse, bf16 *logits_dlogits,
                              const int32_t *targets, float dloss, int N, int V, int Vp,
                              cudaStream_t stream);
 
-/* The same contract and the same bits, with the rows double-buffered in shared memory by the
- * TMA engine (a persistent block an SM). A candidate not yet run on a GPU: tested against
- * crossentropy_fused_cuda and timed by bench_ops before the trainer takes it. Rows too long
- * for two in shared memory go to crossentropy_fused_cuda. */
-void crossentropy_fused_bulk_cuda(float *losses, float *lse, bf16 *logits_dlogits,
-                                  const int32_t *targets, float dloss, int N, int V, int Vp,
-                                  cudaStream_t stream);
-
 /* Mean of x[0..n) accumulated in double in a fixed order, written to *out (device). */
 void mean_cuda(double *out, const float *x, int n, cudaStream_t stream);
 

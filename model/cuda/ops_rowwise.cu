@@ -10,9 +10,6 @@
 #include <initializer_list>
 #include <utility>
 
-#include "attention/cuda/flash_common.cuh" /* smem_addr */
-#include "attention/cuda/flash_sm90.cuh"   /* mbarriers, bulk copies */
-
 extern "C" {
 #include "model/cpu/ops_cpu.h" /* LAYERNORM_EPS, QK_NORM_EPS: one definition for both backends */
 }
@@ -500,8 +497,7 @@ __device__ __forceinline__ void dlogits8(bf16 *x, uint4 raw, int i, int V, int t
 }
 
 /* Thread t owns vectors t, t + kCeThreads, ... in both passes, taken kCeUnroll at a time (all
- * loads issued before any is used) while a whole group fits, then one at a time. The passes
- * are shared by both kernels below, so both give the same bits. */
+ * loads issued before any is used) while a whole group fits, then one at a time. */
 
 /* Pass 1: this thread's running (max, sum of exp) over its vectors of the row; a copy of
  * each vector goes to `stage` when given. */
@@ -585,70 +581,6 @@ crossentropy_fused_kernel(float *__restrict__ losses, float *__restrict__ lse_ou
         if (lse_out) lse_out[row] = lse;
     }
     ce_row_dlogits(kRowInSmem ? row_vecs : xv, x, nvec, V, target, lse, dloss);
-}
-
-/* The same passes with the rows brought in by the TMA engine: a persistent block (one an SM)
- * double-buffers whole rows in shared memory, fetching row k + 1 while it works on row k, and
- * writes each row's dlogits back with one bulk store, so HBM always has a row's read in
- * flight per SM. Written because the kernel above moves 2.7 TB/s on an H200 (0.61 ms a chunk
- * of 8192 x 50304; the floor is ~0.34): a block of it has no reads in flight during its
- * second pass, and shared memory allows only 2 blocks an SM. */
-constexpr uint32_t kCeBulkPiece = 16384; /* bytes per bulk copy instruction */
-
-size_t ce_bulk_smem(int Vp) { return 2 * (size_t)Vp * sizeof(bf16) + 2 * sizeof(uint64_t); }
-
-__global__ void __launch_bounds__(kCeThreads, 1)
-crossentropy_fused_bulk_kernel(float *__restrict__ losses, float *__restrict__ lse_out,
-                               bf16 *__restrict__ logits, const int32_t *__restrict__ targets,
-                               float dloss, int N, int V, int Vp) {
-    using namespace flash::sm90;
-    extern __shared__ uint4 rows[]; /* [2][Vp / 8], then the two rows' mbarriers */
-    __shared__ float red_m[kCeThreads / 32], red_s[kCeThreads / 32];
-    const int nvec = Vp / 8;
-    const uint32_t row_bytes = (uint32_t)Vp * sizeof(bf16);
-    const uint32_t rows_addr = flash::smem_addr(rows), bars = rows_addr + 2 * row_bytes;
-    auto fetch = [&](long row, int b) { /* thread 0 */
-        mbar_arrive_expect_tx(bars + 8 * b, row_bytes);
-        const char *src = reinterpret_cast<const char *>(logits + (size_t)row * Vp);
-        for (uint32_t off = 0; off < row_bytes; off += kCeBulkPiece)
-            bulk_load(rows_addr + b * row_bytes + off, src + off, min(kCeBulkPiece, row_bytes - off), bars + 8 * b);
-    };
-    if (threadIdx.x == 0) {
-        mbar_init(bars, 1);
-        mbar_init(bars + 8, 1);
-        fence_mbar_init();
-        fetch(blockIdx.x, 0);
-    }
-    __syncthreads();
-    int k = 0;
-    for (long row = blockIdx.x; row < N; row += gridDim.x, k++) {
-        const int b = k & 1;
-        if (threadIdx.x == 0 && row + gridDim.x < N) {
-            bulk_wait_read<0>(); /* row k - 1's store has read buffer b ^ 1 */
-            fetch(row + gridDim.x, b ^ 1);
-        }
-        mbar_wait(bars + 8 * b, (k >> 1) & 1);
-        uint4 *xs = rows + (size_t)b * nvec;
-        const int target = targets[row];
-        const float target_logit = threadIdx.x == 0 ? __bfloat162float(reinterpret_cast<bf16 *>(xs)[target]) : 0.0f;
-        float m = -INFINITY, s = 0.0f;
-        ce_row_stats(xs, nullptr, nvec, V, m, s);
-        const float lse = ce_block_lse(m, s, red_m, red_s);
-        if (threadIdx.x == 0) {
-            losses[row] = lse - target_logit;
-            if (lse_out) lse_out[row] = lse;
-        }
-        ce_row_dlogits(xs, reinterpret_cast<bf16 *>(xs), nvec, V, target, lse, dloss);
-        fence_proxy_async(); /* the rewritten row, visible to the bulk store */
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            char *dst = reinterpret_cast<char *>(logits + (size_t)row * Vp);
-            for (uint32_t off = 0; off < row_bytes; off += kCeBulkPiece)
-                bulk_store(dst + off, rows_addr + b * row_bytes + off, min(kCeBulkPiece, row_bytes - off));
-            bulk_commit();
-        }
-    }
-    if (threadIdx.x == 0) bulk_wait<0>(); /* every store written before the block ends */
 }
 
 /* Mean in double by one block, fixed order. */
@@ -803,29 +735,6 @@ void crossentropy_fused_cuda(float *losses, float *lse, bf16 *logits_dlogits,
                                                                        targets, dloss, V, Vp);
     }
     KERNEL_CHECK("crossentropy_fused_kernel");
-}
-
-void crossentropy_fused_bulk_cuda(float *losses, float *lse, bf16 *logits_dlogits,
-                                  const int32_t *targets, float dloss, int N, int V, int Vp,
-                                  cudaStream_t stream) {
-    const size_t smem = ce_bulk_smem(Vp);
-    static int sms = 0, smem_max = 0;
-    if (!sms) {
-        int dev;
-        CUDA_CHECK(cudaGetDevice(&dev));
-        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-        CUDA_CHECK(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    }
-    if (Vp % 8 != 0 || V < 1 || V > Vp || smem > (size_t)smem_max) { /* checks, or rows too long */
-        crossentropy_fused_cuda(losses, lse, logits_dlogits, targets, dloss, N, V, Vp, stream);
-        return;
-    }
-    if (N == 0) return;
-    CUDA_CHECK(cudaFuncSetAttribute(crossentropy_fused_bulk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    (int)smem));
-    crossentropy_fused_bulk_kernel<<<N < sms ? N : sms, kCeThreads, smem, stream>>>(losses, lse, logits_dlogits,
-                                                                                    targets, dloss, N, V, Vp);
-    KERNEL_CHECK("crossentropy_fused_bulk_kernel");
 }
 
 void mean_cuda(double *out, const float *x, int n, cudaStream_t stream) {
