@@ -9,11 +9,11 @@
 # BUILDS: the bench_step_<name> of carry/e2e to run (default "old new"; a name may be a wrapper
 # script that sets an environment variable). NCU_KERNELS=regex: an ncu census of those kernels
 # in one step (NCU_CONFIG, default 8192x4) of each build of NCU_BUILDS (default "old new";
-# session 16: NCU_KERNELS=layernorm_);
-# NCU_DETAIL=regex: ncu sections of one such kernel of the new build. TRACE=16384x2 (a config):
-# the in-stream kernel timeline of one step of each build of TRACE_BUILDS (default "new"),
-# summarised by bench/e2e/trace_summary.py (bench_step --trace; needs libcupti in
-# carry/run/lib). carry/e2e/bench_ops, when present, runs at 16k x 2 (the ops one by one).
+# session 16: NCU_KERNELS=layernorm_); NCU_DETAIL=regex: bench/device_kernel_detail.sh on one
+# such kernel of the new build at 8k x 4. TRACE=16384x2 (a config): the in-stream kernel
+# timeline of one step of each build of TRACE_BUILDS (default "new"), summarised by
+# bench/e2e/trace_summary.py (bench_step --trace; needs libcupti in carry/run/lib).
+# carry/e2e/bench_ops, when present, runs at 16k x 2 (the ops one by one).
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 export LD_LIBRARY_PATH=$PWD/carry/run/lib:${LD_LIBRARY_PATH:-}
@@ -62,12 +62,9 @@ if [ -n "${NCU_KERNELS:-}" ]; then # the kernels matching this regex in one step
     echo "== $b $NC"; python3 bench/e2e/ncu_kernel_sum.py $OUT/ncu_$b.csv ${NCU_TOP:-14} | cut -c1-120
   done
 fi
-if [ -n "${NCU_DETAIL:-}" ]; then # ncu sections of the third launch of the kernel matching this regex (new build)
-  timeout 60 ncu --clock-control none --kernel-name "regex:$NCU_DETAIL" --launch-skip 2 --launch-count 1 --section SpeedOfLight \
-    --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis carry/e2e/bench_step_new \
-    --seq 8192 --batch 4 --steps 1 --warmup 0 --mode dense > $OUT/ncu_detail.txt 2>> $OUT/e2e.err
-  echo "ncu detail rc $? $(( $(date +%s) - T0 )) s"
-  grep -E "Duration|DRAM Throughput|Achieved Occupancy|Theoretical Occupancy|Block Limit Registers|No Eligible" $OUT/ncu_detail.txt
+if [ -n "${NCU_DETAIL:-}" ]; then # ncu's full set of the third launch of the kernel matching this regex (new build)
+  KERNEL=$NCU_DETAIL CONFIG=8192x4 bash bench/device_kernel_detail.sh ncu_detail
+  echo "ncu detail $(( $(date +%s) - T0 )) s"
 fi
 python3 - $OUT <<'PY'
 import json, sys, os

@@ -17,4 +17,4 @@ timeout 150 ncu --clock-control none --set full --import-source yes --kernel-nam
 echo "ncu $name rc $?"
 ncu --import /tmp/$name.ncu-rep --page details > $OUT/$name.txt 2>&1
 ncu --import /tmp/$name.ncu-rep --page source --csv --print-source sass > $OUT/${name}_sass.csv 2>&1
-grep -E "^  [A-Za-z]|Duration|Compute \(SM\) Throughput|DRAM Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|Warp Cycles Per Issued" $OUT/$name.txt | head -40
+grep -E "^  [A-Za-z]|Duration|Compute \(SM\) Throughput|DRAM Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit Registers|Issue Slots Busy|No Eligible|Warp Cycles Per Issued" $OUT/$name.txt | head -40

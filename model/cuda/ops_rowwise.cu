@@ -497,9 +497,8 @@ __device__ __forceinline__ void dlogits8(bf16 *x, uint4 raw, int i, int V, int t
 }
 
 /* Thread t owns vectors t, t + kCeThreads, ... in both passes, taken kCeUnroll at a time (all
- * loads issued before any is used) while a whole group fits, then one at a time. */
-
-/* Pass 1: this thread's running (max, sum of exp) over its vectors of the row; a copy of
+ * loads issued before any is used) while a whole group fits, then one at a time.
+ * Pass 1: this thread's running (max, sum of exp) over its vectors of the row; a copy of
  * each vector goes to `stage` when given. */
 __device__ __forceinline__ void ce_row_stats(const uint4 *xv, uint4 *stage, int nvec, int V, float &m,
                                              float &s) {
