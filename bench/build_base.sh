@@ -14,7 +14,7 @@ rm -rf $out; mkdir -p $out carry/base
   make --no-print-directory build/libcore.a >/dev/null
   bash bench/attention/build.sh $out/flash >/dev/null
   make --no-print-directory build/tests/gpu/test_sparse_attn >/dev/null
-  bash "$here/bench/e2e/link_bench_step.sh" $out/bench_step
+  bash "$here/bench/e2e/link_bench.sh" bench_step $out/bench_step
   cp build/tests/gpu/test_sparse_attn $out/ )
 cp $out/flash/libflash_bench.so $out/
 tar cJf carry/base/base.tar.xz -C $out test_sparse_attn bench_step libflash_bench.so

@@ -16,7 +16,7 @@ make --no-print-directory train
 for t in $tests; do make --no-print-directory "build/tests/gpu/$t"; cp "build/tests/gpu/$t" "$R/tests/"; done
 cp train "$R/train"
 
-bash bench/e2e/link_bench_step.sh "$R/bench_step"
+bash bench/e2e/link_bench.sh bench_step "$R/bench_step"
 make --no-print-directory libscfa && cp build/libscfa.so "$R/"
 
 bash scripts/carry_libs.sh "$R/lib" "$R/train" "$R/bench_step" "$R"/tests/*

@@ -15,17 +15,14 @@ rm -rf $E; mkdir -p $E carry/run/lib
 wt=/tmp/e2e_old_worktree
 git worktree remove --force $wt 2>/dev/null || rm -rf $wt
 git worktree add --detach -f $wt "$old" >/dev/null
-(cd $wt && make --no-print-directory -j"$(nproc)" build/libcore.a >/dev/null && bash "$here/bench/e2e/link_bench_step.sh" "$here/$E/bench_step_old")
+(cd $wt && make --no-print-directory -j"$(nproc)" build/libcore.a >/dev/null && bash "$here/bench/e2e/link_bench.sh" bench_step "$here/$E/bench_step_old")
 git worktree remove --force $wt
-bash bench/e2e/link_bench_step.sh $E/bench_step_new
+bash bench/e2e/link_bench.sh bench_step $E/bench_step_new
+bash bench/e2e/link_bench.sh bench_ops $E/bench_ops
 printf '#!/bin/sh\n# the new bench_step with its weight gradients on the main stream\nGPT_CUDA_OVERLAP=0 exec "$(dirname "$0")/bench_step_new" "$@"\n' > $E/bench_step_serial
 chmod +x $E/bench_step_serial
 make --no-print-directory -j"$(nproc)" build/tests/gpu/test_model_cuda build/tests/gpu/test_model_cuda_step \
-  build/tests/gpu/test_flash_attn build/cuda/bench/e2e/bench_ops.o >/dev/null
-objs=$(find model attention -name '*.cu' | sed 's|^\(.*\)\.cu$|build/cuda/\1.o|')
-/usr/local/cuda/bin/nvcc -gencode arch=compute_90a,code=sm_90a build/cuda/bench/e2e/bench_ops.o $objs build/libcore.a \
-  -o $E/bench_ops -Xcompiler -fopenmp -lcjson -lpcre2-8 -lz -lm -lgomp -lcudart -lcublas -lcublasLt -lnccl \
-  $(mpicc --showme:link 2>/dev/null)
+  build/tests/gpu/test_flash_attn >/dev/null
 for t in test_model_cuda test_model_cuda_step test_flash_attn; do xz -T2 -c build/tests/gpu/$t > $E/$t.xz; done
 bash scripts/carry_libs.sh carry/run/lib $E/bench_step_old $E/bench_step_new $E/bench_ops build/tests/gpu/test_model_cuda
 cp -L /usr/local/cuda/lib64/libcupti.so.13 carry/run/lib/

@@ -29,8 +29,8 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
     link tests/gpu/test_model_cuda_step.cu carry/test_model_cuda_step
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
-    echo "link carry/bench_step"; bash bench/e2e/link_bench_step.sh carry/bench_step
-    link bench/e2e/bench_ops.cu carry/bench_ops
+    echo "link carry/bench_step"; bash bench/e2e/link_bench.sh bench_step carry/bench_step
+    echo "link carry/bench_ops"; bash bench/e2e/link_bench.sh bench_ops carry/bench_ops
 fi
 # The shared libraries the device image may lack (MPI and its helpers, cJSON, PCRE2).
 bins=()
