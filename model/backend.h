@@ -14,7 +14,7 @@
 typedef struct backend backend_t;
 struct backend {
     const char *name;   /* "cpu" or "cuda" */
-    char device[256];   /* human-readable device description for logs */
+    char device[384];   /* human-readable device description for logs */
     gpt_config_t cfg;
     size_t n_params;
     void *impl;

@@ -64,6 +64,9 @@ void check_dims(const flash_attn_dims_t *d) {
 }
 
 int force_portable = 0;
+int forced_fwd_tma = -1; /* flash_attn_force_fwd_tma; -1: FLASH_FWD_TMA */
+
+bool dense_fwd_tma() { return forced_fwd_tma >= 0 ? forced_fwd_tma == 1 : fwd_tma(); }
 
 /* Head dim 64 on Hopper takes the wgmma kernels; everything else the mma.sync ones. */
 bool use_sm90(const flash_attn_dims_t *d) { return d->D == 64 && !force_portable && sm90_available(); }
@@ -73,6 +76,8 @@ bool use_persistent(const flash_attn_dims_t *d, int max_t) { return d->work_coun
 } // namespace
 
 extern "C" void flash_attn_force_portable(int on) { force_portable = on != 0; }
+
+extern "C" void flash_attn_force_fwd_tma(int tma) { forced_fwd_tma = tma < 0 ? -1 : tma != 0; }
 
 extern "C" const char *flash_attn_path(const flash_attn_dims_t *dims) {
     check_dims(dims);
@@ -85,6 +90,8 @@ extern "C" const char *flash_attn_bwd_schedule(void) {
 }
 
 extern "C" int flash_attn_bwd_query_tile(void) { return bwd_query_tile(); }
+
+extern "C" int flash_attn_fwd_tma(void) { return dense_fwd_tma() ? 1 : 0; }
 
 extern "C" const char *flash_attn_head_group(void) {
     static char heads[16];
@@ -115,11 +122,11 @@ extern "C" void flash_attn_forward(const flash_attn_dims_t *dims, const flash_bf
     if (!use_sm90(dims))
         err = dims->D == 64 ? launch_fwd<Fwd64>(p, pol, dims->T, stream) : launch_fwd<Fwd128>(p, pol, dims->T, stream);
     else if (use_persistent(dims, FWD_PERSISTENT_MAX_T))
-        err = launch_fwd_sm90_ws<Sm90Fwd64Persistent, true>(p, pol, stream, -1);
+        err = launch_dense_fwd_sm90_ws<Sm90Fwd64Persistent, true>(dense_fwd_tma(), p, pol, stream, -1);
     else if (dims->T > FWD_PERSISTENT_MAX_T)
-        err = launch_fwd_sm90_ws<Sm90Fwd64Long>(p, pol, stream);
+        err = launch_dense_fwd_sm90_ws<Sm90Fwd64Long>(dense_fwd_tma(), p, pol, stream);
     else
-        err = launch_fwd_sm90_ws<Sm90Fwd64>(p, pol, stream);
+        err = launch_dense_fwd_sm90_ws<Sm90Fwd64>(dense_fwd_tma(), p, pol, stream);
     check_launch("forward kernel", err);
 }
 

@@ -2,7 +2,8 @@
  * a producer warpgroup loads Q once and K/V tiles into a ring of stages, NWG consumer
  * warpgroups (64 query rows each) multiply. Inside a consumer the software pipeline is
  * flash_fwd_sm90.cuh's: S_j and P_{j-1} V_{j-1} in flight together, softmax of S_j while
- * P_{j-1} V_{j-1} runs. Same policy interface, masks and epilogue as the other forward kernels. */
+ * P_{j-1} V_{j-1} runs. Same policy interface, masks and epilogue as the other forward kernels.
+ * A TMA policy (flash_tma.cuh) has the producer's thread 0 load Q, K and V by tensor copies. */
 #ifndef ATTENTION_CUDA_FLASH_FWD_SM90_WS_CUH
 #define ATTENTION_CUDA_FLASH_FWD_SM90_WS_CUH
 
@@ -37,7 +38,7 @@ struct Sm90FwdWsTiles : WsShape<NWG_, 1> {
 
 template <class Cfg, class Policy, bool PERSISTENT>
 __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
-    flash_fwd_sm90_ws_kernel(FlashParams p, Policy pol) {
+    flash_fwd_sm90_ws_kernel(FlashParams p, const __grid_constant__ Policy pol) { /* TMA reads pol.kv in place */
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, ST = Cfg::STAGES;
     constexpr int NT = Cfg::NT, KN = Cfg::KN, ND = Cfg::ND, RB = Cfg::ROW_BYTES;
@@ -65,7 +66,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
      * Q's descriptors are built on the uniform datapath */
     const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
 
-    ws_setup(ring, q_op, Cfg::CONSUMERS);
+    ws_setup(ring, q_op, Cfg::CONSUMERS, Policy::TMA);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
         ws_producer_regs<Cfg, PERSISTENT>();
@@ -78,10 +79,19 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
             if (q0 < q_len) { /* tiles past q_len (dropped qk queries) are nobody's work */
                 const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
                 const int qb = q_op.wait_free(item);
-                producer_copy_rows<BM>(q_addr + qb * QB, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride,
-                                       q_len - q0, [&](int r) { return pol.q_row(bh, q0 + r); }, ptid);
-                if (PERSISTENT && ptid == 0) sItem[qb] = w;
-                q_op.commit(item++, ptid);
+                if constexpr (Policy::TMA) {
+                    if (ptid == 0) {
+                        if (PERSISTENT) sItem[qb] = w;
+                        mbar_arrive_expect_tx(q_op.full(qb), QB);
+                        tma_load_3d(q_addr + qb * QB, &pol.maps.q, q_op.full(qb), h * D, q0, b);
+                    }
+                    item++;
+                } else {
+                    producer_copy_rows<BM>(q_addr + qb * QB, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride,
+                                           q_len - q0, [&](int r) { return pol.q_row(bh, q0 + r); }, ptid);
+                    if (PERSISTENT && ptid == 0) sItem[qb] = w;
+                    q_op.commit(item++, ptid);
+                }
                 produce_key_tiles<BM, BN, ST, (Cfg::template Regs<PERSISTENT>::PRODUCER <= 24)>(ring, p, pol, bh, qt, n_tiles, first, kv_addr, sKinfo, sMeta, ptid);
                 first += n_tiles;
             }
@@ -90,7 +100,11 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
         if (PERSISTENT) { /* the end of the walk */
             const int qb = q_op.wait_free(item);
             if (ptid == 0) sItem[qb] = -1;
-            q_op.commit(item, ptid);
+            if constexpr (Policy::TMA) {
+                if (ptid == 0) mbar_arrive(q_op.full(qb));
+            } else {
+                q_op.commit(item, ptid);
+            }
         }
         cp_async_wait<0>(); /* nothing in flight when the CTA's shared memory goes away */
         return;

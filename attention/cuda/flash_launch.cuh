@@ -15,6 +15,7 @@
 #include "attention/cuda/flash_fwd_sm90.cuh"
 #include "attention/cuda/flash_fwd_sm90_ws.cuh"
 #include "attention/cuda/flash_policy.cuh"
+#include "attention/cuda/flash_tma.cuh"
 
 namespace flash {
 
@@ -153,6 +154,30 @@ cudaError_t launch_fwd_sm90(const FlashParams &p, const Policy &pol, int q_rows,
 template <class Cfg, bool PERSISTENT = false, class Policy>
 cudaError_t launch_fwd_sm90_ws(const FlashParams &p, const Policy &pol, cudaStream_t s, int ctas = 0) {
     return launch_ws<Cfg, Policy, PERSISTENT, flash_fwd_sm90_ws_kernel<Cfg, Policy, PERSISTENT>>(p, pol, Cfg::BM, ctas, s);
+}
+
+/* Whether the dense Hopper forward loads Q/K/V by TMA (flash_tma.cuh): the environment variable
+ * FLASH_FWD_TMA (1 or 0), read once; unset: on. */
+inline bool fwd_tma() {
+    static int cached = -1;
+    if (cached < 0) {
+        const char *v = getenv("FLASH_FWD_TMA");
+        if (!v || !*v || !strcmp(v, "1")) cached = 1;
+        else if (!strcmp(v, "0")) cached = 0;
+        else fatal(EXIT_USAGE, "FLASH_FWD_TMA = '%s': expected 1 or 0", v);
+    }
+    return cached == 1;
+}
+
+/* The dense warp-specialised forward with Q/K/V by TMA (its maps encoded for this call's
+ * pointers), or by cp.async when tma is false. */
+template <class Cfg, bool PERSISTENT = false>
+cudaError_t launch_dense_fwd_sm90_ws(bool tma, const FlashParams &p, const DenseCausalPolicy &pol, cudaStream_t s,
+                                     int ctas = 0) {
+    if (!tma) return launch_fwd_sm90_ws<Cfg, PERSISTENT>(p, pol, s, ctas);
+    DenseCausalTmaPolicy tp;
+    const cudaError_t err = make_tma_policy(tp, pol, p, Cfg::BM, Cfg::BN);
+    return err != cudaSuccess ? err : launch_fwd_sm90_ws<Cfg, PERSISTENT>(p, tp, s, ctas);
 }
 
 template <class Cfg, class Policy, bool ATOMIC_DQ>

@@ -15,6 +15,8 @@
  *   LOOKS_UP_ROWS                whether rows, lists and infos are global loads (a plan's) or
  *                                arithmetic: the Hopper dK/dV producer looks a query tile up a
  *                                tile ahead only when they are loads (flash_bwd_sm90_ws.cuh)
+ *   TMA                          the Hopper forward's producer loads Q, K and V tiles by TMA from
+ *                                the policy's tensor maps (DenseCausalTmaPolicy, flash_tma.cuh)
  * Kernels mask rows past q_len / k_len themselves, so tile_full may ignore the ends.
  * Tile sizes are arguments because the forward and backward kernels tile differently.
  *
@@ -31,7 +33,7 @@ namespace flash {
 struct DenseCausalPolicy {
     int T;
     int exclude_self;
-    static constexpr bool LOOKS_UP_ROWS = false;
+    static constexpr bool LOOKS_UP_ROWS = false, TMA = false;
 
     struct RowInfo {
         int pos;

@@ -15,7 +15,8 @@
  * Ring protocol, item i in stage i % ST, its (i / ST)-th use of the stage:
  *   full[s]   each producer thread arrives twice: when its cp.async copies have landed
  *             (cp.async.mbarrier.arrive.noinc) and after its ordinary stores (tile description,
- *             mask info, statistics) with release semantics: 256 arrivals;
+ *             mask info, statistics) with release semantics: 256 arrivals (129 when the stage
+ *             comes by TMA: flash_tma.cuh);
  *   empty[s]  every consumer thread arrives once its warpgroup's products reading the stage have
  *             retired (one arrival a warp, predicated or branched, made ptxas serialise the
  *             wgmma pipeline: C7513).
@@ -27,6 +28,7 @@
 #include "attention/cuda/flash_common.cuh"
 #include "attention/cuda/flash_params.cuh"
 #include "attention/cuda/flash_sm90.cuh"
+#include "attention/cuda/flash_tma.cuh"
 
 namespace flash {
 
@@ -91,9 +93,12 @@ template <int N> struct MbarRing {
 };
 
 /* The producer's ring of ST stages. full: each producer thread arrives twice, when its cp.async
- * copies have landed and after its ordinary stores (256 arrivals); empty: every consumer thread. */
+ * copies have landed and after its ordinary stores (256 arrivals; TMA_STAGE_ARRIVALS for
+ * stages filled by TMA); empty: every consumer thread. */
 template <int ST> struct StageRing : MbarRing<ST> {
-    __device__ __forceinline__ void init(int consumers) const { MbarRing<ST>::init(256, consumers); }
+    __device__ __forceinline__ void init(int consumers, int full_arrivals) const {
+        MbarRing<ST>::init(full_arrivals, consumers);
+    }
     /* Producer: after issuing the stage's copies and its ordinary stores. */
     __device__ __forceinline__ void commit(int s) const {
         sm90::mbar_arrive_cp_async(this->full(s));
@@ -113,11 +118,13 @@ template <int ST> struct StageRing : MbarRing<ST> {
  * operand while the consumers still work on the current one. full[b] completes a phase when
  * the producer's 128 cp.async arrivals have landed and, in a persistent CTA (NBUF = 2),
  * producer thread 0 has arrived after storing the item's index (sItem[b]; -1 ends the walk);
- * empty[b] when every consumer thread has retired the products reading it. The consumers
+ * empty[b] when every consumer thread has retired the products reading it (with TMA,
+ * flash_tma.cuh, full[b] counts thread 0's one arrive.expect_tx instead). The consumers
  * acquire every item, even one without ring items, so that the phases stay in step. */
 template <int NBUF> struct ItemOperand : MbarRing<NBUF> {
-    __device__ __forceinline__ void init(int consumers) const {
-        MbarRing<NBUF>::init(NBUF > 1 ? 129 : 128, consumers);
+    static constexpr int CP_ASYNC_ARRIVALS = NBUF > 1 ? 129 : 128;
+    __device__ __forceinline__ void init(int consumers, int full_arrivals) const {
+        MbarRing<NBUF>::init(full_arrivals, consumers);
     }
     /* Producer, after issuing its copies and (thread 0) storing the item's index. */
     __device__ __forceinline__ void commit(int j, int ptid) const {
@@ -155,12 +162,15 @@ __device__ __forceinline__ int ws_key_tile(int w, int BH, int G, int n_tiles, in
 }
 
 /* The set-up of every warp-specialised kernel: thread 0 initialises the item operand's
- * barriers and the ring; then the CTA's last __syncthreads: from here on only the mbarriers. */
+ * barriers and the ring; then the CTA's last __syncthreads: from here on only the mbarriers.
+ * tma: the producer fills both by TMA (flash_tma.cuh), which changes the full barriers'
+ * arrival counts. */
 template <int ST, int NBUF>
-__device__ __forceinline__ void ws_setup(const StageRing<ST> &ring, const ItemOperand<NBUF> &op, int consumers) {
+__device__ __forceinline__ void ws_setup(const StageRing<ST> &ring, const ItemOperand<NBUF> &op, int consumers,
+                                         bool tma = false) {
     if (threadIdx.x == 0) {
-        op.init(consumers);
-        ring.init(consumers);
+        op.init(consumers, tma ? TMA_ITEM_ARRIVALS : ItemOperand<NBUF>::CP_ASYNC_ARRIVALS);
+        ring.init(consumers, tma ? TMA_STAGE_ARRIVALS : 256);
     }
     __syncthreads();
 }
@@ -250,7 +260,9 @@ struct ListWindow {
  * query tiles, key tiles are looked up when they are copied: a tile ahead (ListWindow, rows
  * held across the wait) the sparse forward was 2-3% slower (H100, session 12: qk 0.5 1.525 vs
  * 1.490 ms, hash nb=16 0.721 vs 0.698). FRESH_LANE (a producer of 24 registers): the lane is
- * taken afresh per tile (opaque_u32) so that the copy addresses are recomputed, not held. */
+ * taken afresh per tile (opaque_u32) so that the copy addresses are recomputed, not held.
+ * A TMA policy's tiles come by two tensor copies issued by thread 0 (flash_tma.cuh); the
+ * ring must then have been set up with TMA_STAGE_ARRIVALS. */
 template <int BM, int BN, int ST, bool FRESH_LANE = false, class Policy>
 __device__ __forceinline__ void produce_key_tiles(const StageRing<ST> &ring, const FlashParams &p, const Policy &pol,
                                                   int bh, int qt, int n_tiles, int first, uint32_t kv_addr,
@@ -267,13 +279,22 @@ __device__ __forceinline__ void produce_key_tiles(const StageRing<ST> &ring, con
         const bool full = k0 + BN <= k_len && pol.tile_full(bh, qt, kt, BM, BN);
         const int s = ring.wait_free(first + i);
         const uint32_t stage = kv_addr + s * STAGE_BYTES;
-        RowLookup<BN> rows;
-        rows.fetch(n_valid, [&](int c) { return pol.k_row(bh, k0 + c); }, ptid);
-        rows.copy(stage, k_base, p.k_stride, n_valid, ptid);
-        rows.copy(stage + BN * D * 2, v_base, p.v_stride, n_valid, ptid);
+        if constexpr (Policy::TMA) {
+            if (ptid == 0) {
+                sm90::mbar_arrive_expect_tx(ring.full(s), STAGE_BYTES);
+                sm90::tma_load_3d(stage, &pol.maps.k, ring.full(s), h * D, k0, b);
+                sm90::tma_load_3d(stage + BN * D * 2, &pol.maps.v, ring.full(s), h * D, k0, b);
+            }
+        } else {
+            RowLookup<BN> rows;
+            rows.fetch(n_valid, [&](int c) { return pol.k_row(bh, k0 + c); }, ptid);
+            rows.copy(stage, k_base, p.k_stride, n_valid, ptid);
+            rows.copy(stage + BN * D * 2, v_base, p.v_stride, n_valid, ptid);
+        }
         if (ptid < BN) sKinfo[s * BN + ptid] = info;
         if (ptid == 0) sMeta[s] = WsTileMeta{k0, full ? 1 : 0};
-        ring.commit(s);
+        if constexpr (Policy::TMA) sm90::mbar_arrive(ring.full(s));
+        else ring.commit(s);
     }
 }
 

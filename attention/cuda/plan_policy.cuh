@@ -26,7 +26,7 @@ struct PlanPolicy {
     const attn_tile_info_t *info_q, *info_k;
     const int32_t *n_key_tiles, *key_tiles, *n_query_tiles, *query_tiles;
     int T, n_groups, n_work_groups, n_q_tiles, n_k_tiles, exclude_self;
-    static constexpr bool LOOKS_UP_ROWS = true;
+    static constexpr bool LOOKS_UP_ROWS = true, TMA = false; /* rows are gathered */
 
     struct RowInfo {
         int pos, group;

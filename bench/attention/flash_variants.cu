@@ -23,13 +23,17 @@ const char *fwd_names[] = {"api",
                            "ws 2wg BN128 S4",
                            "ws 2wg BN64 S4",
                            "ws 3wg BN64 S4",
-                           "ws 2wg BN128 S3 pingpong (api, long T)",
+                           "ws 2wg BN128 S3 pingpong (FLASH_FWD_TMA=0 api, T <= 8k without a work counter)",
                            "ws 2wg BN64 S4 pingpong",
-                           "ws 2wg BN128 S3 persistent (api, short T)",
+                           "ws 2wg BN128 S3 persistent (FLASH_FWD_TMA=0 api, short T)",
                            "ws 2wg BN64 S4 persistent (sparse api)",
                            "ws 3wg BN128 S2",
-                           "ws 3wg BN128 S3",
+                           "ws 3wg BN128 S3 (FLASH_FWD_TMA=0 api, long T)",
                            "ws 2wg BN128 S3 pingpong persistent",
+                           "tma ws 2wg BN128 S3",
+                           "tma ws 2wg BN128 S3 pingpong (api, T <= 8k without a work counter)",
+                           "tma ws 2wg BN128 S3 persistent (api, short T)",
+                           "tma ws 3wg BN128 S3 (api, long T)",
                            NULL};
 const char *bwd_names[] = {"api",
                            "mma.sync api",
@@ -107,6 +111,11 @@ extern "C" int bench_fwd_variant(int v, const flash_attn_dims_t *d, const flash_
     case 12: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<3, 128, 2>>(p, pol, s); break;
     case 13: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<3, 128, 3>>(p, pol, s); break;
     case 14: err = launch_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3, true>, true>(p, pol, s, -1); break;
+    /* 4, 8, 10, 13 with Q/K/V by TMA (flash_tma.cuh) */
+    case 15: err = launch_dense_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3>>(true, p, pol, s); break;
+    case 16: err = launch_dense_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3, true>>(true, p, pol, s); break;
+    case 17: err = launch_dense_fwd_sm90_ws<Sm90FwdWsTiles<2, 128, 3>, true>(true, p, pol, s, -1); break;
+    case 18: err = launch_dense_fwd_sm90_ws<Sm90FwdWsTiles<3, 128, 3>>(true, p, pol, s); break;
     default: return -1;
     }
     return err == cudaSuccess ? 0 : -2;

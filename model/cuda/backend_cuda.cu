@@ -24,6 +24,16 @@ typedef struct {
 static cuda_impl_t *cuda_of(backend_t *b) { return (cuda_impl_t *)b->impl; }
 static gpt_cuda_t *impl(backend_t *b) { return cuda_of(b)->g; }
 
+/* The device line ends with the matmuls' tuning, which backend_cuda_set_deterministic may change. */
+static const char kTuningTag[] = ", matmul tuning ";
+static void describe_tuning(backend_t *b) {
+    char *tag = strstr(b->device, kTuningTag);
+    if (tag) *tag = 0;
+    const size_t used = strlen(b->device);
+    snprintf(b->device + used, sizeof b->device - used, "%s%s", kTuningTag,
+             matmul_ctx_tuning(impl(b)->mm) ? "on" : "off");
+}
+
 static float cuda_forward(backend_t *b, const int32_t *in, const int32_t *tgt, int B, int T,
                           uint64_t step, uint64_t micro) {
     return gpt_cuda_forward(impl(b), in, tgt, B, T, step, micro);
@@ -172,8 +182,9 @@ static backend_t *create(const gpt_config_t *cfg, int B, int T, const dist_t *di
     /* the attention kernels' environment (checked here, at start-up) goes into every log's header */
     const size_t used = strlen(b->device);
     snprintf(b->device + used, sizeof b->device - used,
-             ", attention backward %s, dense query tile %d, head group %s, qk forward keys %d", flash_attn_bwd_schedule(),
-             flash_attn_bwd_query_tile(), flash_attn_head_group(), sparse_attn_qk_fwd_keys());
+             ", attention backward %s, dense query tile %d, head group %s, qk forward keys %d, dense forward loads by %s",
+             flash_attn_bwd_schedule(), flash_attn_bwd_query_tile(), flash_attn_head_group(), sparse_attn_qk_fwd_keys(),
+             flash_attn_fwd_tma() ? "TMA" : "cp.async");
     b->cfg = *cfg;
     c->g = gpt_cuda_create(cfg, B, T);
     const size_t used2 = strlen(b->device); /* GPT_CUDA_OVERLAP */
@@ -182,6 +193,7 @@ static backend_t *create(const gpt_config_t *cfg, int B, int T, const dist_t *di
     if (dist) b->comm_times = cuda_comm_times;
     b->n_params = c->g->n_params;
     b->impl = c;
+    describe_tuning(b); /* GPT_MATMUL_TUNE */
     b->forward = cuda_forward;
     b->backward = cuda_backward;
     b->zero_grad = cuda_zero_grad;
@@ -207,7 +219,11 @@ extern "C" backend_t *backend_cuda_create_dist(const gpt_config_t *cfg, int B, i
 extern "C" void backend_cuda_set_deterministic(backend_t *b, int deterministic) {
     if (strcmp(b->name, "cuda") != 0)
         fatal(EXIT_RUNTIME, "backend_cuda_set_deterministic: backend is %s, not cuda", b->name);
-    impl(b)->deterministic = deterministic != 0;
+    gpt_cuda_t *g = impl(b);
+    g->deterministic = deterministic != 0;
+    matmul_ctx_set_tuning(g->mm, !g->deterministic); /* which candidate wins may differ between runs */
+    matmul_ctx_set_tuning(g->mm_side, !g->deterministic);
+    describe_tuning(b);
 }
 
 extern "C" size_t backend_cuda_device_bytes(backend_t *b) {

@@ -2,9 +2,10 @@
  * (row-major, weights [OC][IC], y = x W^T + b) with bf16 operands, fp32 accumulation, and the
  * GELU of the MLP fused into the matmul epilogues.
  *
- * The plan (algorithm) of every distinct shape is chosen once by cuBLASLt's heuristic and
- * cached; split-K plans that reduce with atomics ("in place") are excluded, so a given shape
- * always runs the same code and gives the same bits. IC and OC must be multiples of 8 and every
+ * The plan (algorithm) of every distinct shape is chosen once, by cuBLASLt's heuristic or by
+ * timing its candidates (matmul_ctx_set_tuning), and cached; split-K plans that reduce with
+ * atomics ("in place") are excluded, so a given plan always runs the same code and gives the
+ * same bits. IC and OC must be multiples of 8 and every
  * pointer 16-byte aligned. */
 #ifndef MODEL_CUDA_MATMUL_CUDA_H
 #define MODEL_CUDA_MATMUL_CUDA_H
@@ -15,6 +16,13 @@ typedef struct matmul_ctx matmul_ctx_t;
 
 matmul_ctx_t *matmul_ctx_create(void);
 void matmul_ctx_destroy(matmul_ctx_t *ctx);
+
+/* Tuning (matmul_cuda.cu): on, plans that overwrite their output time cuBLASLt's candidates
+ * and keep the fastest; off, every plan takes the heuristic's first. Created on unless the
+ * environment says GPT_MATMUL_TUNE=0; on here still obeys it. Changing it drops the plans made
+ * so far. The deterministic mode turns it off: which candidate wins may differ between runs. */
+void matmul_ctx_set_tuning(matmul_ctx_t *ctx, int on);
+int matmul_ctx_tuning(const matmul_ctx_t *ctx);
 
 /* out[N][OC] = inp[N][IC] weight[OC][IC]^T + bias[OC] (bias may be NULL).
  * With gelu_preact != NULL the MLP's activation is fused: gelu_preact[N][OC] receives

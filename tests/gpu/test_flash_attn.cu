@@ -11,7 +11,8 @@
  *     between rows must still hold the poison afterwards (nothing written out of bounds);
  *   - deterministic backward: two runs give bit-identical dq, dk, dv; forward too;
  *   - both backward modes (atomic dQ and deterministic) against the reference;
- *   - every case on the portable mma.sync kernels and, on Hopper, again on the wgmma kernels.
+ *   - every case on the portable mma.sync kernels and, on Hopper, again on the wgmma kernels,
+ *     their forward loading by TMA and by cp.async (flash_attn_force_fwd_tma).
  * Build: bench/attention/build.sh (nvcc this file + attention/cuda/flash_attn.cu, link
  * build/libcore.a). */
 #include <math.h>
@@ -257,10 +258,14 @@ static void run_case(const test_case_t *c, uint64_t seed) {
     check_path(c, &x, portable_path, NULL);
     flash_attn_force_portable(0);
     if (strcmp(flash_attn_path(&dims), portable_path) != 0) {
-        check_path(c, &x, flash_attn_path(&dims), NULL);
         int *counter; /* the same kernels' persistent grids */
         CUDA_OK(cudaMalloc(&counter, sizeof(int)));
-        check_path(c, &x, "persistent", counter);
+        for (int tma = 1; tma >= 0; tma--) {
+            flash_attn_force_fwd_tma(tma);
+            check_path(c, &x, tma ? "sm90 wgmma, TMA forward" : "sm90 wgmma, cp.async forward", NULL);
+            check_path(c, &x, tma ? "persistent, TMA forward" : "persistent, cp.async forward", counter);
+        }
+        flash_attn_force_fwd_tma(-1);
         cudaFree(counter);
     }
 

@@ -412,11 +412,15 @@ int main(void) {
     test_layernorm(37, 1000, false);   /* VPL 4, C / 8 = 125 */
     test_layernorm(37, 2048, true);
     test_layernorm(4099, 768, true);   /* 512 blocks (some with no rows) and the reduction */
-    test_matmul(mm, 77, 72, 104, true, false);
-    test_matmul(mm, 77, 72, 104, false, false);
-    test_matmul(mm, 301, 120, 488, true, true);
-    test_matmul(mm, 1000, 768, 3072, false, true);
-    test_matmul(mm, 1000, 3072, 768, true, false);
+    for (int tune = 1; tune >= 0; tune--) { /* timed candidates (the default), then the heuristic's first */
+        matmul_ctx_set_tuning(mm, tune);
+        printf("matmul tuning %s\n", matmul_ctx_tuning(mm) ? "on" : "off");
+        test_matmul(mm, 77, 72, 104, true, false);
+        test_matmul(mm, 77, 72, 104, false, false);
+        test_matmul(mm, 301, 120, 488, true, true);
+        test_matmul(mm, 1000, 768, 3072, false, true);
+        test_matmul(mm, 1000, 3072, 768, true, false);
+    }
     test_gelu_residual(12345); /* not a multiple of 8: vector body + scalar tail */
     test_qk_normalise(33, 3, 64);
     test_qk_normalise(17, 2, 128);
