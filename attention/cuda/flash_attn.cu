@@ -36,7 +36,9 @@ typedef DqTiles<128, 64, 32, 4> Dq128;
  * Exponentials partly on the FMA pipes (a cubic for 2^x, 070dc19; removed) were slower: 4.123
  * at 16k with 4 of 16 n-tiles. */
 typedef Sm90FwdWsTiles<2, 128, 3, true> Sm90Fwd64;
-/* Past 8k, the three warpgroups (session 16's 2% at 16k; T > FWD_PERSISTENT_MAX_T only). */
+/* Past 4k, the three warpgroups (T > FWD_PERSISTENT_MAX_T). With their tiles by TMA they won
+ * clearly (H100, session 18, B*T 65536, median of 3 interleaved rounds): 1.712 ms at 8k against
+ * 1.847 for the persistent instance, 3.258 at 16k against 3.587 (cuDNN 1.743, 3.396). */
 typedef Sm90FwdWsTiles<3, 128, 3> Sm90Fwd64Long;
 /* With a work counter at short T: a persistent grid drawing its tiles (without ping-pong: the
  * persistent ping-pong instance, bench variant 14, was within 1% of it in session 16: 1.964 vs
@@ -48,7 +50,7 @@ typedef Sm90FwdWsTiles<3, 128, 3> Sm90Fwd64Long;
  * vs 3.822 at 16k; backward 1.052 vs 1.128, 2.678 vs 2.797, then slower: 5.110 vs 4.964 at 8k,
  * 9.978 vs 9.639 at 16k. Each where it won. */
 typedef Sm90FwdWsTiles<2, 128, 3> Sm90Fwd64Persistent;
-constexpr int FWD_PERSISTENT_MAX_T = 8192, BWD_PERSISTENT_MAX_T = 4096;
+constexpr int FWD_PERSISTENT_MAX_T = 4096, BWD_PERSISTENT_MAX_T = 4096;
 typedef Sm90BwdWsTiles<2, 3> Sm90DkDv64;
 typedef Sm90BwdWsTiles<2, 2, false, false, false, 128> Sm90DkDvWide; /* FLASH_BWD_QUERY_TILE=128 */
 typedef Sm90DqWsTiles<2, 2> Sm90Dq64;
@@ -64,9 +66,10 @@ void check_dims(const flash_attn_dims_t *d) {
 }
 
 int force_portable = 0;
-int forced_fwd_tma = -1; /* flash_attn_force_fwd_tma; -1: FLASH_FWD_TMA */
+int forced_tma = -1; /* flash_attn_force_tma; -1: FLASH_FWD_TMA and FLASH_BWD_TMA */
 
-bool dense_fwd_tma() { return forced_fwd_tma >= 0 ? forced_fwd_tma == 1 : fwd_tma(); }
+bool dense_fwd_tma() { return forced_tma >= 0 ? forced_tma == 1 : fwd_tma(); }
+bool dense_bwd_tma() { return forced_tma >= 0 ? forced_tma == 1 : bwd_tma(); }
 
 /* Head dim 64 on Hopper takes the wgmma kernels; everything else the mma.sync ones. */
 bool use_sm90(const flash_attn_dims_t *d) { return d->D == 64 && !force_portable && sm90_available(); }
@@ -77,7 +80,7 @@ bool use_persistent(const flash_attn_dims_t *d, int max_t) { return d->work_coun
 
 extern "C" void flash_attn_force_portable(int on) { force_portable = on != 0; }
 
-extern "C" void flash_attn_force_fwd_tma(int tma) { forced_fwd_tma = tma < 0 ? -1 : tma != 0; }
+extern "C" void flash_attn_force_tma(int tma) { forced_tma = tma < 0 ? -1 : tma != 0; }
 
 extern "C" const char *flash_attn_path(const flash_attn_dims_t *dims) {
     check_dims(dims);
@@ -92,6 +95,8 @@ extern "C" const char *flash_attn_bwd_schedule(void) {
 extern "C" int flash_attn_bwd_query_tile(void) { return bwd_query_tile(); }
 
 extern "C" int flash_attn_fwd_tma(void) { return dense_fwd_tma() ? 1 : 0; }
+
+extern "C" int flash_attn_bwd_tma(void) { return dense_bwd_tma() ? 1 : 0; }
 
 extern "C" const char *flash_attn_head_group(void) {
     static char heads[16];
@@ -169,12 +174,13 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
         } else {
             /* the 128-query tile has no persistent instance (shared memory) */
             cudaError_t err;
+            const bool tma = dense_bwd_tma();
             if (bwd_query_tile() == 128)
-                err = launch_bwd_fused_sm90_ws_scheduled<2, false, 128>(bwd_schedule(), p, pol, stream);
+                err = launch_dense_bwd_fused_sm90_ws<2, false, 128>(tma, bwd_schedule(), p, pol, stream);
             else if (use_persistent(dims, BWD_PERSISTENT_MAX_T))
-                err = launch_bwd_fused_sm90_ws_scheduled<3, true>(bwd_schedule(), p, pol, stream, -1);
+                err = launch_dense_bwd_fused_sm90_ws<3, true>(tma, bwd_schedule(), p, pol, stream, -1);
             else
-                err = launch_bwd_fused_sm90_ws_scheduled<BWD_FUSED_STAGES>(bwd_schedule(), p, pol, stream);
+                err = launch_dense_bwd_fused_sm90_ws<BWD_FUSED_STAGES>(tma, bwd_schedule(), p, pol, stream);
             check_launch("backward dK/dV/dQ", err);
         }
     } else if (dims->D == 64) {

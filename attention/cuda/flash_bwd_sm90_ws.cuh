@@ -218,7 +218,8 @@ template <int D, class Policy> __global__ void __launch_bounds__(256) flash_bwd_
 }
 
 template <class Cfg, class Policy, bool PERSISTENT>
-__global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel(FlashParams p, Policy pol) {
+__global__ void __launch_bounds__(Cfg::THREADS, 1)
+    flash_bwd_dkdv_sm90_ws_kernel(FlashParams p, const __grid_constant__ Policy pol) { /* TMA reads pol.maps in place */
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int D = Cfg::D, BN = Cfg::BN, BM = Cfg::BM, ST = Cfg::STAGES, RB = Cfg::ROW_BYTES;
     constexpr int NQ = BM / 8, STAGE_BYTES = 2 * BM * D * 2;
@@ -254,7 +255,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
     const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
 
     if (Cfg::DEFER_DQ && tid == 0) ds_ring.init(); /* before ws_setup's __syncthreads */
-    ws_setup(ring, kv_op, Cfg::CONSUMERS);
+    ws_setup(ring, kv_op, Cfg::CONSUMERS, Policy::TMA);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
         ws_producer_regs<Cfg, PERSISTENT>();
@@ -266,14 +267,25 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
             const int drawn = PERSISTENT ? ws_draw(p.work_counter, n_work, ptid) : n_work;
             if (k0 < k_len) { /* tiles past the work rows are nobody's work */
                 const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_query_tiles(bh, kt, BM, BN);
-                RowLookup<BN> k_rows;
-                k_rows.fetch(k_len - k0, [&](int c) { return pol.k_row(bh, k0 + c); }, ptid);
-                const int kb = kv_op.wait_free(item);
-                const uint32_t k_addr = kv_addr + kb * KVB;
-                k_rows.copy(k_addr, head_base(p.k, p.k_stride, b, p.T, h, D), p.k_stride, k_len - k0, ptid);
-                k_rows.copy(k_addr + BN * RB, head_base(p.v, p.v_stride, b, p.T, h, D), p.v_stride, k_len - k0, ptid);
-                if (PERSISTENT && ptid == 0) sItem[kb] = w;
-                kv_op.commit(item++, ptid);
+                if constexpr (Policy::TMA) { /* flash_tma.cuh */
+                    const int kb = kv_op.wait_free(item++);
+                    if (ptid == 0) {
+                        const uint32_t k_addr = kv_addr + kb * KVB, bar = kv_op.full(kb);
+                        if (PERSISTENT) sItem[kb] = w;
+                        mbar_arrive_expect_tx(bar, KVB);
+                        tma_load_3d(k_addr, &pol.maps.k, bar, h * D, k0, b);
+                        tma_load_3d(k_addr + BN * RB, &pol.maps.v, bar, h * D, k0, b);
+                    }
+                } else {
+                    RowLookup<BN> k_rows;
+                    k_rows.fetch(k_len - k0, [&](int c) { return pol.k_row(bh, k0 + c); }, ptid);
+                    const int kb = kv_op.wait_free(item);
+                    const uint32_t k_addr = kv_addr + kb * KVB;
+                    k_rows.copy(k_addr, head_base(p.k, p.k_stride, b, p.T, h, D), p.k_stride, k_len - k0, ptid);
+                    k_rows.copy(k_addr + BN * RB, head_base(p.v, p.v_stride, b, p.T, h, D), p.v_stride, k_len - k0, ptid);
+                    if (PERSISTENT && ptid == 0) sItem[kb] = w;
+                    kv_op.commit(item++, ptid);
+                }
                 const bf16 *q_base = head_base(p.q, p.q_stride, b, p.T, h, D);
                 const bf16 *do_base = head_base(p.dout, p.o_stride, b, p.T, h, D);
                 /* A query tile's rows are looked up while the tile before it is copied (flash_ws.cuh,
@@ -318,7 +330,13 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
                     if (AHEAD && i + 1 < n_tiles) next = look_up(i + 1);
                     const int s = ring.wait_free(first + i);
                     const uint32_t stage = q_addr + s * STAGE_BYTES;
-                    if (AHEAD) {
+                    if constexpr (Policy::TMA) {
+                        if (ptid == 0) {
+                            mbar_arrive_expect_tx(ring.full(s), STAGE_BYTES);
+                            tma_load_3d(stage, &pol.maps.q, ring.full(s), h * D, q0, b);
+                            tma_load_3d(stage + BM * RB, &pol.maps.dout, ring.full(s), h * D, q0, b);
+                        }
+                    } else if (AHEAD) {
                         cur.rows.copy(stage, q_base, p.q_stride, n_valid, ptid);
                         cur.rows.copy(stage + BM * RB, do_base, p.o_stride, n_valid, ptid);
                     } else {
@@ -332,7 +350,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
                         sQinfo[s * BM + ptid] = info;
                     }
                     if (ptid == 0) sMeta[s] = WsTileMeta{q0, full ? 1 : 0};
-                    ring.commit(s);
+                    if constexpr (Policy::TMA) mbar_arrive(ring.full(s));
+                    else ring.commit(s);
                     if (AHEAD) cur = next;
                 }
                 first += n_tiles;
@@ -342,7 +361,11 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dkdv_sm90_ws_kernel
         if (PERSISTENT) { /* the end of the walk */
             const int last = kv_op.wait_free(item);
             if (ptid == 0) sItem[last] = -1;
-            kv_op.commit(item, ptid);
+            if constexpr (Policy::TMA) {
+                if (ptid == 0) mbar_arrive(kv_op.full(last));
+            } else {
+                kv_op.commit(item, ptid);
+            }
         }
         cp_async_wait<0>();
         return;

@@ -156,17 +156,21 @@ cudaError_t launch_fwd_sm90_ws(const FlashParams &p, const Policy &pol, cudaStre
     return launch_ws<Cfg, Policy, PERSISTENT, flash_fwd_sm90_ws_kernel<Cfg, Policy, PERSISTENT>>(p, pol, Cfg::BM, ctas, s);
 }
 
-/* Whether the dense Hopper forward loads Q/K/V by TMA (flash_tma.cuh): the environment variable
- * FLASH_FWD_TMA (1 or 0), read once; unset: on. */
+/* Whether the dense Hopper forward (FLASH_FWD_TMA) or fused backward (FLASH_BWD_TMA) loads its
+ * tiles by TMA (flash_tma.cuh): the environment variable, 1 or 0; unset: on. */
+inline bool env_tma(const char *name) {
+    const char *v = getenv(name);
+    if (!v || !*v || !strcmp(v, "1")) return true;
+    if (!strcmp(v, "0")) return false;
+    fatal(EXIT_USAGE, "%s = '%s': expected 1 or 0", name, v);
+}
 inline bool fwd_tma() {
-    static int cached = -1;
-    if (cached < 0) {
-        const char *v = getenv("FLASH_FWD_TMA");
-        if (!v || !*v || !strcmp(v, "1")) cached = 1;
-        else if (!strcmp(v, "0")) cached = 0;
-        else fatal(EXIT_USAGE, "FLASH_FWD_TMA = '%s': expected 1 or 0", v);
-    }
-    return cached == 1;
+    static const bool on = env_tma("FLASH_FWD_TMA");
+    return on;
+}
+inline bool bwd_tma() {
+    static const bool on = env_tma("FLASH_BWD_TMA");
+    return on;
 }
 
 /* The dense warp-specialised forward with Q/K/V by TMA (its maps encoded for this call's
@@ -281,7 +285,8 @@ inline BwdSchedule bwd_schedule() {
 }
 
 /* The fused backward of two consumer warpgroups, STAGES query stages and BM queries a tile
- * under a schedule (bwd_schedule). */
+ * under a schedule (bwd_schedule). Dense with tma: its tiles by TMA (maps encoded for this
+ * call's pointers). */
 template <int STAGES, bool PERSISTENT = false, int BM = 64, class Policy>
 cudaError_t launch_bwd_fused_sm90_ws_scheduled(BwdSchedule schedule, const FlashParams &p, const Policy &pol,
                                                cudaStream_t s, int ctas = 0) {
@@ -299,6 +304,15 @@ cudaError_t launch_bwd_fused_sm90_ws_scheduled(BwdSchedule schedule, const Flash
             return cudaErrorInvalidConfiguration; /* not reached: bwd_schedule refuses alternate with 128 */
     default: return launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, STAGES, true, false, false, BM>, PERSISTENT>(p, pol, s, ctas);
     }
+}
+
+template <int STAGES, bool PERSISTENT = false, int BM = 64>
+cudaError_t launch_dense_bwd_fused_sm90_ws(bool tma, BwdSchedule schedule, const FlashParams &p,
+                                           const DenseCausalPolicy &pol, cudaStream_t s, int ctas = 0) {
+    if (!tma) return launch_bwd_fused_sm90_ws_scheduled<STAGES, PERSISTENT, BM>(schedule, p, pol, s, ctas);
+    DenseCausalTmaPolicy tp;
+    const cudaError_t err = make_tma_policy(tp, pol, p, BM, 128);
+    return err != cudaSuccess ? err : launch_bwd_fused_sm90_ws_scheduled<STAGES, PERSISTENT, BM>(schedule, p, tp, s, ctas);
 }
 
 /* The Hopper kernels run when the device is sm_90 and this binary carries sm_90 machine code

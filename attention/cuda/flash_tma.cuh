@@ -1,14 +1,15 @@
-/* Q, K and V tiles by the tensor memory accelerator (TMA) for the dense Hopper forward: one
- * producer thread asks for a whole BN x 64 tile of K and one of V per stage (and the item's
- * BM x 64 tile of Q), instead of 128 threads issuing 2 x BN x 8 cp.async copies with their own
- * address arithmetic.
+/* Q, K, V (and dO) tiles by the tensor memory accelerator (TMA) for the dense Hopper kernels:
+ * in the forward one producer thread asks for a whole BN x 64 tile of K and one of V per stage
+ * (and the item's BM x 64 tile of Q), instead of 128 threads issuing 2 x BN x 8 cp.async
+ * copies with their own address arithmetic; in the fused backward, the item's K and V and each
+ * stage's Q and dO.
  *
  * Why (docs/PERF.md, session 17): in the three-warpgroup forward at 16k the producer warpgroup
  * (24 registers) spilled in its tile loop and the consumers waited for a K/V stage in 3.8% of
  * the stall samples. The dense policy's key rows are contiguous (k_row(bh, c) = c), which is
  * what a tensor copy needs; the sparse policies gather rows and keep cp.async.
  *
- * A tensor map sees Q, K or V as a 3-D tensor {H * D, T, B} of bf16 with its row stride: a
+ * A tensor map sees Q, K, V or dO as a 3-D tensor {H * D, T, B} of bf16 with its row stride: a
  * box {64, BN, 1} at (h * 64, k0, b) is key rows k0 .. k0 + BN - 1 of head h,
  * rows past T zero-filled by the hardware (a zero V row keeps 0 * V finite, as cp_async_16's
  * zero fill does). The 128-byte swizzle of the map puts 16-byte chunk c of row r at chunk
@@ -31,16 +32,16 @@ namespace flash {
 
 constexpr int TMA_STAGE_ARRIVALS = 129, TMA_ITEM_ARRIVALS = 1;
 
-/* The forward's maps: Q in boxes of BM rows, K and V of BN; a kernel parameter
- * (__grid_constant__), read in place. */
-struct FwdMaps {
-    CUtensorMap q, k, v;
+/* Q and dO in boxes of the query tile's rows, K and V of the key tile's; a kernel parameter
+ * (__grid_constant__), read in place. dout: the backward's only. */
+struct TmaMaps {
+    CUtensorMap q, k, v, dout;
 };
 
-/* DenseCausalPolicy whose forward producer loads Q, K and V by TMA from `maps`. */
+/* DenseCausalPolicy whose producers load their tiles by TMA from `maps`. */
 struct DenseCausalTmaPolicy : DenseCausalPolicy {
     static constexpr bool TMA = true;
-    FwdMaps maps;
+    TmaMaps maps;
 };
 
 namespace sm90 {
@@ -95,13 +96,14 @@ inline cudaError_t encode_head_map(CUtensorMap *map, const bf16 *base, long stri
     return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-/* The TMA policy of a dense forward of BM-query, BN-key tiles. */
+/* The TMA policy of a dense kernel of BM-query, BN-key tiles (dO's map when p.dout is set). */
 inline cudaError_t make_tma_policy(DenseCausalTmaPolicy &tp, const DenseCausalPolicy &pol, const FlashParams &p,
                                    int BM, int BN) {
     static_cast<DenseCausalPolicy &>(tp) = pol;
     cudaError_t err = encode_head_map(&tp.maps.q, p.q, p.q_stride, p, BM);
     if (err == cudaSuccess) err = encode_head_map(&tp.maps.k, p.k, p.k_stride, p, BN);
     if (err == cudaSuccess) err = encode_head_map(&tp.maps.v, p.v, p.v_stride, p, BN);
+    if (err == cudaSuccess && p.dout) err = encode_head_map(&tp.maps.dout, p.dout, p.o_stride, p, BM);
     return err;
 }
 

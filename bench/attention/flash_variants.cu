@@ -57,8 +57,10 @@ const char *bwd_names[] = {"api",
                            "ws fused 128x128 deferred S2",
                            "ws fused 128x128 deferred S2 pingpong",
                            "ws fused deferred dQ S2",
-                           "ws fused alternate dQ S2, one warpgroup a tile (api, long T)",
-                           "ws fused alternate dQ S2 persistent (api, short T)",
+                           "ws fused alternate dQ S2, one warpgroup a tile (FLASH_BWD_TMA=0 api, long T)",
+                           "ws fused alternate dQ S2 persistent (FLASH_BWD_TMA=0 api, short T)",
+                           "tma ws fused alternate dQ S2 (api, long T)",
+                           "tma ws fused alternate dQ S2 persistent (api, short T)",
                            NULL};
 
 /* The persistent variants' work counter (one int of device memory for the process; the bench
@@ -226,6 +228,12 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
         break;
     case 23:
         err = launch_bwd_fused_sm90_ws<Sm90BwdWsTiles<2, 2, true, true, false, 64, true>, true>(p, pol, s, -1);
+        break;
+    case 24: /* 22 and 23 with their tiles by TMA (flash_tma.cuh) */
+        err = launch_dense_bwd_fused_sm90_ws<2>(true, BWD_ALTERNATE, p, pol, s);
+        break;
+    case 25:
+        err = launch_dense_bwd_fused_sm90_ws<3, true>(true, BWD_ALTERNATE, p, pol, s, -1);
         break;
     default: return -1;
     }

@@ -182,9 +182,9 @@ static backend_t *create(const gpt_config_t *cfg, int B, int T, const dist_t *di
     /* the attention kernels' environment (checked here, at start-up) goes into every log's header */
     const size_t used = strlen(b->device);
     snprintf(b->device + used, sizeof b->device - used,
-             ", attention backward %s, dense query tile %d, head group %s, qk forward keys %d, dense forward loads by %s",
+             ", attention backward %s, dense query tile %d, head group %s, qk forward keys %d, dense loads by %s/%s (fwd/bwd)",
              flash_attn_bwd_schedule(), flash_attn_bwd_query_tile(), flash_attn_head_group(), sparse_attn_qk_fwd_keys(),
-             flash_attn_fwd_tma() ? "TMA" : "cp.async");
+             flash_attn_fwd_tma() ? "TMA" : "cp.async", flash_attn_bwd_tma() ? "TMA" : "cp.async");
     b->cfg = *cfg;
     c->g = gpt_cuda_create(cfg, B, T);
     const size_t used2 = strlen(b->device); /* GPT_CUDA_OVERLAP */

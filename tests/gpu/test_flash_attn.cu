@@ -12,7 +12,7 @@
  *   - deterministic backward: two runs give bit-identical dq, dk, dv; forward too;
  *   - both backward modes (atomic dQ and deterministic) against the reference;
  *   - every case on the portable mma.sync kernels and, on Hopper, again on the wgmma kernels,
- *     their forward loading by TMA and by cp.async (flash_attn_force_fwd_tma).
+ *     loading their tiles by TMA and by cp.async (flash_attn_force_tma).
  * Build: bench/attention/build.sh (nvcc this file + attention/cuda/flash_attn.cu, link
  * build/libcore.a). */
 #include <math.h>
@@ -261,11 +261,11 @@ static void run_case(const test_case_t *c, uint64_t seed) {
         int *counter; /* the same kernels' persistent grids */
         CUDA_OK(cudaMalloc(&counter, sizeof(int)));
         for (int tma = 1; tma >= 0; tma--) {
-            flash_attn_force_fwd_tma(tma);
-            check_path(c, &x, tma ? "sm90 wgmma, TMA forward" : "sm90 wgmma, cp.async forward", NULL);
-            check_path(c, &x, tma ? "persistent, TMA forward" : "persistent, cp.async forward", counter);
+            flash_attn_force_tma(tma);
+            check_path(c, &x, tma ? "sm90 wgmma, TMA" : "sm90 wgmma, cp.async", NULL);
+            check_path(c, &x, tma ? "persistent, TMA" : "persistent, cp.async", counter);
         }
-        flash_attn_force_fwd_tma(-1);
+        flash_attn_force_tma(-1);
         cudaFree(counter);
     }
 
@@ -283,7 +283,7 @@ int main(void) {
         {1, 100, 2, 128, 0, 1, 0},  {3, 129, 2, 64, 0, 1, 1},  {1, 129, 2, 128, 1, 0, 0},
         {1, 1000, 2, 64, 1, 0, 0},  {2, 1000, 1, 128, 0, 1, 1}, {4, 256, 12, 64, 0, 1, 0},
         {1, 2111, 2, 64, 0, 1, 1},  {1, 2111, 1, 128, 1, 0, 0},
-        {1, 8200, 1, 64, 1, 1, 1}, /* past 8192: the Hopper forward's three-warpgroup instance */
+        {1, 8200, 1, 64, 1, 1, 1}, /* past 4096: the Hopper forward's three-warpgroup instance */
     };
     const int n_cases = (int)(sizeof cases / sizeof cases[0]);
     for (int i = 0; i < n_cases; i++) run_case(&cases[i], 1234 + (uint64_t)i);
