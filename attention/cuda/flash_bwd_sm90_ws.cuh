@@ -270,11 +270,9 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1)
                 if constexpr (Policy::TMA) { /* flash_tma.cuh */
                     const int kb = kv_op.wait_free(item++);
                     if (ptid == 0) {
-                        const uint32_t k_addr = kv_addr + kb * KVB, bar = kv_op.full(kb);
+                        const uint32_t k_addr = kv_addr + kb * KVB;
                         if (PERSISTENT) sItem[kb] = w;
-                        mbar_arrive_expect_tx(bar, KVB);
-                        tma_load_3d(k_addr, &pol.maps.k, bar, h * D, k0, b);
-                        tma_load_3d(k_addr + BN * RB, &pol.maps.v, bar, h * D, k0, b);
+                        tma_load_tiles(kv_op.full(kb), KVB, k_addr, &pol.maps.k, k_addr + BN * RB, &pol.maps.v, h, k0, b);
                     }
                 } else {
                     RowLookup<BN> k_rows;
@@ -331,11 +329,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1)
                     const int s = ring.wait_free(first + i);
                     const uint32_t stage = q_addr + s * STAGE_BYTES;
                     if constexpr (Policy::TMA) {
-                        if (ptid == 0) {
-                            mbar_arrive_expect_tx(ring.full(s), STAGE_BYTES);
-                            tma_load_3d(stage, &pol.maps.q, ring.full(s), h * D, q0, b);
-                            tma_load_3d(stage + BM * RB, &pol.maps.dout, ring.full(s), h * D, q0, b);
-                        }
+                        if (ptid == 0)
+                            tma_load_tiles(ring.full(s), STAGE_BYTES, stage, &pol.maps.q, stage + BM * RB, &pol.maps.dout, h, q0, b);
                     } else if (AHEAD) {
                         cur.rows.copy(stage, q_base, p.q_stride, n_valid, ptid);
                         cur.rows.copy(stage + BM * RB, do_base, p.o_stride, n_valid, ptid);
@@ -350,8 +345,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1)
                         sQinfo[s * BM + ptid] = info;
                     }
                     if (ptid == 0) sMeta[s] = WsTileMeta{q0, full ? 1 : 0};
-                    if constexpr (Policy::TMA) mbar_arrive(ring.full(s));
-                    else ring.commit(s);
+                    ring.commit(s, Policy::TMA);
                     if (AHEAD) cur = next;
                 }
                 first += n_tiles;
@@ -361,11 +355,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1)
         if (PERSISTENT) { /* the end of the walk */
             const int last = kv_op.wait_free(item);
             if (ptid == 0) sItem[last] = -1;
-            if constexpr (Policy::TMA) {
-                if (ptid == 0) mbar_arrive(kv_op.full(last));
-            } else {
-                kv_op.commit(item, ptid);
-            }
+            kv_op.commit(item, ptid, Policy::TMA);
         }
         cp_async_wait<0>();
         return;

@@ -38,7 +38,7 @@ struct Sm90FwdWsTiles : WsShape<NWG_, 1> {
 
 template <class Cfg, class Policy, bool PERSISTENT>
 __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
-    flash_fwd_sm90_ws_kernel(FlashParams p, const __grid_constant__ Policy pol) { /* TMA reads pol.kv in place */
+    flash_fwd_sm90_ws_kernel(FlashParams p, const __grid_constant__ Policy pol) { /* TMA reads pol.maps in place */
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, ST = Cfg::STAGES;
     constexpr int NT = Cfg::NT, KN = Cfg::KN, ND = Cfg::ND, RB = Cfg::ROW_BYTES;
@@ -82,8 +82,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
                 if constexpr (Policy::TMA) {
                     if (ptid == 0) {
                         if (PERSISTENT) sItem[qb] = w;
-                        mbar_arrive_expect_tx(q_op.full(qb), QB);
-                        tma_load_3d(q_addr + qb * QB, &pol.maps.q, q_op.full(qb), h * D, q0, b);
+                        tma_load_tiles(q_op.full(qb), QB, q_addr + qb * QB, &pol.maps.q, 0, nullptr, h, q0, b);
                     }
                     item++;
                 } else {
@@ -100,11 +99,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
         if (PERSISTENT) { /* the end of the walk */
             const int qb = q_op.wait_free(item);
             if (ptid == 0) sItem[qb] = -1;
-            if constexpr (Policy::TMA) {
-                if (ptid == 0) mbar_arrive(q_op.full(qb));
-            } else {
-                q_op.commit(item, ptid);
-            }
+            q_op.commit(item, ptid, Policy::TMA);
         }
         cp_async_wait<0>(); /* nothing in flight when the CTA's shared memory goes away */
         return;

@@ -57,6 +57,15 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap *map
         "l"(map), "r"(bar), "r"(x), "r"(y), "r"(z)
         : "memory");
 }
+/* A producer's one thread: arrives on bar expecting `bytes`, then loads the tile of head h,
+ * rows row0.., batch b from map a into dst_a and, when b_map is set, the same tile of b_map
+ * into dst_b (K and V, Q and dO); bytes covers both. */
+__device__ __forceinline__ void tma_load_tiles(uint32_t bar, uint32_t bytes, uint32_t dst_a, const CUtensorMap *a_map,
+                                               uint32_t dst_b, const CUtensorMap *b_map, int h, int row0, int b) {
+    mbar_arrive_expect_tx(bar, bytes);
+    tma_load_3d(dst_a, a_map, bar, h * 64, row0, b);
+    if (b_map) tma_load_3d(dst_b, b_map, bar, h * 64, row0, b);
+}
 
 } // namespace sm90
 

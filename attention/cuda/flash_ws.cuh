@@ -99,9 +99,10 @@ template <int ST> struct StageRing : MbarRing<ST> {
     __device__ __forceinline__ void init(int consumers, int full_arrivals) const {
         MbarRing<ST>::init(full_arrivals, consumers);
     }
-    /* Producer: after issuing the stage's copies and its ordinary stores. */
-    __device__ __forceinline__ void commit(int s) const {
-        sm90::mbar_arrive_cp_async(this->full(s));
+    /* Producer: after issuing the stage's copies and its ordinary stores (tma: the copies'
+     * arrival was thread 0's arrive.expect_tx). */
+    __device__ __forceinline__ void commit(int s, bool tma = false) const {
+        if (!tma) sm90::mbar_arrive_cp_async(this->full(s));
         sm90::mbar_arrive(this->full(s));
     }
     /* Consumer: waits until item i is in its stage; returns the stage. */
@@ -126,10 +127,12 @@ template <int NBUF> struct ItemOperand : MbarRing<NBUF> {
     __device__ __forceinline__ void init(int consumers, int full_arrivals) const {
         MbarRing<NBUF>::init(full_arrivals, consumers);
     }
-    /* Producer, after issuing its copies and (thread 0) storing the item's index. */
-    __device__ __forceinline__ void commit(int j, int ptid) const {
-        sm90::mbar_arrive_cp_async(this->full(j % NBUF));
-        if (NBUF > 1 && ptid == 0) sm90::mbar_arrive(this->full(j % NBUF));
+    /* Producer, after issuing its copies and (thread 0) storing the item's index. With TMA an
+     * item's arrival is thread 0's arrive.expect_tx (tma_load_tiles), so only the end of a
+     * persistent walk (no operand, index -1) comes here: thread 0's one arrival. */
+    __device__ __forceinline__ void commit(int j, int ptid, bool tma = false) const {
+        if (!tma) sm90::mbar_arrive_cp_async(this->full(j % NBUF));
+        if ((tma || NBUF > 1) && ptid == 0) sm90::mbar_arrive(this->full(j % NBUF));
     }
     __device__ __forceinline__ int acquire(int j) const {
         const int b = this->wait_full(j);
@@ -280,11 +283,8 @@ __device__ __forceinline__ void produce_key_tiles(const StageRing<ST> &ring, con
         const int s = ring.wait_free(first + i);
         const uint32_t stage = kv_addr + s * STAGE_BYTES;
         if constexpr (Policy::TMA) {
-            if (ptid == 0) {
-                sm90::mbar_arrive_expect_tx(ring.full(s), STAGE_BYTES);
-                sm90::tma_load_3d(stage, &pol.maps.k, ring.full(s), h * D, k0, b);
-                sm90::tma_load_3d(stage + BN * D * 2, &pol.maps.v, ring.full(s), h * D, k0, b);
-            }
+            if (ptid == 0)
+                sm90::tma_load_tiles(ring.full(s), STAGE_BYTES, stage, &pol.maps.k, stage + BN * D * 2, &pol.maps.v, h, k0, b);
         } else {
             RowLookup<BN> rows;
             rows.fetch(n_valid, [&](int c) { return pol.k_row(bh, k0 + c); }, ptid);
@@ -293,8 +293,7 @@ __device__ __forceinline__ void produce_key_tiles(const StageRing<ST> &ring, con
         }
         if (ptid < BN) sKinfo[s * BN + ptid] = info;
         if (ptid == 0) sMeta[s] = WsTileMeta{k0, full ? 1 : 0};
-        if constexpr (Policy::TMA) sm90::mbar_arrive(ring.full(s));
-        else ring.commit(s);
+        ring.commit(s, Policy::TMA);
     }
 }
 
