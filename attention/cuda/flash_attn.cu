@@ -167,10 +167,10 @@ extern "C" void flash_attn_backward(const flash_attn_dims_t *dims, const flash_b
     if (use_sm90(dims)) {
         if (deterministic) { /* dQ from its own pass, no atomics */
             check_launch("backward preparation", launch_bwd_prepare(p, pol, false, stream));
-            check_launch("backward dK/dV", bwd_query_tile() == 128
-                                               ? launch_bwd_dkdv_sm90_ws<Sm90DkDvWide>(p, pol, stream)
-                                               : launch_bwd_dkdv_sm90_ws<Sm90DkDv64>(p, pol, stream));
-            check_launch("backward dQ", launch_bwd_dq_sm90_ws<Sm90Dq64>(p, pol, stream));
+            check_launch("backward dK/dV, dQ",
+                         bwd_query_tile() == 128
+                             ? launch_dense_bwd_split_sm90_ws<Sm90DkDvWide, Sm90Dq64>(dense_bwd_tma(), p, pol, stream)
+                             : launch_dense_bwd_split_sm90_ws<Sm90DkDv64, Sm90Dq64>(dense_bwd_tma(), p, pol, stream));
         } else {
             /* the 128-query tile has no persistent instance (shared memory) */
             cudaError_t err;

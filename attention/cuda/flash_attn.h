@@ -80,9 +80,9 @@ int flash_attn_bwd_query_tile(void);
 const char *flash_attn_head_group(void);
 
 /* Whether the Hopper dense forward loads its Q, K and V tiles by TMA (1) or by cp.async (0),
- * from the environment variable FLASH_FWD_TMA (unset: 1); the same for the fused
- * (non-deterministic) backward's Q, K, V and dO tiles from FLASH_BWD_TMA. A fatal error (exit
- * 2) for any other value. */
+ * from the environment variable FLASH_FWD_TMA (unset: 1); the same for the backward's (fused
+ * and deterministic) Q, K, V and dO tiles from FLASH_BWD_TMA. A fatal error (exit 2) for any
+ * other value. */
 int flash_attn_fwd_tma(void);
 int flash_attn_bwd_tma(void);
 /* Tests: 1 or 0 overrides both variables, -1 returns to them. */

@@ -666,7 +666,8 @@ template <int NWG_, int STAGES_ = 3> struct Sm90DqWsTiles : WsShape<NWG_, 1> {
 };
 
 template <class Cfg, class Policy, bool PERSISTENT>
-__global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(FlashParams p, Policy pol) {
+__global__ void __launch_bounds__(Cfg::THREADS, 1)
+    flash_bwd_dq_sm90_ws_kernel(FlashParams p, const __grid_constant__ Policy pol) { /* TMA reads pol.maps in place */
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, ST = Cfg::STAGES, RB = Cfg::ROW_BYTES;
     constexpr int STAGE_BYTES = 2 * BN * D * 2;
@@ -690,7 +691,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
     const int BH = p.B * p.H, n_qt = (p.T + BM - 1) / BM, n_work = BH * n_qt;
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
 
-    ws_setup(ring, q_op, Cfg::CONSUMERS);
+    ws_setup(ring, q_op, Cfg::CONSUMERS, Policy::TMA);
 
     if (wg == Cfg::NWG) { /* the producer warpgroup */
         ws_producer_regs<Cfg, PERSISTENT>();
@@ -702,14 +703,23 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
             const int drawn = PERSISTENT ? ws_draw(p.work_counter, n_work, ptid) : n_work;
             if (q0 < q_len) { /* tiles past the work rows are nobody's work */
                 const int b = bh / p.H, h = bh % p.H, n_tiles = pol.num_key_tiles(bh, qt, BM, BN);
-                RowLookup<BM> q_rows;
-                q_rows.fetch(q_len - q0, [&](int r) { return pol.q_row(bh, q0 + r); }, ptid);
-                const int qb = q_op.wait_free(item);
-                const uint32_t q_addr = qdo_addr + qb * QB;
-                q_rows.copy(q_addr, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride, q_len - q0, ptid);
-                q_rows.copy(q_addr + BM * RB, head_base(p.dout, p.o_stride, b, p.T, h, D), p.o_stride, q_len - q0, ptid);
-                if (PERSISTENT && ptid == 0) sItem[qb] = w;
-                q_op.commit(item++, ptid);
+                if constexpr (Policy::TMA) { /* flash_tma.cuh */
+                    const int qb = q_op.wait_free(item++);
+                    if (ptid == 0) {
+                        const uint32_t q_addr = qdo_addr + qb * QB;
+                        if (PERSISTENT) sItem[qb] = w;
+                        tma_load_tiles(q_op.full(qb), QB, q_addr, &pol.maps.q, q_addr + BM * RB, &pol.maps.dout, h, q0, b);
+                    }
+                } else {
+                    RowLookup<BM> q_rows;
+                    q_rows.fetch(q_len - q0, [&](int r) { return pol.q_row(bh, q0 + r); }, ptid);
+                    const int qb = q_op.wait_free(item);
+                    const uint32_t q_addr = qdo_addr + qb * QB;
+                    q_rows.copy(q_addr, head_base(p.q, p.q_stride, b, p.T, h, D), p.q_stride, q_len - q0, ptid);
+                    q_rows.copy(q_addr + BM * RB, head_base(p.dout, p.o_stride, b, p.T, h, D), p.o_stride, q_len - q0, ptid);
+                    if (PERSISTENT && ptid == 0) sItem[qb] = w;
+                    q_op.commit(item++, ptid);
+                }
                 produce_key_tiles<BM, BN, ST>(ring, p, pol, bh, qt, n_tiles, first, k_addr, sKinfo, sMeta, ptid);
                 first += n_tiles;
             }
@@ -718,7 +728,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1) flash_bwd_dq_sm90_ws_kernel(F
         if (PERSISTENT) { /* the end of the walk */
             const int last = q_op.wait_free(item);
             if (ptid == 0) sItem[last] = -1;
-            q_op.commit(item, ptid);
+            q_op.commit(item, ptid, Policy::TMA);
         }
         cp_async_wait<0>(); /* nothing in flight when the CTA's shared memory goes away */
         return;

@@ -173,15 +173,23 @@ inline bool bwd_tma() {
     return on;
 }
 
-/* The dense warp-specialised forward with Q/K/V by TMA (its maps encoded for this call's
- * pointers), or by cp.async when tma is false. */
+/* launch(policy) with the dense policy, or with tma its TMA twin (flash_tma.cuh: maps encoded
+ * for this call's pointers, tiles of BM queries and BN keys). */
+template <class Launch>
+cudaError_t with_dense_policy(bool tma, const FlashParams &p, const DenseCausalPolicy &pol, int BM, int BN,
+                              Launch launch) {
+    if (!tma) return launch(pol);
+    DenseCausalTmaPolicy tp;
+    const cudaError_t err = make_tma_policy(tp, pol, p, BM, BN);
+    return err != cudaSuccess ? err : launch(tp);
+}
+
+/* The dense warp-specialised forward, its tiles by TMA or by cp.async. */
 template <class Cfg, bool PERSISTENT = false>
 cudaError_t launch_dense_fwd_sm90_ws(bool tma, const FlashParams &p, const DenseCausalPolicy &pol, cudaStream_t s,
                                      int ctas = 0) {
-    if (!tma) return launch_fwd_sm90_ws<Cfg, PERSISTENT>(p, pol, s, ctas);
-    DenseCausalTmaPolicy tp;
-    const cudaError_t err = make_tma_policy(tp, pol, p, Cfg::BM, Cfg::BN);
-    return err != cudaSuccess ? err : launch_fwd_sm90_ws<Cfg, PERSISTENT>(p, tp, s, ctas);
+    return with_dense_policy(tma, p, pol, Cfg::BM, Cfg::BN,
+                             [&](const auto &pl) { return launch_fwd_sm90_ws<Cfg, PERSISTENT>(p, pl, s, ctas); });
 }
 
 template <class Cfg, class Policy, bool ATOMIC_DQ>
@@ -309,10 +317,19 @@ cudaError_t launch_bwd_fused_sm90_ws_scheduled(BwdSchedule schedule, const Flash
 template <int STAGES, bool PERSISTENT = false, int BM = 64>
 cudaError_t launch_dense_bwd_fused_sm90_ws(bool tma, BwdSchedule schedule, const FlashParams &p,
                                            const DenseCausalPolicy &pol, cudaStream_t s, int ctas = 0) {
-    if (!tma) return launch_bwd_fused_sm90_ws_scheduled<STAGES, PERSISTENT, BM>(schedule, p, pol, s, ctas);
-    DenseCausalTmaPolicy tp;
-    const cudaError_t err = make_tma_policy(tp, pol, p, BM, 128);
-    return err != cudaSuccess ? err : launch_bwd_fused_sm90_ws_scheduled<STAGES, PERSISTENT, BM>(schedule, p, tp, s, ctas);
+    return with_dense_policy(tma, p, pol, BM, 128, [&](const auto &pl) { /* 128 keys: Sm90BwdWsTiles<2, ..> */
+        return launch_bwd_fused_sm90_ws_scheduled<STAGES, PERSISTENT, BM>(schedule, p, pl, s, ctas);
+    });
+}
+
+/* The deterministic dense backward's two passes (dK/dV, then dQ), their tiles by TMA or cp.async. */
+template <class DkDvCfg, class DqCfg>
+cudaError_t launch_dense_bwd_split_sm90_ws(bool tma, const FlashParams &p, const DenseCausalPolicy &pol, cudaStream_t s) {
+    cudaError_t err = with_dense_policy(tma, p, pol, DkDvCfg::BM, DkDvCfg::BN,
+                                        [&](const auto &pl) { return launch_bwd_dkdv_sm90_ws<DkDvCfg>(p, pl, s); });
+    if (err != cudaSuccess) return err;
+    return with_dense_policy(tma, p, pol, DqCfg::BM, DqCfg::BN,
+                             [&](const auto &pl) { return launch_bwd_dq_sm90_ws<DqCfg>(p, pl, s); });
 }
 
 /* The Hopper kernels run when the device is sm_90 and this binary carries sm_90 machine code

@@ -44,7 +44,7 @@ const char *bwd_names[] = {"api",
                            "split 3wg + dq 1wg(3cta)",
                            "old api: split 2wg + dq 2wg(2cta)",
                            "ws dkdv 2wg S2 + ws dq 2wg S3",
-                           "ws dkdv 2wg S3 + ws dq 2wg S2 (api det)",
+                           "ws dkdv 2wg S3 + ws dq 2wg S2 (FLASH_BWD_TMA=0 api det)",
                            "ws dkdv 2wg S3 + old dq 2wg(2cta)",
                            "ws fused lockstep dQ S3 (bulk reduce)",
                            "ws fused dQ S2 (bulk reduce)",
@@ -61,6 +61,7 @@ const char *bwd_names[] = {"api",
                            "ws fused alternate dQ S2 persistent (FLASH_BWD_TMA=0 api, short T)",
                            "tma ws fused alternate dQ S2 (api, long T)",
                            "tma ws fused alternate dQ S2 persistent (api, short T)",
+                           "tma ws dkdv 2wg S3 + ws dq 2wg S2 (api det)",
                            NULL};
 
 /* The persistent variants' work counter (one int of device memory for the process; the bench
@@ -147,7 +148,7 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
     DenseCausalPolicy pol = {d->T, d->exclude_self};
     p.work_counter = work_counter();
     const bool split = v >= 3; /* dQ in its own pass or fused: no [B][T][H][D] accumulator to zero */
-    const bool fused = v == 11 || v == 12 || v >= 14; /* launch_bwd_fused_sm90_ws prepares itself */
+    const bool fused = v == 11 || v == 12 || (v >= 14 && v <= 25); /* launch_bwd_fused_sm90_ws prepares itself */
     typedef Sm90DqTiles<2, 2> OldDq;
     cudaError_t err = !split ? launch_bwd_preprocess<64>(p, true, s)
                       : fused ? cudaSuccess
@@ -234,6 +235,9 @@ extern "C" int bench_bwd_variant(int v, const flash_attn_dims_t *d, const flash_
         break;
     case 25:
         err = launch_dense_bwd_fused_sm90_ws<3, true>(true, BWD_ALTERNATE, p, pol, s, -1);
+        break;
+    case 26: /* 9 by TMA */
+        err = launch_dense_bwd_split_sm90_ws<Sm90BwdWsTiles<2, 3>, Sm90DqWsTiles<2, 2>>(true, p, pol, s);
         break;
     default: return -1;
     }
