@@ -1,8 +1,8 @@
 /* Q, K, V (and dO) tiles by the tensor memory accelerator (TMA) for the dense Hopper kernels:
  * in the forward one producer thread asks for a whole BN x 64 tile of K and one of V per stage
  * (and the item's BM x 64 tile of Q), instead of 128 threads issuing 2 x BN x 8 cp.async
- * copies with their own address arithmetic; in the fused backward, the item's K and V and each
- * stage's Q and dO.
+ * copies with their own address arithmetic; in the backward, the dK/dV kernel's K and V item
+ * and Q/dO stages (fused or not), and the deterministic dQ pass's Q/dO item and K/V stages.
  *
  * Why (docs/PERF.md, session 17): in the three-warpgroup forward at 16k the producer warpgroup
  * (24 registers) spilled in its tile loop and the consumers waited for a K/V stage in 3.8% of
