@@ -26,7 +26,13 @@
  *                of a head share a large common direction once training starts, which puts
  *                most of them in one bucket (docs/RESULTS.md); subtracting the running mean
  *                removes it, and m_t sees no row after t, so no future token moves a bucket.
- *                Both backends: the GPU plan keeps the same double sums in the same order.
+ *                The sum is blocked so that a GPU can form it in parallel, and both backends
+ *                add the same doubles in the same order (C = ATTN_CENTRE_CHUNK, row t in
+ *                chunk k = t / C, every sum a left-to-right fold in double):
+ *                  total_k = x_kC + ... + x_(kC+C-1)          (a fold from 0.0)
+ *                  start_0 = 0, start_(k+1) = start_k + total_k
+ *                  S_t     = start_k + x_kC + ... + x_t       (a fold from start_k)
+ *                  centred row t = (float)(x_t - S_t / (t + 1))
  */
 #ifndef ATTENTION_ATTENTION_H
 #define ATTENTION_ATTENTION_H
@@ -36,6 +42,7 @@
 typedef enum { ATTN_DENSE = 0, ATTN_QK_SPARSE = 1, ATTN_HASH_SPARSE = 2 } attn_mode_t;
 
 #define ATTN_MAX_BUCKETS 64
+#define ATTN_CENTRE_CHUNK 256 /* hash_center: rows per chunk of the blocked running sum */
 
 typedef struct {
     attn_mode_t mode;

@@ -136,20 +136,42 @@ static int32_t hash_bucket(const float *x, const float *rot_h, int D, int half) 
     return best;
 }
 
+/* hash_center's chunk starts for one (b, h) (attention.h): start[k*D + d] = the double sum of
+ * x_0..x_(kC-1) in channel d, formed as start_(k+1) = start_k + total_k. */
+static void centre_chunk_starts(const float *x, int T, int H, int D, double *start) {
+    const int C = ATTN_CENTRE_CHUNK, n_chunks = (T + C - 1) / C;
+    for (int d = 0; d < D; d++) start[d] = 0.0;
+    for (int k = 0; k + 1 < n_chunks; k++)
+        for (int d = 0; d < D; d++) {
+            double total = 0.0;
+            for (int t = k * C; t < (k + 1) * C; t++) total += x[(size_t)t * H * D + d];
+            start[(size_t)(k + 1) * D + d] = start[(size_t)k * D + d] + total;
+        }
+}
+
 /* x: [B][T][H][D]; buckets: [B][H][T]. With hash_center, row t is hashed minus the mean of
- * rows 0..t (running sums in double, one (b, h) per thread: independent of thread count). */
+ * rows 0..t (the blocked double sums of attention.h; one (b, h) per thread: independent of
+ * thread count). */
 static void assign_buckets(const attn_plan_t *plan, const float *x, int32_t *buckets) {
     const int B = plan->B, T = plan->T, H = plan->H, D = plan->D, half = plan->p.n_buckets / 2;
-    const int center = plan->p.hash_center;
+    const int center = plan->p.hash_center, C = ATTN_CENTRE_CHUNK;
     #pragma omp parallel for schedule(static)
     for (int bh = 0; bh < B * H; bh++) {
         int b = bh / H, h = bh % H;
         const float *rot_h = plan->rotations + (size_t)h * D * half;
-        double *sum = center ? xcalloc((size_t)D, sizeof(double), "hash centre sums") : NULL;
-        float *centred = center ? xmalloc((size_t)D * sizeof(float), "hash centred row") : NULL;
+        const float *x_bh = x + ((size_t)b * T * H + h) * D;
+        double *start = NULL, *sum = NULL;
+        float *centred = NULL;
+        if (center) {
+            start = xmalloc((size_t)(T + C - 1) / C * D * sizeof(double), "hash centre chunk starts");
+            sum = xmalloc((size_t)D * sizeof(double), "hash centre sums");
+            centred = xmalloc((size_t)D * sizeof(float), "hash centred row");
+            centre_chunk_starts(x_bh, T, H, D, start);
+        }
         for (int t = 0; t < T; t++) {
-            const float *row = x + (((size_t)b * T + t) * H + h) * D;
+            const float *row = x_bh + (size_t)t * H * D;
             if (center) {
+                if (t % C == 0) memcpy(sum, start + (size_t)(t / C) * D, (size_t)D * sizeof(double));
                 for (int d = 0; d < D; d++) {
                     sum[d] += row[d];
                     centred[d] = (float)(row[d] - sum[d] / (t + 1));
@@ -158,6 +180,7 @@ static void assign_buckets(const attn_plan_t *plan, const float *x, int32_t *buc
             }
             buckets[(size_t)bh * T + t] = hash_bucket(row, rot_h, D, half);
         }
+        free(start);
         free(sum);
         free(centred);
     }

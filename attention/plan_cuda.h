@@ -43,7 +43,7 @@ typedef struct {
     int32_t *bucket_q, *bucket_k; /* hash_sparse, else NULL */
     float *rotations;             /* [H][D][nb/2], hash_sparse with nb > 1, else NULL */
     float *centred;               /* [B][T][H][D] rows minus their running mean (hash_center) */
-    double *centre_starts;        /* [B][T/256 rounded up][H][D] running sums at chunk starts */
+    double *centre_starts;        /* [B][T/256 rounded up][H][D] hash_center chunk starts (attention.h) */
     attn_row_order_t rows;        /* device pointers */
 
     /* Internal. */

@@ -124,10 +124,11 @@ static void test_hash_formula(void) {
     free(q), free(k);
 }
 
-/* hash_center: (1) the formula, recomputed here (row minus the double mean of rows 0..t, rounded
- * to float, then argmax over [c.R, -c.R]); (2) rows sharing a large common direction (as trained
- * queries do) fall in one bucket without it and spread with it; (3) causal: changing rows after
- * t0 changes no bucket at or before t0 (and does change later ones). */
+/* hash_center: (1) the formula, recomputed here (row minus the double mean of rows 0..t, summed
+ * in attention.h's blocks, rounded to float, then argmax over [c.R, -c.R]); (2) rows sharing a
+ * large common direction (as trained queries do) fall in one bucket without it and spread with
+ * it; (3) causal: changing rows after t0 changes no bucket at or before t0 (and does change
+ * later ones). */
 static int largest_bucket_share_pct(const int32_t *buckets, int T, int nb, int *used) {
     int count[ATTN_MAX_BUCKETS] = {0}, most = 0;
     *used = 0;
@@ -157,9 +158,18 @@ static void test_hash_center(void) {
     attn_plan_build(&pc, key, x, NULL);
     int bad = 0;
     for (int h = 0; h < H; h++) {
-        double sum[16] = {0};
+        double start[16] = {0}, sum[16];
         for (int t = 0; t < T; t++) {
             float c[16];
+            if (t % ATTN_CENTRE_CHUNK == 0) /* the blocked sum of attention.h */
+                for (int d = 0; d < D; d++) {
+                    if (t > 0) {
+                        double total = 0.0;
+                        for (int u = t - ATTN_CENTRE_CHUNK; u < t; u++) total += x[((size_t)u * H + h) * D + d];
+                        start[d] += total;
+                    }
+                    sum[d] = start[d];
+                }
             for (int d = 0; d < D; d++) {
                 sum[d] += x[((size_t)t * H + h) * D + d];
                 c[d] = (float)(x[((size_t)t * H + h) * D + d] - sum[d] / (t + 1));

@@ -153,11 +153,18 @@ static void hash_rows(const attn_plan_cuda_t *plan, const void *x, long stride, 
     if (plan->p.hash_center) {
         const int HD = plan->H * plan->D;
         const plan::bf16 *rows = (const plan::bf16 *)x;
-        const long folds = (long)plan->B * HD / 2; /* few threads: small blocks, more SMs */
-        plan::centre_chunk_starts_kernel<<<(unsigned)((folds + 31) / 32), 32, 0, stream>>>(
-            rows, stride, plan->B, plan->T, HD, plan->centre_starts);
+        const int n_chunks = plan::centre_chunks(plan->T);
+        if (n_chunks > 1) {
+            const long totals = (long)plan->B * (n_chunks - 1) * HD;
+            plan::centre_chunk_totals_kernel<<<(unsigned)((totals + 127) / 128), 128, 0, stream>>>(
+                rows, stride, plan->B, plan->T, HD, plan->centre_starts);
+            PLAN_CUDA_OK(cudaGetLastError());
+        }
+        const long scans = (long)plan->B * HD; /* few threads: small blocks, more SMs */
+        plan::centre_chunk_starts_kernel<<<(unsigned)((scans + 31) / 32), 32, 0, stream>>>(
+            plan->B, plan->T, HD, plan->centre_starts);
         PLAN_CUDA_OK(cudaGetLastError());
-        const long chunks = (long)plan->B * plan::centre_chunks(plan->T) * HD;
+        const long chunks = (long)plan->B * n_chunks * HD;
         plan::centre_rows_kernel<<<(unsigned)((chunks + 127) / 128), 128, 0, stream>>>(
             rows, stride, plan->B, plan->T, HD, plan->centre_starts, plan->centred);
         PLAN_CUDA_OK(cudaGetLastError());

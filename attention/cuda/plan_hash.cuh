@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 extern "C" {
+#include "attention/attention.h"
 #include "runtime/rng.h"
 }
 
@@ -69,57 +70,55 @@ __global__ void keep_mask_kernel(uint64_t key, uint32_t threshold, long rows, ui
     keep_k[n] = rng_u24(key, 2 * (uint64_t)n + 1) >= threshold;
 }
 
-/* hash_center: out[b*T + t][h*D + d] = (float)(x_t - S_t / (t + 1)), S_t the double sum of
- * x_0 .. x_t added in t order: attention/plan.c's assign_buckets operation for operation
- * (round-to-nearest intrinsics, nothing contracted), so the centred floats, and the buckets
- * hashed from them, are the CPU's bit for bit. That order forbids a parallel scan, but the
- * fold can be resumed from any point: given the exact running sum before row t0, adding rows
- * t0, t0+1, ... in order gives the CPU's S_t again. So two passes:
- *   1. centre_chunk_starts_kernel: one thread per (b, pair of channels) folds over all T, only
- *      additions on its chain, and records the sum before every CENTRE_CHUNK-th row;
- *   2. centre_rows_kernel: one thread per (b, chunk, channel) resumes the fold from its
- *      chunk's start and does the divisions and fp32 writes, B*T*H*D / CENTRE_CHUNK threads
- *      in parallel (the one-pass walk with the divisions on 3,072 threads took 1.5 ms at
- *      B 4, T 8192, H*D 768: latency-bound). Measured on the H100 in session 7: the whole
- *      centred plan build 1.30 ms against 1.53 ms in one pass (74 us without centring): the
- *      two passes did not remove the cost, and the kernel that holds it is not yet known.
- * starts: [B][n_chunks][H*D] doubles, entry k = the running sum over rows < k*CENTRE_CHUNK. */
-constexpr int CENTRE_CHUNK = 256, CENTRE_BATCH = 32;
+/* hash_center: out[b*T + t][h*D + d] = (float)(x_t - S_t / (t + 1)), S_t the blocked double
+ * sum of x_0 .. x_t that attention/attention.h defines, operation for operation as
+ * attention/plan.c's assign_buckets does it (round-to-nearest intrinsics, nothing contracted),
+ * so the centred floats, and the buckets hashed from them, are the CPU's bit for bit. The
+ * blocks make every pass parallel:
+ *   1. centre_chunk_totals_kernel: one thread per (b, chunk, channel) folds its chunk's rows
+ *      from 0.0 (every chunk but the last, which no later start needs);
+ *   2. centre_chunk_starts_kernel: one thread per (b, channel) adds the totals up in chunk
+ *      order, T / CENTRE_CHUNK additions;
+ *   3. centre_rows_kernel: one thread per (b, chunk, channel) resumes the fold from its
+ *      chunk's start and does the divisions and fp32 writes.
+ * (Session 7's plan with a sequential sum over all T needed a 1,536-thread fold over every
+ * row at B 4, T 8192, H*D 768: the centred build took 1.30 ms against 74 us plain.)
+ * starts: [B][n_chunks][H*D] doubles, entry k = start_k; passes 1-2 build it in place (pass 1
+ * leaves total_k in entry k + 1, pass 2 turns the entries into their running sums). */
+constexpr int CENTRE_CHUNK = ATTN_CENTRE_CHUNK, CENTRE_BATCH = 32;
 static_assert(CENTRE_CHUNK % CENTRE_BATCH == 0, "a chunk ends at a batch end");
 
 __host__ __device__ constexpr int centre_chunks(int T) { return (T + CENTRE_CHUNK - 1) / CENTRE_CHUNK; }
 
-__global__ void centre_chunk_starts_kernel(const bf16 *__restrict__ x, long stride, int B, int T,
+__global__ void centre_chunk_totals_kernel(const bf16 *__restrict__ x, long stride, int B, int T,
                                            int HD, double *__restrict__ starts) {
-    const int pairs = HD / 2; /* HD is even: D is 64 or 128 */
-    const long id = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (id >= (long)B * pairs) return;
-    const long b = id / pairs;
-    const int c = (int)(id % pairs) * 2;
-    const bf16 *src = x + b * T * stride + c;
-    double *dst = starts + b * centre_chunks(T) * (long)HD + c;
-    double s0 = 0.0, s1 = 0.0;
-    dst[0] = 0.0;
-    dst[1] = 0.0;
-    /* Loads a batch ahead of the additions: the chain of adds is short, the loads are not. */
-    for (int t0 = 0; t0 < T; t0 += CENTRE_BATCH) {
-        float2 v[CENTRE_BATCH];
+    const int n_chunks = centre_chunks(T), whole = n_chunks - 1;
+    const long id = blockIdx.x * (long)blockDim.x + threadIdx.x; /* ((b*whole + k)*HD + c) */
+    if (id >= (long)B * whole * HD) return;
+    const int c = (int)(id % HD), k = (int)(id / HD % whole);
+    const long b = id / HD / whole;
+    const bf16 *src = x + (b * T + (long)k * CENTRE_CHUNK) * stride + c;
+    double total = 0.0;
+    for (int t0 = 0; t0 < CENTRE_CHUNK; t0 += CENTRE_BATCH) {
+        float v[CENTRE_BATCH]; /* loads a batch ahead of the additions */
 #pragma unroll
-        for (int i = 0; i < CENTRE_BATCH; i++)
-            v[i] = t0 + i < T ? __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(src + (long)(t0 + i) * stride))
-                              : make_float2(0.0f, 0.0f);
+        for (int i = 0; i < CENTRE_BATCH; i++) v[i] = __bfloat162float(src[(long)(t0 + i) * stride]);
 #pragma unroll
-        for (int i = 0; i < CENTRE_BATCH; i++)
-            if (t0 + i < T) {
-                s0 = __dadd_rn(s0, (double)v[i].x);
-                s1 = __dadd_rn(s1, (double)v[i].y);
-            }
-        const int next = t0 + CENTRE_BATCH;
-        if (next % CENTRE_CHUNK == 0 && next < T) {
-            double *d = dst + (long)(next / CENTRE_CHUNK) * HD;
-            d[0] = s0;
-            d[1] = s1;
-        }
+        for (int i = 0; i < CENTRE_BATCH; i++) total = __dadd_rn(total, (double)v[i]);
+    }
+    starts[(b * n_chunks + k + 1) * HD + c] = total;
+}
+
+__global__ void centre_chunk_starts_kernel(int B, int T, int HD, double *__restrict__ starts) {
+    const int n_chunks = centre_chunks(T);
+    const long id = blockIdx.x * (long)blockDim.x + threadIdx.x; /* b*HD + c */
+    if (id >= (long)B * HD) return;
+    double *col = starts + id / HD * n_chunks * HD + id % HD;
+    double start = 0.0;
+    col[0] = start;
+    for (int k = 1; k < n_chunks; k++) {
+        start = __dadd_rn(start, col[(long)k * HD]);
+        col[(long)k * HD] = start;
     }
 }
 

@@ -214,20 +214,31 @@ static void check_policy(const plan_case_t *c, const attn_plan_cuda_t *g, const 
 }
 
 /* What hash_center hashes ([B][T][H][D], in place): each row minus the double mean of its
- * (b, h) rows up to it (attention/attention.h), for the near-tie count only. */
+ * (b, h) rows up to it, the sums blocked as attention/attention.h defines them. */
 static void centre_floats(const plan_case_t *c, float *x) {
-    const int HD = c->H * c->D;
-    double *sum = (double *)xmalloc((size_t)HD * sizeof(double), "centre sums");
+    const int HD = c->H * c->D, C = ATTN_CENTRE_CHUNK, n_chunks = (c->T + C - 1) / C;
+    double *start = (double *)xmalloc((size_t)n_chunks * HD * sizeof(double), "centre starts");
     for (int b = 0; b < c->B; b++) {
-        memset(sum, 0, (size_t)HD * sizeof(double));
-        for (int t = 0; t < c->T; t++)
-            for (int i = 0; i < HD; i++) {
-                float *v = x + ((size_t)b * c->T + t) * HD + i;
-                sum[i] += *v;
-                *v = (float)(*v - sum[i] / (t + 1));
+        float *xb = x + (size_t)b * c->T * HD;
+        for (int i = 0; i < HD; i++) {
+            start[i] = 0.0;
+            for (int k = 1; k < n_chunks; k++) {
+                double total = 0.0;
+                for (int u = (k - 1) * C; u < k * C; u++) total += xb[(size_t)u * HD + i];
+                start[(size_t)k * HD + i] = start[(size_t)(k - 1) * HD + i] + total;
             }
+        }
+        for (int i = 0; i < HD; i++) {
+            double sum = 0.0;
+            for (int t = 0; t < c->T; t++) {
+                if (t % C == 0) sum = start[(size_t)(t / C) * HD + i];
+                float *v = xb + (size_t)t * HD + i;
+                sum += *v;
+                *v = (float)(*v - sum / (t + 1));
+            }
+        }
     }
-    free(sum);
+    free(start);
 }
 
 static void run_case(const plan_case_t *c, uint64_t seed) {
@@ -267,6 +278,15 @@ static void run_case(const plan_case_t *c, uint64_t seed) {
             if (c->p.hash_center) { /* the plan is built: q and k are not read again */
                 centre_floats(c, q);
                 centre_floats(c, k);
+                /* The device's centred rows (the last side hashed) bit for bit. */
+                const size_t n = (size_t)c->B * c->T * HD;
+                float *got = (float *)xmalloc(n * sizeof(float), "centred rows");
+                CUDA_OK(cudaMemcpy(got, g.centred, n * sizeof(float), cudaMemcpyDeviceToHost));
+                const float *want = c->shared_keys ? q : k;
+                long diff = 0;
+                for (size_t i = 0; i < n; i++) diff += memcmp(&got[i], &want[i], sizeof(float)) != 0;
+                CHECK(diff == 0, "%s: %ld of %zu centred floats differ from the CPU's", c->name, diff, n);
+                free(got);
             }
             long near = count_near_ties(&ref, q) + (c->shared_keys ? 0 : count_near_ties(&ref, k));
             near_ties_total += near;
