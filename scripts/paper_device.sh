@@ -29,6 +29,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 : "${OUT:?OUT must name the folder whose files come back}"
+if [ -f carry/paper/trainer.tar.xz ]; then tar xJf carry/paper/trainer.tar.xz -C carry/paper || die "cannot unpack carry/paper/trainer.tar.xz"; fi
 export LD_LIBRARY_PATH=$PWD/carry/paper/lib:/usr/local/cuda/lib64
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 logs=$(mktemp -d) bins=$(mktemp -d)
